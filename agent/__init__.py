@@ -1,0 +1,1 @@
+"""The edge agent: sources, chunking, journal, sync, restore executor."""

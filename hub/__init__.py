@@ -1,0 +1,1 @@
+"""The hub: ingest, stores, catalog, replication, restore coordinator, admin API."""

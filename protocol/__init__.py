@@ -1,0 +1,1 @@
+"""Formats, crypto and wire messages. Pure: no I/O, no asyncio."""

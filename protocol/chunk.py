@@ -1,0 +1,134 @@
+"""Chunk ids and the chunk blob codec.
+
+id   = BLAKE3-keyed(chunk-id subkey, plaintext)                      32 bytes
+blob = header(12) || AES-256-GCM(chunk-enc subkey, nonce=id[:12],
+                                 aad=header || id, zstd?(plaintext))
+
+Deterministic: the same plaintext under the same vault key always gives the same
+id and the same blob, so every store write is idempotent. Thread-safe and free of
+I/O; the heavy calls (BLAKE3, zstd, AES-GCM) release the GIL, so callers run them
+in a thread pool. Layout in docs/FORMAT.md ("Chunk blob").
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+
+import blake3
+import zstandard
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from .errors import FormatError, IntegrityError, UnknownVersionError
+from .keys import VaultKeys
+
+CHUNK_MAGIC = b"AMBC"
+CHUNK_VERSION = 1
+HEADER = struct.Struct(">4sBBHI")  # magic, version, flags, reserved, plaintext length
+HEADER_SIZE = HEADER.size  # 12
+TAG_SIZE = 16
+ID_SIZE = 32
+FLAG_ZSTD = 0x01
+KNOWN_FLAGS = FLAG_ZSTD
+MAX_CHUNK_SIZE = 16 * 1024 * 1024
+DEFAULT_LEVEL = 3
+MIN_SAVING = 0.05  # store raw when zstd saves less than this
+SAMPLE_FROM = 256 * 1024  # chunks at least this big are sampled before compressing
+SAMPLE_SIZE = 16 * 1024
+
+_local = threading.local()
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    cache: dict[int, zstandard.ZstdCompressor] | None = getattr(_local, "cctx", None)
+    if cache is None:
+        cache = _local.cctx = {}
+    if level not in cache:
+        cache[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
+    return cache[level]
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    dctx = getattr(_local, "dctx", None)
+    if dctx is None:
+        dctx = _local.dctx = zstandard.ZstdDecompressor()
+    return dctx
+
+
+def chunk_id(keys: VaultKeys, plaintext: bytes | memoryview) -> bytes:
+    """Keyed BLAKE3 of the plaintext: the hub cannot confirm guesses about content."""
+    return blake3.blake3(plaintext, key=keys.chunk_id).digest()
+
+
+def _worth_compressing(data: bytes | memoryview) -> bool:
+    """A cheap, deterministic look at three samples; skips incompressible weights."""
+    n = len(data)
+    if n < SAMPLE_FROM:
+        return True
+    mid = n // 2
+    sample = bytes(data[:SAMPLE_SIZE]) + bytes(data[mid : mid + SAMPLE_SIZE])
+    sample += bytes(data[n - SAMPLE_SIZE :])
+    packed = _compressor(1).compress(sample)
+    return len(packed) < len(sample) * (1 - MIN_SAVING / 2)
+
+
+def encode_chunk(
+    keys: VaultKeys, plaintext: bytes | memoryview, *, level: int = DEFAULT_LEVEL
+) -> tuple[bytes, bytes]:
+    """Return ``(id, blob)`` for one chunk of plaintext."""
+    n = len(plaintext)
+    if n > MAX_CHUNK_SIZE:
+        raise FormatError(f"chunk of {n} bytes exceeds the {MAX_CHUNK_SIZE}-byte limit")
+    cid = chunk_id(keys, plaintext)
+    flags, body = 0, plaintext
+    if n and _worth_compressing(plaintext):
+        packed = _compressor(level).compress(plaintext)
+        if len(packed) <= n * (1 - MIN_SAVING):
+            flags, body = FLAG_ZSTD, packed
+    header = HEADER.pack(CHUNK_MAGIC, CHUNK_VERSION, flags, 0, n)
+    sealed = AESGCM(keys.chunk_enc).encrypt(cid[:12], bytes(body), header + cid)
+    return cid, header + sealed
+
+
+def parse_chunk_header(blob: bytes | memoryview) -> tuple[int, int]:
+    """Check magic, version, flags and length; return ``(flags, plaintext_length)``."""
+    if len(blob) < HEADER_SIZE:
+        raise FormatError(f"chunk blob truncated: {len(blob)} bytes is shorter than its header")
+    magic, version, flags, reserved, n = HEADER.unpack_from(blob)
+    if magic != CHUNK_MAGIC:
+        raise FormatError("not an Amber chunk blob (bad magic)")
+    if version != CHUNK_VERSION:
+        raise UnknownVersionError(f"chunk blob version {version} is not supported")
+    if flags & ~KNOWN_FLAGS or reserved:
+        raise FormatError(f"chunk blob has unknown flags {flags:#x}/{reserved:#x}")
+    if n > MAX_CHUNK_SIZE:
+        raise FormatError(f"chunk blob claims {n} bytes, over the {MAX_CHUNK_SIZE}-byte limit")
+    if len(blob) < HEADER_SIZE + TAG_SIZE:
+        raise FormatError("chunk blob truncated: no room for the authentication tag")
+    return flags, n
+
+
+def decode_chunk(keys: VaultKeys, cid: bytes, blob: bytes | memoryview) -> bytes:
+    """Authenticate and decrypt a blob, then check that it hashes back to ``cid``."""
+    if len(cid) != ID_SIZE:
+        raise FormatError(f"chunk id has {len(cid)} bytes, expected {ID_SIZE}")
+    flags, n = parse_chunk_header(blob)
+    header = bytes(blob[:HEADER_SIZE])
+    try:
+        body = AESGCM(keys.chunk_enc).decrypt(cid[:12], bytes(blob[HEADER_SIZE:]), header + cid)
+    except InvalidTag:
+        raise IntegrityError(
+            f"chunk {cid.hex()[:16]} failed authentication "
+            f"(corrupted, or not encrypted under vault key {keys.fingerprint})"
+        ) from None
+    if flags & FLAG_ZSTD:
+        try:
+            body = _decompressor().decompress(body, max_output_size=n)
+        except zstandard.ZstdError as exc:
+            raise IntegrityError(f"chunk {cid.hex()[:16]} does not decompress: {exc}") from None
+    if len(body) != n:
+        raise IntegrityError(f"chunk {cid.hex()[:16]} has {len(body)} bytes, header says {n}")
+    if chunk_id(keys, body) != cid:
+        raise IntegrityError(f"chunk {cid.hex()[:16]} does not hash back to its id")
+    return body

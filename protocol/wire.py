@@ -1,0 +1,232 @@
+"""Wire messages of the sync and restore protocol (NATS payloads).
+
+Every message is a frozen dataclass; on the wire it is a msgpack map
+``{"v": WIRE_VERSION, "t": <type>, <fields>...}``. Field types are limited to
+str, int, float, bool, bytes, ``tuple[bytes, ...]``, ``tuple[str, ...]``,
+``dict[str, str]`` and optional variants, and are checked on decode. Subjects are
+built here too. docs/PROTOCOL.md describes each message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Any, ClassVar, get_type_hints
+
+from . import codec as c
+from .errors import FormatError, ProtocolError, UnknownVersionError
+
+WIRE_VERSION = 1
+MAX_MESSAGE_SIZE = 8 * 1024 * 1024 - 64 * 1024  # fits nats max_payload 8MB with headers
+MAX_IDS_PER_MESSAGE = 16_384
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+
+
+def check_name(name: str, what: str) -> str:
+    """Vault and node names become NATS subject tokens: keep them to a safe alphabet."""
+    if not NAME_RE.match(name):
+        raise FormatError(
+            f"{what} name {name!r} is invalid",
+            hint="use 1-63 letters, digits, '-' or '_', starting with a letter or digit",
+        )
+    return name
+
+
+def subject(vault: str, node: str, kind: str) -> str:
+    """``amber.<vault>.<node>.<kind>``, kind in ingest, cmd, status, rpc."""
+    return f"amber.{check_name(vault, 'vault')}.{check_name(node, 'node')}.{kind}"
+
+
+class Message:
+    TYPE: ClassVar[str]
+
+
+@dataclass(frozen=True)
+class ChunkQuery(Message):
+    """Node to hub: which of these chunk ids do you lack?"""
+
+    TYPE: ClassVar[str] = "chunk.query"
+    ids: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class ChunkQueryReply(Message):
+    TYPE: ClassVar[str] = "chunk.query.reply"
+    missing: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class ChunkPut(Message):
+    """Node to hub (ingest stream): one encrypted chunk blob."""
+
+    TYPE: ClassVar[str] = "chunk.put"
+    id: bytes
+    blob: bytes
+
+
+@dataclass(frozen=True)
+class RecordPut(Message):
+    """Node to hub (ingest stream): a signed manifest or checkpoint record."""
+
+    TYPE: ClassVar[str] = "record.put"
+    id: bytes
+    kind: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ReceiptQuery(Message):
+    """Node to hub: which of these chunk/record ids are durable in the object store?"""
+
+    TYPE: ClassVar[str] = "receipt.query"
+    ids: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class Receipt(Message):
+    """Hub to node: these ids are durable (fsynced / acknowledged by the object store)."""
+
+    TYPE: ClassVar[str] = "receipt"
+    durable: tuple[bytes, ...]
+    missing: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class Heartbeat(Message):
+    """Node to hub (status subject)."""
+
+    TYPE: ClassVar[str] = "heartbeat"
+    node: str
+    time_us: int
+    backlog_bytes: int
+    backlog_chunks: int
+    last_seq: int
+    last_checkpoint_us: int
+    rpo_seconds: int
+    agent_version: str
+
+
+@dataclass(frozen=True)
+class FetchRequest(Message):
+    """Node to hub: send me these stored objects (chunks or records) by id."""
+
+    TYPE: ClassVar[str] = "fetch"
+    ids: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class FetchReply(Message):
+    TYPE: ClassVar[str] = "fetch.reply"
+    ids: tuple[bytes, ...]
+    blobs: tuple[bytes, ...]
+    missing: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class ListCheckpoints(Message):
+    """Node to hub: the checkpoint records of ``node`` after ``after_seq``."""
+
+    TYPE: ClassVar[str] = "checkpoints.list"
+    node: str
+    after_seq: int
+
+
+@dataclass(frozen=True)
+class CheckpointList(Message):
+    TYPE: ClassVar[str] = "checkpoints.list.reply"
+    records: tuple[bytes, ...]
+    more: bool
+
+
+@dataclass(frozen=True)
+class ErrorReply(Message):
+    """Any request's reply when the hub refuses it."""
+
+    TYPE: ClassVar[str] = "error"
+    code: str
+    message: str
+
+
+MESSAGES: dict[str, type[Message]] = {
+    m.TYPE: m
+    for m in (
+        ChunkQuery,
+        ChunkQueryReply,
+        ChunkPut,
+        RecordPut,
+        ReceiptQuery,
+        Receipt,
+        Heartbeat,
+        FetchRequest,
+        FetchReply,
+        ListCheckpoints,
+        CheckpointList,
+        ErrorReply,
+    )
+}
+
+
+def register(cls: type[Message]) -> type[Message]:
+    """Add a message type (later protocol parts declare theirs next to their code)."""
+    if cls.TYPE in MESSAGES and MESSAGES[cls.TYPE] is not cls:
+        raise ValueError(f"message type {cls.TYPE} registered twice")
+    MESSAGES[cls.TYPE] = cls
+    return cls
+
+
+def encode(msg: Message) -> bytes:
+    body: dict[str, Any] = {"v": WIRE_VERSION, "t": msg.TYPE}
+    for f in dataclasses.fields(msg):  # type: ignore[arg-type]
+        value = getattr(msg, f.name)
+        body[f.name] = list(value) if isinstance(value, tuple) else value
+    data = c.pack(body)
+    if len(data) > MAX_MESSAGE_SIZE:
+        raise ProtocolError(f"{msg.TYPE} message of {len(data)} bytes is too large")
+    return data
+
+
+_CHECKS: dict[Any, c.Check] = {
+    str: c.is_str,
+    int: c.is_int,
+    float: c.is_float,
+    bool: c.is_bool,
+    bytes: c.is_bytes,
+    tuple[bytes, ...]: c.list_of(c.is_bytes, max_len=MAX_IDS_PER_MESSAGE),
+    tuple[str, ...]: c.list_of(c.is_str, max_len=MAX_IDS_PER_MESSAGE),
+    dict[str, str]: c.dict_of(c.is_str),
+    bytes | None: c.optional(c.is_bytes),
+    str | None: c.optional(c.is_str),
+    int | None: c.optional(c.is_int),
+}
+_SPECS: dict[type[Message], dict[str, c.Check]] = {}
+
+
+def _spec(cls: type[Message]) -> dict[str, c.Check]:
+    spec = _SPECS.get(cls)
+    if spec is None:
+        hints = get_type_hints(cls)
+        spec = {f.name: _CHECKS[hints[f.name]] for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        _SPECS[cls] = spec
+    return spec
+
+
+def decode(data: bytes | memoryview, expect: type[Message] | None = None) -> Message:
+    """Decode any message (or exactly ``expect``); raises FormatError on bad input."""
+    obj = c.unpack(data, what="wire message", max_size=MAX_MESSAGE_SIZE)
+    if not isinstance(obj, dict):
+        raise FormatError("wire message is not a map")
+    version, kind = obj.pop("v", None), obj.pop("t", None)
+    if version != WIRE_VERSION:
+        raise UnknownVersionError(f"wire message version {version!r} is not supported")
+    cls = MESSAGES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise FormatError(f"unknown wire message type {kind!r}")
+    if expect is not None and cls is not expect:
+        if cls is ErrorReply:
+            err = c.fields(obj, kind, _spec(ErrorReply))
+            raise ProtocolError(f"peer refused: {err['code']}: {err['message']}")
+        raise FormatError(f"expected a {expect.TYPE} message, got {kind}")
+    values = c.fields(obj, kind, _spec(cls))
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return cls(**values)
