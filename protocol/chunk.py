@@ -74,13 +74,22 @@ def _worth_compressing(data: bytes | memoryview) -> bool:
 
 
 def encode_chunk(
-    keys: VaultKeys, plaintext: bytes | memoryview, *, level: int = DEFAULT_LEVEL
+    keys: VaultKeys,
+    plaintext: bytes | memoryview,
+    *,
+    level: int = DEFAULT_LEVEL,
+    cid: bytes | None = None,
 ) -> tuple[bytes, bytes]:
-    """Return ``(id, blob)`` for one chunk of plaintext."""
+    """Return ``(id, blob)`` for one chunk of plaintext.
+
+    ``cid`` may pass an id the caller already computed with :func:`chunk_id` for this
+    very plaintext (it is not re-checked here; decoding always checks it).
+    """
     n = len(plaintext)
     if n > MAX_CHUNK_SIZE:
         raise FormatError(f"chunk of {n} bytes exceeds the {MAX_CHUNK_SIZE}-byte limit")
-    cid = chunk_id(keys, plaintext)
+    if cid is None:
+        cid = chunk_id(keys, plaintext)
     flags, body = 0, plaintext
     if n and _worth_compressing(plaintext):
         packed = _compressor(level).compress(plaintext)

@@ -157,6 +157,20 @@ class ProtocolError(AmberError):
     default_hint = "check that agent and hub run compatible Amber versions"
 
 
+class StoreError(AmberError):
+    """The object store failed an operation (after retries)."""
+
+    exit_code = 52
+    default_hint = "check the object store (disk, S3 endpoint, credentials) and retry"
+
+
+class ObjectLockedError(StoreError):
+    """An object is under retention (Object Lock or legal hold) and cannot be deleted."""
+
+    exit_code = 53
+    default_hint = "the object is immutable until its retention date; nothing was deleted"
+
+
 class PermissionDeniedError(AmberError):
     """The caller is not allowed to do this."""
 
@@ -190,6 +204,8 @@ ALL_ERRORS: tuple[type[AmberError], ...] = (
     NotFoundError,
     HubUnavailableError,
     ProtocolError,
+    StoreError,
+    ObjectLockedError,
     PermissionDeniedError,
     RestoreError,
 )

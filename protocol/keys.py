@@ -137,7 +137,9 @@ def export_vault_key(
     if not 10 <= log2_n <= SCRYPT_MAX_LOG2_N:
         raise KeyFileError(f"scrypt log2(N) must be in 10..{SCRYPT_MAX_LOG2_N}")
     salt, nonce = os.urandom(16), os.urandom(12)
-    head = VAULT_EXPORT_MAGIC + struct.pack(">BBBBB3s", KEY_FILE_VERSION, KDF_SCRYPT, log2_n, r, p, b"")
+    head = VAULT_EXPORT_MAGIC + struct.pack(
+        ">BBBBB3s", KEY_FILE_VERSION, KDF_SCRYPT, log2_n, r, p, b""
+    )
     head += salt + nonce
     kek = _scrypt(passphrase, salt, log2_n, r, p)
     return head + AESGCM(kek).encrypt(nonce, master, head)

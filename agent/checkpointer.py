@@ -1,0 +1,194 @@
+"""Taking a checkpoint: scan sources, write manifests, commit one signed checkpoint.
+
+A checkpoint always names a manifest for every configured source: the ones scanned
+now, and the previous manifests of the others, so every checkpoint is a complete
+restore point. An unchanged source keeps its previous manifest id.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+from amber.protocol.errors import AmberError
+from amber.protocol.records import (
+    Checkpoint,
+    Manifest,
+    decode_checkpoint,
+    decode_manifest,
+    encode_checkpoint,
+    encode_manifest,
+    record_id,
+)
+
+from .chunking import FILES_CDC, MODEL_CDC, make_cdc
+from .config import AgentConfig, SourceConfig
+from .identity import NodeIdentity
+from .journal import Journal
+from .pipeline import ChunkWriter, Progress, WriteStats
+from .source_files import scan_files
+from .source_jsonl import scan_jsonl
+from .source_sqlite import scan_sqlite
+from .sources import ScanContext, Scanner, pack_state, unpack_state
+
+SCANNERS: dict[str, Scanner] = {
+    "files": scan_files,
+    "model": scan_files,
+    "sqlite": scan_sqlite,
+    "state": scan_sqlite,
+    "jsonl": scan_jsonl,
+}
+
+
+@dataclass(frozen=True)
+class CheckpointResult:
+    id: bytes
+    checkpoint: Checkpoint
+    stats: WriteStats
+    changed: list[str]
+
+
+class Checkpointer:
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        ident: NodeIdentity,
+        journal: Journal,
+        pool: Executor,
+        reader: Executor,
+        progress: Progress | None = None,
+    ) -> None:
+        self.cfg, self.ident, self.journal = cfg, ident, journal
+        self.pool, self.reader, self.progress = pool, reader, progress
+        self._cdc = {
+            "files": make_cdc(ident.keys, FILES_CDC),
+            "model": make_cdc(ident.keys, MODEL_CDC),
+        }
+
+    async def checkpoint(
+        self,
+        sources: list[str] | None = None,
+        labels: dict[str, str] | None = None,
+        *,
+        kind: str = "regular",
+        note: str = "",
+    ) -> CheckpointResult:
+        selected = [self.cfg.source(n) for n in sources] if sources else list(self.cfg.sources)
+        budget = self.cfg.journal_max_bytes - await self.journal.held_bytes()
+        writer = ChunkWriter(
+            self.journal,
+            self.ident.keys,
+            self.pool,
+            self.reader,
+            level=self.cfg.compression_level,
+            budget=budget,
+            progress=self.progress,
+        )
+        try:
+            return await self._run(selected, labels or {}, kind, note, writer)
+        except BaseException:
+            await writer.abort()
+            try:
+                await self.journal.discard_tentative()
+            except AmberError:
+                pass
+            raise
+
+    async def _run(
+        self,
+        selected: list[SourceConfig],
+        labels: dict[str, str],
+        kind: str,
+        note: str,
+        writer: ChunkWriter,
+    ) -> CheckpointResult:
+        keys, signer = self.ident.keys, self.ident.signer
+        head = await self.journal.head()
+        carried: dict[str, bytes] = {}
+        if head is not None:
+            data = await self.journal.record(head.id)
+            assert data is not None
+            carried = dict(decode_checkpoint(data, keys).manifests)
+        configured = {s.name for s in self.cfg.sources}
+        manifests = {k: v for k, v in carried.items() if k in configured}
+        new_records: list[tuple[bytes, bytes]] = []
+        states: dict[str, tuple[bytes, bytes]] = {}
+        referenced: set[bytes] = set()
+        changed: list[str] = []
+        for src in selected:
+            mid, data, state, m = await self._scan(src, writer)
+            if data is not None:
+                new_records.append((mid, data))
+                changed.append(src.name)
+            manifests[src.name] = mid
+            states[src.name] = (mid, self.journal.seal_state(pack_state(state)))
+            referenced.update(m.chunk_ids())
+        await writer.flush()
+        cp = Checkpoint(
+            vault=self.ident.vault,
+            node=self.ident.node,
+            seq=0 if head is None else head.seq + 1,
+            prev=None if head is None else head.id,
+            time_us=time.time_ns() // 1000,
+            manifests=manifests,
+            labels=labels,
+            kind=kind,
+            note=note,
+        )
+        cp_data = encode_checkpoint(cp, keys, signer)
+        cp_id = record_id(cp_data)
+        await self.journal.commit_checkpoint(
+            cp, cp_id, cp_data, new_records, states, referenced, self.cfg.journal_max_bytes
+        )
+        return CheckpointResult(cp_id, cp, writer.stats, changed)
+
+    async def _scan(
+        self, src: SourceConfig, writer: ChunkWriter
+    ) -> tuple[bytes, bytes | None, dict, Manifest]:
+        keys = self.ident.keys
+        prev = await self.journal.source_state(src.name)
+        prev_manifest, prev_state = None, {}
+        if prev is not None:
+            data = await self.journal.record(prev[0])
+            if data is not None:
+                prev_manifest = decode_manifest(data, keys)
+                prev_state = unpack_state(prev[1])
+        ctx = ScanContext(
+            source=src,
+            writer=writer,
+            prev_manifest=prev_manifest
+            if prev_manifest and prev_manifest.kind == src.kind
+            else None,
+            prev_state=prev_state,
+            tmp_dir=self.cfg.state_dir / "tmp",
+            busy_timeout=self.cfg.busy_timeout,
+            make_cdc=lambda k: self._cdc["model" if k == "model" else "files"],
+        )
+        result = await SCANNERS[src.kind](ctx)
+        m = Manifest(
+            vault=self.ident.vault,
+            node=self.ident.node,
+            source=src.name,
+            kind=src.kind,
+            tier=src.tier,
+            time_us=time.time_ns() // 1000,
+            entries=tuple(result.entries),
+            meta=result.meta,
+            lineage=dict(src.lineage),
+            parent=prev[0] if prev else None,
+        )
+        if prev_manifest is not None and _same_content(prev_manifest, m):
+            return prev[0], None, result.state, prev_manifest  # type: ignore[index]
+        data = encode_manifest(m, keys, self.ident.signer)
+        return record_id(data), data, result.state, m
+
+
+def _same_content(a: Manifest, b: Manifest) -> bool:
+    return (a.entries, a.meta, a.lineage, a.kind, a.tier) == (
+        b.entries,
+        b.meta,
+        b.lineage,
+        b.kind,
+        b.tier,
+    )

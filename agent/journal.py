@@ -1,0 +1,386 @@
+"""The agent's journal: an SQLite database (WAL, synchronous=FULL) via aiosqlite.
+
+It holds encrypted chunk blobs, signed records (manifests, checkpoints), an index of
+checkpoints, per-source incremental state (sealed), and later sync and restore
+state. Only ids, sizes, sequence numbers and times are in the clear.
+
+Crash safety: chunks written while a checkpoint runs are *tentative* (state 0); the
+checkpoint's records, its index row, the sources' state and the promotion of its
+chunks to *committed* (state 1) happen in one transaction. A crash at any instant
+leaves either the old head or the new one, never a partial checkpoint; tentative
+leftovers are deleted the next time the journal is opened for writing.
+Schema in docs/FORMAT.md ("Journal").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+from amber.protocol.errors import (
+    AmberError,
+    DiskFullError,
+    IntegrityError,
+    JournalError,
+    JournalFullError,
+    NotFoundError,
+    UnknownVersionError,
+    WrongKeyError,
+)
+from amber.protocol.keys import VaultKeys, derive_subkey
+from amber.protocol.records import KIND_CHECKPOINT, KIND_MANIFEST, Checkpoint, check_chain
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+JOURNAL_FORMAT = "amber-journal"
+JOURNAL_VERSION = 1
+TENTATIVE, COMMITTED, DURABLE = 0, 1, 2
+PAGE_SIZE = 65536
+
+SCHEMA = """
+CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE chunks(
+    id BLOB PRIMARY KEY, size INTEGER NOT NULL, stored INTEGER NOT NULL,
+    state INTEGER NOT NULL, used_us INTEGER NOT NULL, blob BLOB);
+CREATE INDEX chunks_state ON chunks(state);
+CREATE TABLE records(
+    id BLOB PRIMARY KEY, kind INTEGER NOT NULL, state INTEGER NOT NULL, data BLOB NOT NULL);
+CREATE TABLE checkpoints(
+    seq INTEGER PRIMARY KEY, id BLOB NOT NULL UNIQUE, time_us INTEGER NOT NULL,
+    kind TEXT NOT NULL, labels TEXT NOT NULL, sources TEXT NOT NULL, state INTEGER NOT NULL);
+CREATE TABLE source_state(source TEXT PRIMARY KEY, manifest_id BLOB NOT NULL, data BLOB NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class CheckpointRow:
+    seq: int
+    id: bytes
+    time_us: int
+    kind: str
+    labels: dict[str, str]
+    sources: list[str]
+    synced: bool
+
+
+def _db_error(exc: sqlite3.Error, path: Path) -> AmberError:
+    text = str(exc)
+    if "full" in text:
+        return DiskFullError(f"no space left for the journal {path}: nothing was committed")
+    if "not a database" in text or "malformed" in text:
+        return JournalError(
+            f"journal {path} is corrupted: {text}",
+            hint="move it aside and re-create it; checkpoints already at the hub stay restorable",
+        )
+    if "locked" in text or "busy" in text:
+        return JournalError(
+            f"journal {path} is locked by another process",
+            hint="another amber-agent command holds the journal; retry when it ends",
+        )
+    return JournalError(f"journal {path}: {text}")
+
+
+class Journal:
+    """Async access to one journal file. Use ``async with await Journal.open(...)``."""
+
+    def __init__(self, db: aiosqlite.Connection, path: Path, keys: VaultKeys) -> None:
+        self.db = db
+        self.path = path
+        self._state_key = AESGCM(derive_subkey(keys.master, b"journal-state"))
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls, path: Path, keys: VaultKeys, *, vault: str, node: str, create: bool = False
+    ) -> Journal:
+        if not create and not path.exists():
+            raise JournalError(
+                f"journal {path} does not exist", hint="run 'amber-agent init' first"
+            )
+        try:
+            db = await aiosqlite.connect(path, isolation_level=None, timeout=30)
+        except sqlite3.Error as exc:
+            raise _db_error(exc, path) from None
+        journal = cls(db, path, keys)
+        try:
+            await journal._setup(keys, vault, node, create)
+        except BaseException:
+            await db.close()
+            raise
+        return journal
+
+    async def _setup(self, keys: VaultKeys, vault: str, node: str, create: bool) -> None:
+        try:
+            tables = await self._all("SELECT name FROM sqlite_master WHERE type='table'")
+            if not tables and create:
+                await self.db.execute(f"PRAGMA page_size={PAGE_SIZE}")
+                await self.db.execute("PRAGMA journal_mode=WAL")
+                await self.db.executescript(SCHEMA)
+                meta = {
+                    "format": JOURNAL_FORMAT,
+                    "version": str(JOURNAL_VERSION),
+                    "vault": vault,
+                    "node": node,
+                    "fingerprint": keys.fingerprint,
+                }
+                await self.db.executemany("INSERT INTO meta VALUES(?,?)", meta.items())
+                os.chmod(self.path, 0o600)
+            await self.db.execute("PRAGMA journal_mode=WAL")
+            await self.db.execute("PRAGMA synchronous=FULL")
+            meta = dict(await self._all("SELECT key, value FROM meta"))
+        except sqlite3.Error as exc:
+            raise _db_error(exc, self.path) from None
+        self._check_meta(meta, keys, vault, node)
+
+    def _check_meta(self, meta: dict[str, str], keys: VaultKeys, vault: str, node: str) -> None:
+        if meta.get("format") != JOURNAL_FORMAT:
+            raise JournalError(f"{self.path} is not an Amber journal")
+        if meta.get("version") != str(JOURNAL_VERSION):
+            raise UnknownVersionError(f"journal format version {meta.get('version')} is unknown")
+        if meta.get("fingerprint") != keys.fingerprint:
+            raise WrongKeyError(
+                f"journal {self.path} belongs to vault key {meta.get('fingerprint')}, "
+                f"but the configured vault key is {keys.fingerprint}"
+            )
+        if meta.get("vault") != vault or meta.get("node") != node:
+            raise JournalError(
+                f"journal {self.path} belongs to {meta.get('vault')}/{meta.get('node')}, "
+                f"not {vault}/{node}",
+                hint="point state_dir in agent.toml at this node's own journal",
+            )
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    async def __aenter__(self) -> Journal:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- helpers --------------------------------------------------------------------
+
+    async def _all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        try:
+            async with self.db.execute(sql, args) as cur:
+                return list(await cur.fetchall())
+        except sqlite3.Error as exc:
+            raise _db_error(exc, self.path) from None
+
+    async def _one(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        rows = await self._all(sql, args)
+        return rows[0] if rows else None
+
+    async def _write(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        try:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                await self.db.executemany(sql, rows)
+                await self.db.execute("COMMIT")
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise _db_error(exc, self.path) from None
+
+    # --- chunks ---------------------------------------------------------------------
+
+    async def known_chunks(self, ids: Sequence[bytes]) -> set[bytes]:
+        """Which of ``ids`` the journal has a row for (held, or durable at the hub)."""
+        found: set[bytes] = set()
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            marks = ",".join("?" * len(part))
+            rows = await self._all(f"SELECT id FROM chunks WHERE id IN ({marks})", part)
+            found.update(r[0] for r in rows)
+        return found
+
+    async def put_chunks(self, rows: Sequence[tuple[bytes, int, bytes]], now_us: int) -> None:
+        """Store tentative chunks ``(id, plaintext size, blob)``; existing ids are kept."""
+        await self._write(
+            "INSERT OR IGNORE INTO chunks(id, size, stored, state, used_us, blob) "
+            "VALUES(?,?,?,0,?,?)",
+            [(cid, size, len(blob), now_us, blob) for cid, size, blob in rows],
+        )
+
+    async def get_chunks(self, ids: Sequence[bytes]) -> dict[bytes, bytes]:
+        """Blobs the journal still holds for ``ids`` (evicted or unknown ones are absent)."""
+        out: dict[bytes, bytes] = {}
+        for i in range(0, len(ids), 200):
+            part = ids[i : i + 200]
+            marks = ",".join("?" * len(part))
+            sql = f"SELECT id, blob FROM chunks WHERE blob IS NOT NULL AND id IN ({marks})"
+            out.update((r[0], r[1]) for r in await self._all(sql, part))
+        return out
+
+    async def discard_tentative(self) -> None:
+        """Delete chunks a crashed or cancelled checkpoint left behind."""
+        await self._write("DELETE FROM chunks WHERE state = ?", [(TENTATIVE,)])
+
+    async def held_bytes(self) -> int:
+        row = await self._one(
+            "SELECT (SELECT coalesce(sum(stored),0) FROM chunks WHERE blob IS NOT NULL)"
+            " + (SELECT coalesce(sum(length(data)),0) FROM records)"
+        )
+        return int(row[0])
+
+    async def backlog(self) -> tuple[int, int]:
+        """(bytes, chunks) committed locally and not yet durable at the hub."""
+        row = await self._one(
+            "SELECT coalesce(sum(stored),0), count(*) FROM chunks WHERE state = ?", (COMMITTED,)
+        )
+        return int(row[0]), int(row[1])
+
+    # --- checkpoints ----------------------------------------------------------------
+
+    async def commit_checkpoint(
+        self,
+        cp: Checkpoint,
+        cp_id: bytes,
+        cp_data: bytes,
+        manifests: Sequence[tuple[bytes, bytes]],
+        states: dict[str, tuple[bytes, bytes]],
+        referenced: Iterable[bytes],
+        max_bytes: int,
+    ) -> None:
+        """Make a checkpoint visible, atomically. ``states``: source -> (manifest id, sealed)."""
+        try:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                await self._commit_body(cp, cp_id, cp_data, manifests, states, referenced)
+                await self._check_bound(max_bytes)
+                await self.db.execute("COMMIT")
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise _db_error(exc, self.path) from None
+
+    async def _commit_body(
+        self,
+        cp: Checkpoint,
+        cp_id: bytes,
+        cp_data: bytes,
+        manifests: Sequence[tuple[bytes, bytes]],
+        states: dict[str, tuple[bytes, bytes]],
+        referenced: Iterable[bytes],
+    ) -> None:
+        db = self.db
+        async with db.execute("SELECT seq, id FROM checkpoints ORDER BY seq DESC LIMIT 1") as cur:
+            head = await cur.fetchone()
+        check_chain(head[1] if head else None, head[0] if head else None, cp)
+        await db.executemany(
+            "INSERT OR IGNORE INTO records(id, kind, state, data) VALUES(?,?,?,?)",
+            [(mid, KIND_MANIFEST, COMMITTED, data) for mid, data in manifests],
+        )
+        await db.execute(
+            "INSERT INTO records(id, kind, state, data) VALUES(?,?,?,?)",
+            (cp_id, KIND_CHECKPOINT, COMMITTED, cp_data),
+        )
+        await db.execute(
+            "INSERT INTO checkpoints VALUES(?,?,?,?,?,?,?)",
+            (
+                cp.seq,
+                cp_id,
+                cp.time_us,
+                cp.kind,
+                json.dumps(cp.labels),
+                json.dumps(sorted(cp.manifests)),
+                COMMITTED,
+            ),
+        )
+        await db.executemany(
+            "INSERT OR REPLACE INTO source_state VALUES(?,?,?)",
+            [(src, mid, data) for src, (mid, data) in states.items()],
+        )
+        await db.execute("CREATE TEMP TABLE IF NOT EXISTS ref(id BLOB PRIMARY KEY)")
+        await db.execute("DELETE FROM temp.ref")
+        await db.executemany("INSERT OR IGNORE INTO temp.ref VALUES(?)", ((r,) for r in referenced))
+        await db.execute(
+            "UPDATE chunks SET state = ? WHERE state = ? AND id IN (SELECT id FROM temp.ref)",
+            (COMMITTED, TENTATIVE),
+        )
+        await db.execute("DELETE FROM chunks WHERE state = ?", (TENTATIVE,))
+
+    async def _check_bound(self, max_bytes: int) -> None:
+        async with self.db.execute(
+            "SELECT (SELECT coalesce(sum(stored),0) FROM chunks WHERE blob IS NOT NULL)"
+            " + (SELECT coalesce(sum(length(data)),0) FROM records)"
+        ) as cur:
+            row = await cur.fetchone()
+        if row and row[0] > max_bytes:
+            raise JournalFullError(
+                f"the checkpoint would grow the journal to {row[0]} bytes, over its bound of "
+                f"{max_bytes} bytes; nothing was committed"
+            )
+
+    async def head(self) -> CheckpointRow | None:
+        rows = await self.checkpoints(limit=1, newest_first=True)
+        return rows[0] if rows else None
+
+    async def checkpoints(
+        self, *, limit: int | None = None, newest_first: bool = False
+    ) -> list[CheckpointRow]:
+        order = "DESC" if newest_first else "ASC"
+        sql = f"SELECT * FROM checkpoints ORDER BY seq {order}"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [
+            CheckpointRow(r[0], r[1], r[2], r[3], json.loads(r[4]), json.loads(r[5]), r[6] == 2)
+            for r in await self._all(sql)
+        ]
+
+    async def resolve(self, ref: str) -> CheckpointRow:
+        """A checkpoint by hex id prefix (at least 4 digits), ``latest`` or ``seq:N``."""
+        rows = await self.checkpoints()
+        if ref == "latest" and rows:
+            return rows[-1]
+        if ref.startswith("seq:"):
+            hits = [r for r in rows if str(r.seq) == ref[4:]]
+        else:
+            hits = [r for r in rows if len(ref) >= 4 and r.id.hex().startswith(ref.lower())]
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            raise NotFoundError(f"checkpoint id {ref!r} is ambiguous", hint="give more digits")
+        raise NotFoundError(f"no checkpoint {ref!r} in the local journal")
+
+    async def record(self, rid: bytes) -> bytes | None:
+        row = await self._one("SELECT data FROM records WHERE id = ?", (rid,))
+        return row[0] if row else None
+
+    async def add_records(self, rows: Sequence[tuple[bytes, int, bytes]], state: int) -> None:
+        """Add records fetched from elsewhere (e.g. the hub) without touching the index."""
+        await self._write(
+            "INSERT OR IGNORE INTO records(id, kind, state, data) VALUES(?,?,?,?)",
+            [(rid, kind, state, data) for rid, kind, data in rows],
+        )
+
+    # --- per-source incremental state -----------------------------------------------
+
+    def seal_state(self, obj: bytes) -> bytes:
+        nonce = os.urandom(12)
+        return nonce + self._state_key.encrypt(nonce, obj, b"amber-source-state")
+
+    def open_state(self, data: bytes) -> bytes:
+        try:
+            return self._state_key.decrypt(data[:12], data[12:], b"amber-source-state")
+        except InvalidTag:
+            raise IntegrityError("source state in the journal failed authentication") from None
+
+    async def source_state(self, source: str) -> tuple[bytes, bytes] | None:
+        row = await self._one(
+            "SELECT manifest_id, data FROM source_state WHERE source = ?", (source,)
+        )
+        return (row[0], self.open_state(row[1])) if row else None
+
+    async def integrity_check(self) -> list[str]:
+        rows = await self._all("PRAGMA integrity_check")
+        return [r[0] for r in rows if r[0] != "ok"]

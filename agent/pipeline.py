@@ -1,0 +1,151 @@
+"""The chunk pipeline: read → id → dedup against the journal → zstd/AES-GCM → journal.
+
+Reading and cutting run in a dedicated reader thread, ids and encryption in a
+thread pool (BLAKE3, zstd and AES-GCM release the GIL), journal writes in
+aiosqlite's thread; the event loop only coordinates. Work moves in windows of
+``WINDOW_BYTES`` so memory stays flat whatever the file size, and the next window
+is read while the current one is encoded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import blake3
+from amber.protocol.chunk import chunk_id, encode_chunk
+from amber.protocol.errors import JournalFullError
+from amber.protocol.keys import VaultKeys
+
+from .journal import Journal
+
+WINDOW_BYTES = 16 * 1024 * 1024
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class WriteStats:
+    read_bytes: int = 0
+    new_chunks: int = 0
+    new_bytes: int = 0  # encrypted bytes added to the journal
+    dedup_chunks: int = 0
+
+
+@dataclass
+class StreamResult:
+    chunks: list[tuple[bytes, int]] = field(default_factory=list)
+    size: int = 0
+    digest: bytes = b""
+
+
+def _read_window(it: Iterator[bytes], hasher: blake3.blake3 | None) -> list[bytes]:
+    out: list[bytes] = []
+    total = 0
+    for piece in it:
+        if hasher is not None:
+            hasher.update(piece)
+        out.append(piece)
+        total += len(piece)
+        if total >= WINDOW_BYTES:
+            break
+    return out
+
+
+class ChunkWriter:
+    """Writes chunk plaintexts into the journal as tentative chunks, deduplicated."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        keys: VaultKeys,
+        pool: Executor,
+        reader: Executor,
+        *,
+        level: int,
+        budget: int,
+        progress: Progress | None = None,
+    ) -> None:
+        self.journal = journal
+        self.keys = keys
+        self.pool = pool
+        self.reader = reader
+        self.level = level
+        self.budget = budget  # journal bytes this checkpoint may still add
+        self.progress = progress
+        self.stats = WriteStats()
+        self._seen: set[bytes] = set()
+        self._pending_put: asyncio.Task[None] | None = None
+
+    async def write_stream(self, pieces: Iterator[bytes], *, digest: bool = True) -> StreamResult:
+        """Consume ``pieces`` (run in the reader thread) and return the chunk list."""
+        loop = asyncio.get_running_loop()
+        hasher = blake3.blake3() if digest else None
+        result = StreamResult()
+        nxt = loop.run_in_executor(self.reader, _read_window, pieces, hasher)
+        while True:
+            window = await nxt
+            if not window:
+                break
+            nxt = loop.run_in_executor(self.reader, _read_window, pieces, hasher)
+            await self._process(window, result)
+        if hasher is not None:
+            result.digest = hasher.digest()
+        return result
+
+    async def _process(self, window: list[bytes], result: StreamResult) -> None:
+        loop = asyncio.get_running_loop()
+        ids = await asyncio.gather(
+            *(loop.run_in_executor(self.pool, chunk_id, self.keys, p) for p in window)
+        )
+        fresh = list(dict.fromkeys(cid for cid in ids if cid not in self._seen))
+        known = await self.journal.known_chunks(fresh) if fresh else set()
+        todo = {
+            cid: p for cid, p in zip(ids, window, strict=True) if cid in fresh and cid not in known
+        }
+        encoded = await asyncio.gather(
+            *(loop.run_in_executor(self.pool, self._encode, p, cid) for cid, p in todo.items())
+        )
+        rows = [(cid, len(todo[cid]), blob) for cid, blob in encoded]
+        self._charge(rows)
+        await self.flush()
+        if rows:
+            self._pending_put = asyncio.create_task(
+                self.journal.put_chunks(rows, time.time_ns() // 1000)
+            )
+        self._seen.update(ids)
+        for cid, p in zip(ids, window, strict=True):
+            result.chunks.append((cid, len(p)))
+            result.size += len(p)
+        self.stats.read_bytes += sum(map(len, window))
+        self.stats.dedup_chunks += len(window) - len(rows)
+        if self.progress:
+            self.progress(sum(map(len, window)))
+
+    def _encode(self, plaintext: bytes, cid: bytes) -> tuple[bytes, bytes]:
+        return encode_chunk(self.keys, plaintext, level=self.level, cid=cid)
+
+    def _charge(self, rows: list[tuple[bytes, int, bytes]]) -> None:
+        added = sum(len(b) for _, _, b in rows)
+        self.stats.new_chunks += len(rows)
+        self.stats.new_bytes += added
+        if self.stats.new_bytes > self.budget:
+            raise JournalFullError(
+                f"this checkpoint needs more than the {self.budget} bytes left under the "
+                "journal's size bound; nothing was committed"
+            )
+
+    async def flush(self) -> None:
+        """Wait for the last journal write; call before committing."""
+        if self._pending_put is not None:
+            task, self._pending_put = self._pending_put, None
+            await task
+
+    async def abort(self) -> None:
+        if self._pending_put is not None:
+            task, self._pending_put = self._pending_put, None
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)

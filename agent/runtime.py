@@ -1,0 +1,81 @@
+"""The open agent: configuration, identity, journal and worker pools, owned together.
+
+    async with AgentRuntime.open(cfg) as rt:
+        await rt.checkpointer().checkpoint()
+
+Writers (checkpoint, restore, the daemon's cycles) take the state directory's
+lock, so two agent processes never commit to one journal at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from amber.protocol.errors import JournalError
+
+from .checkpointer import Checkpointer
+from .config import AgentConfig
+from .identity import NodeIdentity, load_identity
+from .journal import Journal
+from .restorer import Restorer
+
+
+@dataclass
+class AgentRuntime:
+    cfg: AgentConfig
+    ident: NodeIdentity
+    journal: Journal
+    pool: ThreadPoolExecutor
+    reader: ThreadPoolExecutor
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, cfg: AgentConfig, *, create: bool = False) -> AsyncIterator[AgentRuntime]:
+        ident = load_identity(cfg)
+        journal = await Journal.open(
+            cfg.journal_path, ident.keys, vault=cfg.vault, node=cfg.node, create=create
+        )
+        pool = ThreadPoolExecutor(cfg.workers, thread_name_prefix="amber-chunk")
+        reader = ThreadPoolExecutor(1, thread_name_prefix="amber-read")
+        try:
+            yield cls(cfg, ident, journal, pool, reader)
+        finally:
+            await journal.close()
+            pool.shutdown(wait=True, cancel_futures=True)
+            reader.shutdown(wait=True, cancel_futures=True)
+
+    def checkpointer(self, progress: Callable[[int], None] | None = None) -> Checkpointer:
+        return Checkpointer(self.cfg, self.ident, self.journal, self.pool, self.reader, progress)
+
+    def restorer(self, progress: Callable[[int], None] | None = None) -> Restorer:
+        return Restorer(self.ident, self.journal, self.journal, self.pool, progress=progress)
+
+    @asynccontextmanager
+    async def writing(self, timeout: float = 600.0) -> AsyncIterator[None]:
+        """Hold the state directory's write lock; clean up after a crashed writer."""
+        self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.cfg.state_dir / "agent.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise JournalError(
+                            "another amber-agent process is writing to this journal",
+                            hint="wait for it to finish (or stop the daemon) and retry",
+                        ) from None
+                    await asyncio.sleep(0.1)
+            await self.journal.discard_tentative()
+            yield
+        finally:
+            os.close(fd)

@@ -1,0 +1,102 @@
+"""What every source kind shares: the scan context, the result, and the registry."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgpack
+from amber.protocol.errors import SourceError
+from amber.protocol.records import Entry, Manifest
+
+from .config import SourceConfig
+from .pipeline import ChunkWriter
+
+
+@dataclass
+class ScanContext:
+    source: SourceConfig
+    writer: ChunkWriter
+    prev_manifest: Manifest | None
+    prev_state: dict[str, Any]
+    tmp_dir: Path
+    busy_timeout: float
+    make_cdc: Callable[[str], Any]  # "files" | "model" -> FastCDC
+
+    def prev_entry(self, path: str) -> Entry | None:
+        if self.prev_manifest is None:
+            return None
+        if not hasattr(self, "_index"):
+            self._index = {e.path: e for e in self.prev_manifest.entries}
+        return self._index.get(path)
+
+
+@dataclass
+class ScanResult:
+    entries: list[Entry]
+    meta: dict[str, Any] = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+Scanner = Callable[[ScanContext], Awaitable[ScanResult]]
+
+
+def pack_state(state: dict[str, Any]) -> bytes:
+    return msgpack.packb(state, use_bin_type=True)
+
+
+def unpack_state(data: bytes) -> dict[str, Any]:
+    try:
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except Exception:  # a damaged cache only costs a full rescan
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
+def source_root(src: SourceConfig) -> Path:
+    """Check the source path exists and is readable; return it."""
+    path = src.path
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise SourceError(f"source {src.name!r}: {path} does not exist") from None
+    except OSError as exc:
+        raise SourceError(f"source {src.name!r}: cannot stat {path}: {exc.strerror}") from None
+    if not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
+        raise SourceError(f"source {src.name!r}: {path} is not readable (mode {st.st_mode:o})")
+    return path
+
+
+def walk(root: Path, exclude: tuple[str, ...]) -> list[tuple[str, os.stat_result]]:
+    """Every path under ``root`` (relative, sorted), without following symlinks."""
+    if not root.is_dir():
+        return [(root.name, root.lstat())]
+    out: list[tuple[str, os.stat_result]] = []
+    for dirpath, dirnames, filenames in os.walk(root, onerror=_walk_error):
+        dirnames.sort()
+        base = Path(dirpath)
+        for name in sorted(dirnames) + sorted(filenames):
+            full = base / name
+            rel = full.relative_to(root).as_posix()
+            if any(fnmatch.fnmatch(rel, pat) for pat in exclude):
+                if name in dirnames:
+                    dirnames.remove(name)
+                continue
+            out.append((rel, full.lstat()))
+    out.sort()
+    return out
+
+
+def _walk_error(exc: OSError) -> None:
+    raise SourceError(f"cannot read {exc.filename}: {exc.strerror}")
+
+
+def open_for_read(path: Path, name: str) -> Any:
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise SourceError(f"source {name!r}: cannot read {path}: {exc.strerror}") from None

@@ -1,0 +1,57 @@
+"""Shared pytest fixtures. Process logic lives in tests/servers.py; keep this file thin.
+
+Sections: real servers (below). Add new fixtures under a section heading of their own.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Make `tests.servers` / `tests.faultproxy` importable however pytest is launched
+# (`pytest` does not put the repository root on sys.path; `python -m pytest` does).
+_ROOT = str(Path(__file__).resolve().parent.parent)
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from tests.servers import NatsServer, SeaweedS3  # noqa: E402
+
+# --------------------------------------------------------------------------- real servers
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """One nats-server with JetStream for the whole session. Do not kill or reconfigure
+    it (use ``fresh_nats``); use unique stream names and subjects per test."""
+    server = NatsServer(tmp_path_factory.mktemp("nats"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def fresh_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """A private nats-server for one test, free to kill(), restart() or reload()."""
+    server = NatsServer(tmp_path_factory.mktemp("fresh-nats"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    """One SeaweedFS S3 gateway for the whole session (~3-10 s to start). Use
+    ``s3_server.make_bucket()`` for a fresh bucket per test."""
+    server = SeaweedS3(tmp_path_factory.mktemp("s3"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,140 @@
+"""Frozen samples of every format version keep decoding with the current code.
+
+The samples in tests/fixtures/ were written once by make_fixtures.py and must never
+be regenerated: they stand for data that older releases wrote and that still sits
+in journals, object stores and bundles. This test only reads them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import blake3
+import pytest
+
+from amber.protocol import chunk, keys, records, wire
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+EXPECTED: dict[str, Any] = json.loads((FIXTURES / "expected.json").read_text())
+
+
+def sample(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes()
+
+
+def jsonable(value: Any) -> Any:
+    """Spell a decoded value the way expected.json does (bytes as hex, tuples as lists)."""
+    if isinstance(value, bytes):
+        return value.hex()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value
+
+
+@pytest.fixture(scope="module")
+def vault() -> keys.VaultKeys:
+    return keys.VaultKeys.from_file_bytes(sample("vault_key_v1.bin"))
+
+
+@pytest.fixture(scope="module")
+def signer_public() -> bytes:
+    return keys.SigningKey.from_file_bytes(sample("signing_key_v1.bin")).public
+
+
+def test_every_sample_is_listed_in_expected_json() -> None:
+    on_disk = {p.name for p in FIXTURES.glob("*.bin")}
+    assert on_disk == set(EXPECTED)
+
+
+def test_vault_key_v1(vault: keys.VaultKeys) -> None:
+    want = EXPECTED["vault_key_v1.bin"]
+    assert vault.master.hex() == want["master"]
+    assert vault.fingerprint == want["fingerprint"]
+    got = {
+        "chunk-id": vault.chunk_id,
+        "chunk-enc": vault.chunk_enc,
+        "meta-enc": vault.meta_enc,
+        "meta-nonce": vault.meta_nonce,
+    }
+    assert jsonable(got) == want["subkeys"]
+
+
+def test_vault_export_v1() -> None:
+    want = EXPECTED["vault_export_v1.bin"]
+    data = sample("vault_export_v1.bin")
+    assert (data[6], data[7], data[8]) == (want["log2_n"], want["r"], want["p"])
+    assert keys.import_vault_key(data, want["passphrase"]).hex() == want["master"]
+
+
+def test_signing_key_v1() -> None:
+    want = EXPECTED["signing_key_v1.bin"]
+    sk = keys.SigningKey.from_file_bytes(sample("signing_key_v1.bin"))
+    assert sk.seed.hex() == want["seed"]
+    assert sk.public.hex() == want["public"]
+
+
+@pytest.mark.parametrize("name", ["chunk_v1_raw.bin", "chunk_v1_zstd.bin"])
+def test_chunk_v1(vault: keys.VaultKeys, name: str) -> None:
+    want = EXPECTED[name]
+    blob = sample(name)
+    assert chunk.parse_chunk_header(blob) == (want["flags"], want["length"])
+    plain = chunk.decode_chunk(vault, bytes.fromhex(want["id"]), blob)
+    assert plain.hex() == want["plaintext"]
+    assert chunk.chunk_id(vault, plain).hex() == want["id"]
+
+
+def test_manifest_v1(vault: keys.VaultKeys, signer_public: bytes) -> None:
+    want = EXPECTED["manifest_v1.bin"]
+    data = sample("manifest_v1.bin")
+    m = records.decode_manifest(data, vault, trusted=signer_public)
+    assert jsonable(m) == want["manifest"]
+    assert jsonable(records.manifest_public(data)) == want["public"]
+    raw = records.parse(data)
+    assert raw.id.hex() == want["record_id"] == blake3.blake3(data).hexdigest()
+    assert raw.signer.hex() == want["signer"]
+
+
+@pytest.mark.parametrize("name", ["checkpoint_v1_seq0.bin", "checkpoint_v1_seq1.bin"])
+def test_checkpoint_v1(vault: keys.VaultKeys, signer_public: bytes, name: str) -> None:
+    want = EXPECTED[name]
+    data = sample(name)
+    cp = records.decode_checkpoint(data, vault, trusted=signer_public)
+    assert jsonable(cp) == want["checkpoint"]
+    hub_view = records.checkpoint_public(data, trusted=signer_public)
+    assert hub_view == dataclasses.replace(cp, note="")
+    assert records.record_id(data).hex() == want["record_id"]
+
+
+def test_checkpoint_v1_chain(vault: keys.VaultKeys) -> None:
+    data0, data1 = sample("checkpoint_v1_seq0.bin"), sample("checkpoint_v1_seq1.bin")
+    cp0 = records.decode_checkpoint(data0, vault)
+    cp1 = records.decode_checkpoint(data1, vault)
+    records.check_chain(None, None, cp0)
+    records.check_chain(records.record_id(data0), cp0.seq, cp1)
+    manifest_id = records.record_id(sample("manifest_v1.bin"))
+    assert set(cp0.manifests.values()) == {manifest_id}
+
+
+def test_manifest_v1_chunks_are_the_chunk_samples(vault: keys.VaultKeys) -> None:
+    m = records.decode_manifest(sample("manifest_v1.bin"), vault)
+    by_id = {
+        bytes.fromhex(EXPECTED[n]["id"]): n for n in ("chunk_v1_raw.bin", "chunk_v1_zstd.bin")
+    }
+    (entry,) = [e for e in m.entries if e.type == "f"]
+    content = b"".join(chunk.decode_chunk(vault, cid, sample(by_id[cid])) for cid, _ in entry.chunks)
+    assert len(content) == entry.size
+    assert blake3.blake3(content).digest() == entry.digest
+
+
+def test_wire_v1_chunk_query() -> None:
+    want = EXPECTED["wire_v1_chunk_query.bin"]
+    msg = wire.decode(sample("wire_v1_chunk_query.bin"), expect=wire.ChunkQuery)
+    assert msg.TYPE == want["type"]
+    assert jsonable(msg) == want["fields"]
