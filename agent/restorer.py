@@ -93,6 +93,8 @@ class Restorer:
 
     async def materialize(self, m: Manifest, root: Path | None) -> None:
         """Write (or with ``root=None`` only verify) every entry of ``m`` under ``root``."""
+        if root is not None:
+            root.mkdir(parents=True, exist_ok=True)  # an empty source is still restored
         for e in m.entries:
             target = None if root is None else root / _safe_rel(e.path)
             if e.type == "d" and target is not None:

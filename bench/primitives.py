@@ -3,9 +3,10 @@
 Measures, on ``--size-mib`` MiB (default 256) of deterministic model-like data held
 in memory (see ``datagen.py``):
 
-(a) each stage alone, on one thread: FastCDC chunking (pyfastcdc, 1 MiB average),
-    the chunk id (keyed BLAKE3), the compressibility sample ``encode_chunk`` takes
-    before compressing, zstd level 1 and 3 of every chunk, AES-256-GCM of every chunk;
+(a) each stage alone, on one thread: FastCDC chunking (pyfastcdc, 1 MiB average by
+    default; ``--avg-kib 256`` matches the agent's model sources), the chunk id (keyed
+    BLAKE3), the compressibility sample ``encode_chunk`` takes before compressing,
+    zstd level 1 and 3 of every chunk, AES-256-GCM of every chunk;
 (b) the whole per-chunk pipeline ``amber.protocol.chunk.encode_chunk``
     (id -> zstd? -> AES-GCM) over pre-cut chunks on one thread and on thread pools of
     2 and 4 workers, then end to end (FastCDC in the calling thread feeding the pool);
@@ -60,7 +61,7 @@ except ImportError as exc:  # pragma: no cover - environment problem, not a benc
     )
 
 MiB = 1024 * 1024
-AVG_CHUNK = 1 * MiB
+KiB = 1024
 SEED = "primitives"
 # a fixed, public vault key: the bench must be reproducible, and nothing is secret here
 BENCH_KEY = bytes(range(32))
@@ -98,9 +99,9 @@ def own_cpu() -> float:
     return t.user + t.system
 
 
-def cut(data: bytes) -> list[memoryview]:
-    """FastCDC with a 1 MiB average (min 256 KiB, max 4 MiB), as the agent chunks models."""
-    cdc = pyfastcdc.FastCDC(avg_size=AVG_CHUNK)
+def cut(data: bytes, avg: int) -> list[memoryview]:
+    """FastCDC with pyfastcdc's defaults around ``avg``: min avg/4, max 4 avg."""
+    cdc = pyfastcdc.FastCDC(avg_size=avg)
     return [c.data for c in cdc.cut_buf(data)]
 
 
@@ -132,12 +133,13 @@ def end_to_end(
     workers: int,
     keys: VaultKeys,
     data: bytes,
+    avg: int,
     level: int,
     keep: bool,
 ) -> list[bytes] | list[int]:
     """Chunk in this thread while a pool encodes, at most 2 chunks in flight per worker
     (the way a streaming agent bounds its memory)."""
-    cdc = pyfastcdc.FastCDC(avg_size=AVG_CHUNK)
+    cdc = pyfastcdc.FastCDC(avg_size=avg)
     out: list[Any] = []
     if pool is None:
         for c in cdc.cut_buf(data):
@@ -178,6 +180,12 @@ def main(argv: list[str] | None = None) -> int:
         default=amber_chunk.DEFAULT_LEVEL,
         help=f"zstd level for the pipeline (default {amber_chunk.DEFAULT_LEVEL}, as the agent)",
     )
+    p.add_argument(
+        "--avg-kib",
+        type=int,
+        default=1024,
+        help="FastCDC average chunk size in KiB (default 1024; min is a quarter, max 4x)",
+    )
     p.add_argument("--threads", default="2,4", help="pool sizes to try (default 2,4)")
     p.add_argument("--json", action="store_true", help="JSON to stdout, table to stderr")
     args = p.parse_args(argv)
@@ -188,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--threads takes comma-separated integers, not {args.threads!r}")
     if size <= 0 or args.runs <= 0 or any(t < 1 for t in pool_sizes):
         p.error("--size-mib, --runs and --threads must be positive")
+    if not 1 <= args.avg_kib <= 4096:
+        p.error("--avg-kib must be within 1..4096 (pyfastcdc's limits)")
+    avg = args.avg_kib * KiB
+    avg_label = f"{avg // MiB} MiB" if avg % MiB == 0 else f"{args.avg_kib} KiB"
     out = sys.stderr if args.json else sys.stdout
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
@@ -195,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     data = model_like_bytes(size, SEED, args.dtype)
     gen_s = time.perf_counter() - t0
     keys = VaultKeys.from_master(BENCH_KEY)
-    chunks = cut(data)
+    chunks = cut(data, avg)
     n = len(chunks)
     print(
         f"Amber chunk primitives: {size / MiB:.0f} MiB of {args.dtype}-like data "
@@ -208,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     a = "(a) stages alone, one thread"
     b = f"(b) encode_chunk pipeline (id -> zstd-{args.level}? -> AES-GCM)"
     stages: list[Stage] = [
-        Stage(a, "FastCDC cut_buf (avg 1 MiB)", lambda keep: cut(data)),
+        Stage(a, f"FastCDC cut_buf (avg {avg_label})", lambda keep: cut(data, avg)),
         Stage(
             a,
             "chunk id (keyed BLAKE3)",
@@ -299,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         Stage(
             b,
             "FastCDC + encode_chunk (end to end)",
-            lambda keep: end_to_end(None, 1, keys, data, lvl, keep),
+            lambda keep: end_to_end(None, 1, keys, data, avg, lvl, keep),
             inspect=pipeline_check("e2e1"),
         )
     )
@@ -308,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             Stage(
                 b,
                 "FastCDC + encode_chunk (end to end)",
-                lambda keep, pool=pool, w=w: end_to_end(pool, w, keys, data, lvl, keep),
+                lambda keep, pool=pool, w=w: end_to_end(pool, w, keys, data, avg, lvl, keep),
                 threads=w,
                 inspect=pipeline_check(f"e2e{w}"),
             )
@@ -402,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpus": cpus,
             "machine": platform.machine(),
             "versions": versions(),
+            "cdc_avg_size": avg,
             "chunks": n,
             "mean_chunk_bytes": size // n,
             "stored_ratio": round(stored_ratio, 4),

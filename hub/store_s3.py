@@ -11,7 +11,9 @@ is used once, to make the client, and never again.
   on plain and versioned buckets) implement it. A server that ignored the header
   would overwrite, which stays harmless here: keys are content-addressed so a
   racing writer stores identical bytes, and on a versioned (Object Lock) bucket an
-  overwrite only adds a version and never destroys the retained one.
+  overwrite only adds a version and never destroys the retained one. If botocore
+  retries a PUT whose first response was lost, the retry meets our own object and
+  put returns False although this call wrote it: harmless, the bytes are the same.
 - Retention: with ``retain_until`` on a bucket with Object Lock, the PUT carries
   ``ObjectLockMode=COMPLIANCE`` and ``ObjectLockRetainUntilDate``, so no one, not
   even the bucket's owner, can delete that version early. Whether the bucket has
@@ -88,6 +90,8 @@ class S3Store:
         self._client_lock = asyncio.Lock()
         self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="amber-s3")
         self._object_lock: bool | None = None
+        self._object_lock_check = asyncio.Lock()
+        self._closed = False
         self._warned_no_lock = False
 
     def __repr__(self) -> str:
@@ -99,6 +103,8 @@ class S3Store:
         """See :meth:`amber.hub.store.ObjectStore.put` (a conditional create here)."""
         validate_key(key)
         deadline = retention_deadline(retain_until)
+        # Conditional create (If-None-Match: *): the server refuses with 412 if the key
+        # exists, atomically, so put never overwrites; see the module docstring.
         args: dict[str, Any] = {"Key": self._full(key), "Body": bytes(data), "IfNoneMatch": "*"}
         if deadline is not None and await self._retention_supported(key):
             args.update(ObjectLockMode="COMPLIANCE", ObjectLockRetainUntilDate=deadline)
@@ -193,6 +199,7 @@ class S3Store:
 
     async def close(self) -> None:
         """Close the client (if this store made it) and stop the thread pool."""
+        self._closed = True
         async with self._client_lock:
             client, self._client = self._client, None
         if client is not None and self._owns_client and hasattr(client, "close"):
@@ -206,6 +213,8 @@ class S3Store:
 
     async def _run(self, fn: Callable[[Any], T]) -> T:
         """Run ``fn(client)`` in the pool, making the client on first use."""
+        if self._closed:
+            raise StoreError(f"{self.name} is closed", hint="open the store again")
         if self._client is None:
             async with self._client_lock:
                 if self._client is None:
@@ -276,18 +285,19 @@ class S3Store:
 
     async def _object_lock_enabled(self) -> bool:
         """Whether the bucket has Object Lock, asked once."""
-        if self._object_lock is None:
-            try:
-                reply = await self._call("get_object_lock_configuration")
-                config = reply.get("ObjectLockConfiguration", {})
-                self._object_lock = config.get("ObjectLockEnabled") == "Enabled"
-            except ClientError as exc:
-                if _code(exc) != "ObjectLockConfigurationNotFoundError":
+        async with self._object_lock_check:
+            if self._object_lock is None:
+                try:
+                    reply = await self._call("get_object_lock_configuration")
+                    config = reply.get("ObjectLockConfiguration", {})
+                    self._object_lock = config.get("ObjectLockEnabled") == "Enabled"
+                except ClientError as exc:
+                    if _code(exc) != "ObjectLockConfigurationNotFoundError":
+                        raise self._error(exc, "object lock check", "") from exc
+                    self._object_lock = False
+                except BotoCoreError as exc:
                     raise self._error(exc, "object lock check", "") from exc
-                self._object_lock = False
-            except BotoCoreError as exc:
-                raise self._error(exc, "object lock check", "") from exc
-        return self._object_lock
+            return self._object_lock
 
     async def _retention_supported(self, key: str) -> bool:
         if await self._object_lock_enabled():

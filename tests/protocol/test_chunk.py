@@ -7,12 +7,11 @@ import struct
 import blake3
 import pytest
 import zstandard
+from amber.protocol import chunk, keys
+from amber.protocol.errors import AmberError, FormatError, IntegrityError, UnknownVersionError
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from amber.protocol import chunk, keys
-from amber.protocol.errors import AmberError, FormatError, IntegrityError, UnknownVersionError
 
 VAULT = keys.VaultKeys.from_master(bytes(range(32)))
 OTHER_VAULT = keys.VaultKeys.from_master(bytes(range(1, 33)))
@@ -97,6 +96,22 @@ def test_ids_and_blobs_depend_on_the_vault_key(plain: bytes) -> None:
     assert cid != other_cid and blob[12:] != other_blob[12:]
     raises(IntegrityError, chunk.decode_chunk, OTHER_VAULT, cid, blob)
     raises(IntegrityError, chunk.decode_chunk, OTHER_VAULT, other_cid, blob)
+
+
+@settings(max_examples=30, deadline=None)
+@given(plain=plaintexts)
+def test_precomputed_id_gives_the_same_blob(plain: bytes) -> None:
+    cid = chunk.chunk_id(VAULT, plain)
+    assert chunk.encode_chunk(VAULT, plain, cid=cid) == chunk.encode_chunk(VAULT, plain)
+
+
+def test_a_wrong_precomputed_id_makes_a_blob_nobody_can_read() -> None:
+    """encode_chunk does not re-check a passed id: writers MUST pass the plaintext's own."""
+    wrong = chunk.chunk_id(VAULT, RANDOM_1K)
+    cid, blob = chunk.encode_chunk(VAULT, TEXT_1K, cid=wrong)
+    assert cid == wrong
+    raises(IntegrityError, chunk.decode_chunk, VAULT, wrong, blob)
+    raises(IntegrityError, chunk.decode_chunk, VAULT, chunk.chunk_id(VAULT, TEXT_1K), blob)
 
 
 def test_empty_chunk() -> None:
@@ -188,7 +203,13 @@ def test_every_truncation_and_trailing_garbage(plain: bytes) -> None:
 def test_unknown_versions_bad_magic_flags_and_reserved() -> None:
     cid, blob = chunk.encode_chunk(VAULT, TEXT_1K)
     for version in set(range(256)) - {1}:
-        raises(UnknownVersionError, chunk.decode_chunk, VAULT, cid, blob[:4] + bytes([version]) + blob[5:])
+        raises(
+            UnknownVersionError,
+            chunk.decode_chunk,
+            VAULT,
+            cid,
+            blob[:4] + bytes([version]) + blob[5:],
+        )
     for magic in (b"AMBR", b"ambc", b"\0\0\0\0", b"AMBK"):
         raises(FormatError, chunk.decode_chunk, VAULT, cid, magic + blob[4:])
     for flags in range(2, 256):
@@ -237,11 +258,15 @@ def test_forged_zstd_body_of_other_content_is_refused() -> None:
     cid = chunk.chunk_id(VAULT, plain)
     other = TEXT_1K.replace(b"agent", b"AGENT")
     body = zstandard.ZstdCompressor().compress(other)
-    err = raises(IntegrityError, chunk.decode_chunk, VAULT, cid, seal_body(body, 1, len(plain), cid))
+    err = raises(
+        IntegrityError, chunk.decode_chunk, VAULT, cid, seal_body(body, 1, len(plain), cid)
+    )
     assert "hash back" in str(err)
     body = zstandard.ZstdCompressor().compress(plain + b"!")
     raises(IntegrityError, chunk.decode_chunk, VAULT, cid, seal_body(body, 1, len(plain), cid))
-    raises(IntegrityError, chunk.decode_chunk, VAULT, cid, seal_body(plain[:-1], 0, len(plain), cid))
+    raises(
+        IntegrityError, chunk.decode_chunk, VAULT, cid, seal_body(plain[:-1], 0, len(plain), cid)
+    )
 
 
 def _zstd_frame_claiming(content_size: int, payload: bytes) -> bytes:

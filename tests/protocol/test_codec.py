@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import msgpack
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from amber.protocol import codec as c
 from amber.protocol.errors import AmberError, FormatError
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 scalars = st.one_of(
     st.none(),
@@ -20,7 +19,9 @@ scalars = st.one_of(
 )
 values = st.recursive(
     scalars,
-    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=5)
+    ),
     max_leaves=30,
 )
 
@@ -114,7 +115,7 @@ def test_scalar_checks_accept_their_type_and_refuse_others(name: str, data) -> N
     if _fits(name, other):
         assert check(other, "f") == other
     else:
-        with pytest.raises(FormatError, match="^f: "):
+        with pytest.raises(FormatError, match=r"^f: "):
             check(other, "f")
 
 
@@ -122,7 +123,9 @@ def _fits(name: str, value) -> bool:
     if name == "str":
         return isinstance(value, str)
     if name in ("int", "uint"):
-        return isinstance(value, int) and not isinstance(value, bool) and (name == "int" or value >= 0)
+        return (
+            isinstance(value, int) and not isinstance(value, bool) and (name == "int" or value >= 0)
+        )
     if name == "bool":
         return isinstance(value, bool)
     if name == "float":

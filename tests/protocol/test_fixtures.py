@@ -14,7 +14,6 @@ from typing import Any
 
 import blake3
 import pytest
-
 from amber.protocol import chunk, keys, records, wire
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -124,11 +123,11 @@ def test_checkpoint_v1_chain(vault: keys.VaultKeys) -> None:
 
 def test_manifest_v1_chunks_are_the_chunk_samples(vault: keys.VaultKeys) -> None:
     m = records.decode_manifest(sample("manifest_v1.bin"), vault)
-    by_id = {
-        bytes.fromhex(EXPECTED[n]["id"]): n for n in ("chunk_v1_raw.bin", "chunk_v1_zstd.bin")
-    }
+    by_id = {bytes.fromhex(EXPECTED[n]["id"]): n for n in ("chunk_v1_raw.bin", "chunk_v1_zstd.bin")}
     (entry,) = [e for e in m.entries if e.type == "f"]
-    content = b"".join(chunk.decode_chunk(vault, cid, sample(by_id[cid])) for cid, _ in entry.chunks)
+    content = b"".join(
+        chunk.decode_chunk(vault, cid, sample(by_id[cid])) for cid, _ in entry.chunks
+    )
     assert len(content) == entry.size
     assert blake3.blake3(content).digest() == entry.digest
 

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import struct
 
 import blake3
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from amber.protocol import codec, keys, records
 from amber.protocol.errors import (
     AmberError,
@@ -22,6 +18,10 @@ from amber.protocol.errors import (
     UnknownVersionError,
 )
 from amber.protocol.records import Checkpoint, Entry, Manifest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 VAULT = keys.VaultKeys.from_master(bytes(range(32)))
 OTHER_VAULT = keys.VaultKeys.from_master(bytes(range(1, 33)))
@@ -324,7 +324,10 @@ def test_resigned_record_is_only_caught_by_the_trusted_set() -> None:
 
 
 def sealed_manifest(public_changes=None, sealed_changes=None, m: Manifest = SMALL_MANIFEST):
-    public, sealed = {**m.public(), **(public_changes or {})}, {**m.sealed(), **(sealed_changes or {})}
+    public, sealed = (
+        {**m.public(), **(public_changes or {})},
+        {**m.sealed(), **(sealed_changes or {})},
+    )
     return records.seal(records.KIND_MANIFEST, public, sealed, VAULT, NODE_KEY)
 
 
@@ -423,7 +426,13 @@ def chain(length: int, note: str = "") -> list[tuple[bytes, Checkpoint]]:
 
 
 def test_encode_refuses_a_broken_chain_link() -> None:
-    raises(ChainError, records.encode_checkpoint, dataclasses.replace(SEQ0, prev=IDS[0]), VAULT, NODE_KEY)
+    raises(
+        ChainError,
+        records.encode_checkpoint,
+        dataclasses.replace(SEQ0, prev=IDS[0]),
+        VAULT,
+        NODE_KEY,
+    )
     raises(ChainError, records.encode_checkpoint, dataclasses.replace(SEQ0, seq=1), VAULT, NODE_KEY)
 
 
@@ -450,7 +459,9 @@ def test_decode_refuses_a_broken_chain_link() -> None:
 )
 def test_checkpoint_schema_violations_are_format_errors(public, sealed) -> None:
     pub = {**SEQ0.public(), **(public or {})}
-    data = records.seal(records.KIND_CHECKPOINT, pub, {"note": ""} if sealed is None else sealed, VAULT, NODE_KEY)
+    data = records.seal(
+        records.KIND_CHECKPOINT, pub, {"note": ""} if sealed is None else sealed, VAULT, NODE_KEY
+    )
     raises(FormatError, records.decode_checkpoint, data, VAULT)
 
 
@@ -459,7 +470,7 @@ def test_checkpoint_schema_violations_are_format_errors(public, sealed) -> None:
 def test_check_chain_accepts_successors_and_refuses_gaps(length: int, note: str) -> None:
     links = chain(length, note)
     records.check_chain(None, None, links[0][1])
-    for (prev_id, prev), (_, cp) in zip(links, links[1:], strict=False):
+    for (prev_id, prev), (_, cp) in itertools.pairwise(links):
         records.check_chain(prev_id, prev.seq, cp)
     for i, (_, cp) in enumerate(links):
         for j, (other_id, other) in enumerate(links):

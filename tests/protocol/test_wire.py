@@ -8,11 +8,10 @@ from typing import Any, ClassVar, get_type_hints
 
 import msgpack
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from amber.protocol import wire
 from amber.protocol.errors import AmberError, FormatError, ProtocolError, UnknownVersionError
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 ID = bytes(range(32))
 int64ish = st.integers(-(2**63), 2**64 - 1)
@@ -147,7 +146,9 @@ def test_limits() -> None:
     assert len(wire.decode(envelope(ids=many[1:])).ids) == wire.MAX_IDS_PER_MESSAGE
     huge = wire.ChunkPut(id=ID, blob=bytes(wire.MAX_MESSAGE_SIZE))
     raises(ProtocolError, wire.encode, huge)
-    raises(FormatError, wire.decode, envelope("chunk.put", id=ID, blob=bytes(wire.MAX_MESSAGE_SIZE)))
+    raises(
+        FormatError, wire.decode, envelope("chunk.put", id=ID, blob=bytes(wire.MAX_MESSAGE_SIZE))
+    )
     fits = wire.ChunkPut(id=ID, blob=bytes(wire.MAX_MESSAGE_SIZE - 100))
     assert wire.decode(wire.encode(fits)) == fits
 
@@ -284,7 +285,9 @@ def test_check_name_only_lets_subject_tokens_through(name: str) -> None:
     except FormatError:
         return
     token = name.rstrip("\n")  # see the xfail above: the only character that slips through
-    assert 1 <= len(token) <= 63 and all(ch.isascii() and (ch.isalnum() or ch in "-_") for ch in token)
+    assert 1 <= len(token) <= 63 and all(
+        ch.isascii() and (ch.isalnum() or ch in "-_") for ch in token
+    )
     assert token[0].isalnum()
 
 

@@ -1,0 +1,246 @@
+"""The hub's catalog: an SQLite index (aiosqlite) over what the store holds.
+
+Nodes and their NATS users, which objects are durable in the store, checkpoints
+and manifests with their public metadata. Everything here except node credentials
+and heartbeats can be rebuilt from the store (``amber-hub catalog rebuild``), since
+manifests and checkpoints are stored objects too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from amber.protocol.errors import JournalError, NotFoundError
+from amber.protocol.records import Checkpoint
+
+CHUNK, RECORD = "c", "r"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS nodes(
+    vault TEXT NOT NULL, node TEXT NOT NULL, user TEXT NOT NULL UNIQUE, password TEXT NOT NULL,
+    created_us INTEGER NOT NULL, labels TEXT NOT NULL DEFAULT '{}',
+    last_seen_us INTEGER, heartbeat TEXT, signer BLOB,
+    PRIMARY KEY(vault, node));
+CREATE TABLE IF NOT EXISTS objects(
+    vault TEXT NOT NULL, id BLOB NOT NULL, kind TEXT NOT NULL, size INTEGER NOT NULL,
+    stored_us INTEGER NOT NULL, PRIMARY KEY(vault, id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS checkpoints(
+    vault TEXT NOT NULL, node TEXT NOT NULL, seq INTEGER NOT NULL, id BLOB NOT NULL,
+    prev BLOB, time_us INTEGER NOT NULL, kind TEXT NOT NULL, labels TEXT NOT NULL,
+    manifests TEXT NOT NULL, signer BLOB NOT NULL, received_us INTEGER NOT NULL,
+    PRIMARY KEY(vault, node, seq));
+CREATE UNIQUE INDEX IF NOT EXISTS checkpoints_id ON checkpoints(vault, id);
+CREATE TABLE IF NOT EXISTS manifests(
+    vault TEXT NOT NULL, id BLOB NOT NULL, node TEXT NOT NULL, source TEXT NOT NULL,
+    kind TEXT NOT NULL, tier TEXT NOT NULL, time_us INTEGER NOT NULL, size INTEGER NOT NULL,
+    chunks INTEGER NOT NULL, PRIMARY KEY(vault, id)) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True)
+class NodeRow:
+    vault: str
+    node: str
+    user: str
+    password: str
+    created_us: int
+    labels: dict[str, str]
+    last_seen_us: int | None
+    heartbeat: dict[str, Any] | None
+    signer: bytes | None
+
+
+@dataclass(frozen=True)
+class CheckpointEntry:
+    vault: str
+    node: str
+    seq: int
+    id: bytes
+    prev: bytes | None
+    time_us: int
+    kind: str
+    labels: dict[str, str]
+    manifests: dict[str, str]  # source -> manifest id hex
+    signer: bytes
+    received_us: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "vault": self.vault, "node": self.node, "seq": self.seq, "id": self.id.hex(),
+            "prev": self.prev.hex() if self.prev else None, "time_us": self.time_us,
+            "kind": self.kind, "labels": self.labels, "sources": sorted(self.manifests),
+            "signer": self.signer.hex(), "received_us": self.received_us,
+        }
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class Catalog:
+    """One writer connection (transactions serialised by a lock) and one reader, so
+    readers only ever see committed rows."""
+
+    def __init__(self, db: aiosqlite.Connection, rdb: aiosqlite.Connection, path: Path) -> None:
+        self.db, self.rdb, self.path = db, rdb, path
+        self.lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path) -> Catalog:
+        try:
+            db = await aiosqlite.connect(path, isolation_level=None, timeout=30)
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=FULL")
+            await db.executescript(SCHEMA)
+            rdb = await aiosqlite.connect(path, isolation_level=None, timeout=30)
+        except sqlite3.Error as exc:
+            raise JournalError(f"hub catalog {path}: {exc}",
+                               hint="run 'amber-hub catalog rebuild' to recreate it") from None
+        return cls(db, rdb, path)
+
+    async def close(self) -> None:
+        await self.rdb.close()
+        await self.db.close()
+
+    async def _all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        async with self.rdb.execute(sql, args) as cur:
+            return list(await cur.fetchall())
+
+    async def _exec(self, sql: str, args: Sequence[Any] = ()) -> None:
+        await self._many(sql, [args])
+
+    async def _many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        async with self.lock:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                await self.db.executemany(sql, rows)
+                await self.db.execute("COMMIT")
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+
+    # --- nodes ----------------------------------------------------------------------
+
+    async def add_node(self, vault: str, node: str, user: str, password: str,
+                       labels: dict[str, str]) -> None:
+        try:
+            await self._exec(
+                "INSERT INTO nodes(vault, node, user, password, created_us, labels) "
+                "VALUES(?,?,?,?,?,?)",
+                (vault, node, user, password, now_us(), json.dumps(labels)),
+            )
+        except sqlite3.IntegrityError:
+            raise JournalError(f"node {vault}/{node} is already enrolled",
+                               hint="use another name, or 'amber-hub node rekey'") from None
+
+    async def set_password(self, vault: str, node: str, password: str) -> None:
+        await self._exec("UPDATE nodes SET password=? WHERE vault=? AND node=?",
+                         (password, vault, node))
+
+    async def nodes(self) -> list[NodeRow]:
+        rows = await self._all("SELECT * FROM nodes ORDER BY vault, node")
+        return [NodeRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6],
+                        json.loads(r[7]) if r[7] else None, r[8]) for r in rows]
+
+    async def node(self, vault: str, node: str) -> NodeRow:
+        for row in await self.nodes():
+            if (row.vault, row.node) == (vault, node):
+                return row
+        raise NotFoundError(f"node {vault}/{node} is not enrolled")
+
+    async def heartbeat(self, vault: str, node: str, beat: dict[str, Any]) -> None:
+        await self._exec("UPDATE nodes SET last_seen_us=?, heartbeat=? WHERE vault=? AND node=?",
+                         (now_us(), json.dumps(beat), vault, node))
+
+    async def seen(self, vault: str, node: str, signer: bytes | None = None) -> None:
+        if signer is None:
+            await self._exec("UPDATE nodes SET last_seen_us=? WHERE vault=? AND node=?",
+                             (now_us(), vault, node))
+        else:
+            await self._exec(
+                "UPDATE nodes SET last_seen_us=?, signer=? WHERE vault=? AND node=?",
+                (now_us(), signer, vault, node))
+
+    # --- objects --------------------------------------------------------------------
+
+    async def add_objects(self, vault: str, rows: Iterable[tuple[bytes, str, int]]) -> None:
+        t = now_us()
+        await self._many(
+            "INSERT OR IGNORE INTO objects VALUES(?,?,?,?,?)",
+            [(vault, oid, kind, size, t) for oid, kind, size in rows],
+        )
+
+    async def present(self, vault: str, ids: Sequence[bytes]) -> dict[bytes, str]:
+        """Which ids are durable in the store, with their kind."""
+        out: dict[bytes, str] = {}
+        for i in range(0, len(ids), 500):
+            part = list(ids[i : i + 500])
+            marks = ",".join("?" * len(part))
+            rows = await self._all(
+                f"SELECT id, kind FROM objects WHERE vault=? AND id IN ({marks})", [vault, *part])
+            out.update((r[0], r[1]) for r in rows)
+        return out
+
+    async def object_count(self) -> tuple[int, int]:
+        rows = await self._all("SELECT count(*), coalesce(sum(size),0) FROM objects")
+        return int(rows[0][0]), int(rows[0][1])
+
+    # --- manifests and checkpoints --------------------------------------------------
+
+    async def add_manifest(self, vault: str, mid: bytes, pub: dict[str, Any]) -> None:
+        await self._exec(
+            "INSERT OR IGNORE INTO manifests VALUES(?,?,?,?,?,?,?,?,?)",
+            (vault, mid, pub["node"], pub["source"], pub["kind"], pub["tier"], pub["time_us"],
+             pub["size"], len(pub["chunks"])),
+        )
+
+    async def manifest_tiers(self, vault: str, ids: Iterable[bytes]) -> list[str]:
+        out = []
+        for mid in ids:
+            rows = await self._all("SELECT tier FROM manifests WHERE vault=? AND id=?", (vault, mid))
+            out += [r[0] for r in rows]
+        return out
+
+    async def head(self, vault: str, node: str) -> tuple[int, bytes] | None:
+        rows = await self._all(
+            "SELECT seq, id FROM checkpoints WHERE vault=? AND node=? ORDER BY seq DESC LIMIT 1",
+            (vault, node))
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    async def add_checkpoint(self, cp: Checkpoint, cid: bytes, signer: bytes) -> None:
+        await self._exec(
+            "INSERT OR IGNORE INTO checkpoints VALUES(?,?,?,?,?,?,?,?,?,?,?)",
+            (cp.vault, cp.node, cp.seq, cid, cp.prev, cp.time_us, cp.kind,
+             json.dumps(cp.labels), json.dumps({k: v.hex() for k, v in cp.manifests.items()}),
+             signer, now_us()),
+        )
+
+    async def checkpoints(
+        self, vault: str | None = None, node: str | None = None, after_seq: int = -1,
+        limit: int = 100_000,
+    ) -> list[CheckpointEntry]:
+        sql, args = "SELECT * FROM checkpoints WHERE seq > ?", [after_seq]
+        if vault:
+            sql, args = sql + " AND vault = ?", [*args, vault]
+        if node:
+            sql, args = sql + " AND node = ?", [*args, node]
+        sql += f" ORDER BY vault, node, seq LIMIT {int(limit)}"
+        return [
+            CheckpointEntry(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]),
+                            json.loads(r[8]), r[9], r[10])
+            for r in await self._all(sql, args)
+        ]
+
+    async def clear_index(self) -> None:
+        """Forget objects, manifests and checkpoints (before a rebuild from the store)."""
+        for table in ("objects", "manifests", "checkpoints"):
+            await self._exec(f"DELETE FROM {table}")

@@ -1,0 +1,111 @@
+"""hub.toml and the hub's data directory.
+
+With no configuration the hub is a hub in a box: its own nats-server, objects in
+``DATA/objects``, the catalog in ``DATA/catalog.db``. Every option is listed in
+packaging/hub.toml.sample.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from amber.protocol.errors import ConfigError
+from amber.secretfile import read_secret, write_secret
+
+from .layout import DEFAULT_RETENTION_DAYS
+
+DEFAULT_DATA = "./amber-hub-data"
+
+
+@dataclass
+class HubConfig:
+    data_dir: Path
+    nats_url: str | None = None  # external NATS; None = embedded
+    nats_user: str | None = None
+    nats_password: str | None = None
+    nats_listen: str = "0.0.0.0:4222"
+    nats_advertise: str | None = None
+    store_url: str | None = None  # None = DATA/objects
+    admin_listen: str = "127.0.0.1:8470"
+    ingest_workers: int = 2
+    retention: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_RETENTION_DAYS))
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.data_dir / "catalog.db"
+
+    def store(self) -> str:
+        return self.store_url or f"file://{(self.data_dir / 'objects').resolve()}"
+
+
+def split_hostport(text: str, what: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"{what}: {text!r} is not host:port")
+    return host, int(port)
+
+
+def load_hub_config(path: Path | None, data_dir: str | None) -> HubConfig:
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"hub configuration {path} does not exist") from None
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read hub configuration {path}: {exc}") from None
+    hub, nats, store = raw.get("hub", {}), raw.get("nats", {}), raw.get("store", {})
+    admin, retention = raw.get("admin", {}), raw.get("retention", {})
+    cfg = HubConfig(
+        data_dir=Path(data_dir or hub.get("data_dir", DEFAULT_DATA)).resolve(),
+        nats_url=nats.get("url"),
+        nats_user=nats.get("user"),
+        nats_password=nats.get("password"),
+        nats_listen=str(nats.get("listen", "0.0.0.0:4222")),
+        nats_advertise=nats.get("advertise"),
+        store_url=store.get("url"),
+        admin_listen=str(admin.get("listen", "127.0.0.1:8470")),
+        ingest_workers=int(hub.get("ingest_workers", 2)),
+    )
+    for tier, days in retention.items():
+        cfg.retention[str(tier)] = int(days)
+    return cfg
+
+
+@dataclass(frozen=True)
+class HubSecrets:
+    admin_token: str
+    nats_password: str
+
+
+def load_secrets(data_dir: Path) -> HubSecrets:
+    """The admin token and the hub's NATS password, created 0600 on first use."""
+    path = data_dir / "secrets.json"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fresh = {"admin_token": secrets.token_urlsafe(32), "nats_password": secrets.token_urlsafe(24)}
+        write_secret(path, json.dumps(fresh).encode())
+    obj = json.loads(read_secret(path, what="hub secrets"))
+    return HubSecrets(obj["admin_token"], obj["nats_password"])
+
+
+def write_runtime(data_dir: Path, info: dict[str, Any]) -> None:
+    """DATA/hub.json tells the admin CLI on this machine where the running hub is."""
+    tmp = data_dir / "hub.json.tmp"
+    tmp.write_text(json.dumps(info, indent=2))
+    tmp.replace(data_dir / "hub.json")
+
+
+def read_runtime(data_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((data_dir / "hub.json").read_text())
+    except FileNotFoundError:
+        raise ConfigError(
+            f"no running hub found in {data_dir}",
+            hint="start it with 'amber-hub serve --data DIR', or pass --hub URL",
+        ) from None

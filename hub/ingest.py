@@ -1,0 +1,144 @@
+"""Ingest: validate what nodes send, store it immutably, index it.
+
+Rules, checked on every message before anything is stored:
+- the vault and node come from the NATS subject (the node's credentials allow it
+  only its own), never from the payload; records must name the same ones;
+- chunk blobs must have a valid header and size (the hub cannot decrypt them);
+- records must carry a valid Ed25519 signature; a manifest is accepted only once
+  every chunk it names is durable, a checkpoint only once its manifests are and it
+  continues the node's hash chain (the next seq, naming the head as prev).
+A message that arrived too early (its prerequisites are still in flight) is
+retried later; a bad one is rejected, counted and logged with the node's name.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from typing import Literal
+
+from amber.protocol import wire
+from amber.protocol.chunk import ID_SIZE, parse_chunk_header
+from amber.protocol.errors import AmberError, ChainError, FormatError
+from amber.protocol.records import (
+    KIND_CHECKPOINT,
+    KIND_MANIFEST,
+    checkpoint_public,
+    manifest_public,
+    parse,
+    record_id,
+)
+
+from .catalog import CHUNK, RECORD, Catalog
+from .layout import DEFAULT_RETENTION_DAYS, object_key, retain_until, tier_days
+from .store import ObjectStore
+
+log = logging.getLogger("amber.hub.ingest")
+Outcome = Literal["stored", "duplicate", "retry"]
+
+
+@dataclass
+class IngestStats:
+    chunks: int = 0
+    chunk_bytes: int = 0
+    records: int = 0
+    duplicates: int = 0
+    retries: int = 0
+    rejected: Counter[str] | None = None
+
+    def __post_init__(self) -> None:
+        self.rejected = Counter()
+
+
+class Ingestor:
+    def __init__(
+        self, store: ObjectStore, catalog: Catalog, retention: dict[str, int] | None = None
+    ) -> None:
+        self.store, self.catalog = store, catalog
+        self.retention = retention if retention is not None else dict(DEFAULT_RETENTION_DAYS)
+        self.stats = IngestStats()
+
+    async def put_chunk(self, vault: str, msg: wire.ChunkPut) -> tuple[Outcome, int]:
+        if len(msg.id) != ID_SIZE:
+            raise FormatError("chunk id must have 32 bytes")
+        parse_chunk_header(msg.blob)
+        if await self.catalog.present(vault, [msg.id]):
+            self.stats.duplicates += 1
+            return "duplicate", 0
+        until = retain_until(tier_days(self.retention, []))
+        await self.store.put(object_key(vault, msg.id, CHUNK), msg.blob, retain_until=until)
+        self.stats.chunks += 1
+        self.stats.chunk_bytes += len(msg.blob)
+        return "stored", len(msg.blob)
+
+    async def put_record(self, vault: str, node: str, msg: wire.RecordPut) -> Outcome:
+        if record_id(msg.data) != msg.id:
+            raise FormatError("record id does not match its bytes")
+        raw = parse(msg.data)
+        if raw.kind != msg.kind:
+            raise FormatError("record kind does not match the message")
+        if await self.catalog.present(vault, [msg.id]):
+            self.stats.duplicates += 1
+            return "duplicate"
+        if raw.kind == KIND_MANIFEST:
+            return await self._manifest(vault, node, msg, raw.signer)
+        if raw.kind == KIND_CHECKPOINT:
+            return await self._checkpoint(vault, node, msg, raw.signer)
+        raise FormatError(f"record kind {raw.kind} cannot be ingested")
+
+    async def _manifest(self, vault: str, node: str, msg: wire.RecordPut, signer: bytes) -> Outcome:
+        pub = manifest_public(msg.data)
+        _check_owner(pub["vault"], pub["node"], vault, node)
+        have = await self.catalog.present(vault, pub["chunks"])
+        if len(have) < len(pub["chunks"]):
+            self.stats.retries += 1
+            return "retry"
+        until = retain_until(tier_days(self.retention, [pub["tier"]]))
+        await self.store.put(object_key(vault, msg.id, RECORD), msg.data, retain_until=until)
+        await self.catalog.add_manifest(vault, msg.id, pub)
+        await self.catalog.add_objects(vault, [(msg.id, RECORD, len(msg.data))])
+        self.stats.records += 1
+        return "stored"
+
+    async def _checkpoint(
+        self, vault: str, node: str, msg: wire.RecordPut, signer: bytes
+    ) -> Outcome:
+        cp = checkpoint_public(msg.data)
+        _check_owner(cp.vault, cp.node, vault, node)
+        have = await self.catalog.present(vault, list(cp.manifests.values()))
+        head = await self.catalog.head(vault, node)
+        next_seq = 0 if head is None else head[0] + 1
+        if len(have) < len(cp.manifests) or cp.seq > next_seq:
+            self.stats.retries += 1
+            return "retry"
+        if cp.seq < next_seq or cp.prev != (head[1] if head else None):
+            raise ChainError(
+                f"checkpoint seq {cp.seq} from {vault}/{node} forks its chain at the hub "
+                f"(hub head is seq {next_seq - 1})"
+            )
+        tiers = await self.catalog.manifest_tiers(vault, cp.manifests.values())
+        until = retain_until(tier_days(self.retention, tiers))
+        await self.store.put(object_key(vault, msg.id, RECORD), msg.data, retain_until=until)
+        await self.catalog.add_checkpoint(cp, msg.id, signer)
+        await self.catalog.add_objects(vault, [(msg.id, RECORD, len(msg.data))])
+        await self.catalog.seen(vault, node, signer)
+        self.stats.records += 1
+        return "stored"
+
+    def reject(self, vault: str, node: str, exc: AmberError) -> None:
+        assert self.stats.rejected is not None
+        self.stats.rejected[f"{vault}/{node}"] += 1
+        log.warning("rejected a message from node %s/%s: %s", vault, node, exc)
+
+
+def _check_owner(rv: str, rn: str, vault: str, node: str) -> None:
+    if (rv, rn) != (vault, node):
+        raise FormatError(f"a record of {rv}/{rn} was sent by node {vault}/{node}")
+
+
+def subject_owner(subject: str) -> tuple[str, str]:
+    parts = subject.split(".")
+    if len(parts) != 4 or parts[0] != "amber":
+        raise FormatError(f"unexpected subject {subject!r}")
+    return parts[1], parts[2]

