@@ -332,7 +332,7 @@ class StateStore:
         last = (await _rows(db, sql, thread))[0][0] or 0
         target = last if at is None else at
         if not 0 <= target <= last:
-            raise NotFoundError(f"thread {thread!r} has events 1..{last}, not {target}")
+            raise NotFoundError(f"thread {thread!r} has {last} event(s); there is no seq {target}")
         sql = (
             f"SELECT {SNAP}, state FROM snapshots WHERE thread = ? AND seq <= ?"
             " ORDER BY seq DESC, id DESC LIMIT 1"

@@ -24,14 +24,18 @@ from .sources import ScanContext, ScanResult, source_root
 
 def _stat_key(path: Path) -> list[int]:
     """Size, mtime and inode of the database and its WAL (ctime is left out: readers
-    touch the WAL's ctime without changing it)."""
+    touch the WAL's ctime without changing it). An empty WAL counts as no WAL: a
+    reader (our own backup connection) creates one without changing any content."""
     out: list[int] = []
     for p in (path, path.with_name(path.name + "-wal")):
         try:
             st = p.stat()
-            out += [st.st_size, st.st_mtime_ns, st.st_ino]
         except FileNotFoundError:
+            st = None
+        if st is None or (p is not path and st.st_size == 0):
             out += [-1, -1, -1]
+        else:
+            out += [st.st_size, st.st_mtime_ns, st.st_ino]
     return out
 
 

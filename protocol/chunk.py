@@ -133,6 +133,9 @@ def decode_chunk(keys: VaultKeys, cid: bytes, blob: bytes | memoryview) -> bytes
         ) from None
     if flags & FLAG_ZSTD:
         try:
+            declared = zstandard.frame_content_size(body)
+            if declared < 0 or declared != n:  # never let a frame size the allocation
+                raise IntegrityError(f"chunk {cid.hex()[:16]} has a bad compressed frame size")
             body = _decompressor().decompress(body, max_output_size=n)
         except zstandard.ZstdError as exc:
             raise IntegrityError(f"chunk {cid.hex()[:16]} does not decompress: {exc}") from None

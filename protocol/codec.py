@@ -26,17 +26,38 @@ def unpack(data: bytes | memoryview, *, what: str, max_size: int) -> Any:
     if len(data) > max_size:
         raise FormatError(f"{what} of {len(data)} bytes exceeds the {max_size}-byte limit")
     try:
-        return msgpack.unpackb(
+        obj = msgpack.unpackb(
             data,
             raw=False,
             strict_map_key=True,
             use_list=True,
             ext_hook=_refuse_ext,
         )
+        _check_plain(obj, 0)
+        return obj
     except FormatError:
         raise
     except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as exc:
         raise FormatError(f"{what} is not valid msgpack: {exc}") from None
+
+
+_PLAIN = (str, bytes, int, float, bool, type(None))
+
+
+def _check_plain(obj: Any, depth: int) -> None:
+    """Refuse what msgpack decodes beyond plain values (e.g. its built-in Timestamp)."""
+    if depth > MAX_DEPTH:
+        raise FormatError(f"msgpack nesting deeper than {MAX_DEPTH}")
+    if isinstance(obj, list):
+        for v in obj:
+            if not isinstance(v, _PLAIN):
+                _check_plain(v, depth + 1)
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            if not isinstance(v, _PLAIN):
+                _check_plain(v, depth + 1)
+    elif not isinstance(obj, _PLAIN):
+        raise FormatError(f"msgpack value of type {type(obj).__name__} is not allowed")
 
 
 def _refuse_ext(code: int, data: bytes) -> Any:

@@ -34,6 +34,7 @@ EXPORT_FILE_SIZE = 88
 HKDF_SALT = b"amber/vault/v1"
 SCRYPT_LOG2_N = 17
 SCRYPT_MAX_LOG2_N = 20
+SCRYPT_MAX_MEMORY = 1 << 30  # 128 * r * N bytes
 KDF_SCRYPT = 1
 
 
@@ -122,10 +123,21 @@ def decode_vault_key(data: bytes) -> bytes:
 # --- passphrase-protected export -------------------------------------------------
 
 
+def _check_scrypt(log2_n: int, r: int, p: int) -> None:
+    ok = 10 <= log2_n <= SCRYPT_MAX_LOG2_N and 1 <= r <= 32 and 1 <= p <= 16
+    if not ok or 128 * r * (1 << log2_n) > SCRYPT_MAX_MEMORY:
+        raise KeyFileError(
+            f"scrypt parameters log2(N)={log2_n}, r={r}, p={p} are out of range "
+            f"(log2(N) 10..{SCRYPT_MAX_LOG2_N}, r 1..32, p 1..16, at most 1 GiB of memory)"
+        )
+
+
 def _scrypt(passphrase: str, salt: bytes, log2_n: int, r: int, p: int) -> bytes:
-    return Scrypt(salt=salt, length=KEY_SIZE, n=1 << log2_n, r=r, p=p).derive(
-        passphrase.encode("utf-8")
-    )
+    try:
+        secret = passphrase.encode("utf-8")
+    except UnicodeEncodeError:
+        raise KeyFileError("the passphrase is not valid text (UTF-8)") from None
+    return Scrypt(salt=salt, length=KEY_SIZE, n=1 << log2_n, r=r, p=p).derive(secret)
 
 
 def export_vault_key(
@@ -134,8 +146,7 @@ def export_vault_key(
     """Encrypt the vault key under a passphrase (scrypt + AES-256-GCM)."""
     if not passphrase:
         raise KeyFileError("an empty passphrase cannot protect a vault key")
-    if not 10 <= log2_n <= SCRYPT_MAX_LOG2_N:
-        raise KeyFileError(f"scrypt log2(N) must be in 10..{SCRYPT_MAX_LOG2_N}")
+    _check_scrypt(log2_n, r, p)
     salt, nonce = os.urandom(16), os.urandom(12)
     head = VAULT_EXPORT_MAGIC + struct.pack(
         ">BBBBB3s", KEY_FILE_VERSION, KDF_SCRYPT, log2_n, r, p, b""
@@ -156,8 +167,7 @@ def import_vault_key(data: bytes, passphrase: str) -> bytes:
     _, kdf, log2_n, r, p, reserved = struct.unpack(">BBBBB3s", data[4:12])
     if kdf != KDF_SCRYPT or reserved != b"\0\0\0":
         raise KeyFileError(f"vault key export uses unknown key derivation {kdf}")
-    if not 10 <= log2_n <= SCRYPT_MAX_LOG2_N or not 1 <= r <= 32 or not 1 <= p <= 16:
-        raise KeyFileError("vault key export has out-of-range scrypt parameters")
+    _check_scrypt(log2_n, r, p)
     salt, nonce = data[12:28], data[28:40]
     kek = _scrypt(passphrase, salt, log2_n, r, p)
     try:

@@ -230,8 +230,8 @@ class Manifest:
     def sealed(self) -> dict[str, Any]:
         return {
             "entries": [e.to_obj() for e in self.entries],
-            "meta": self.meta,
-            "lineage": self.lineage,
+            "meta": dict(sorted(self.meta.items())),
+            "lineage": dict(sorted(self.lineage.items())),
         }
 
 

@@ -25,7 +25,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 
 def check_name(name: str, what: str) -> str:
     """Vault and node names become NATS subject tokens: keep them to a safe alphabet."""
-    if not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise FormatError(
             f"{what} name {name!r} is invalid",
             hint="use 1-63 letters, digits, '-' or '_', starting with a letter or digit",
@@ -217,7 +217,7 @@ def decode(data: bytes | memoryview, expect: type[Message] | None = None) -> Mes
     if not isinstance(obj, dict):
         raise FormatError("wire message is not a map")
     version, kind = obj.pop("v", None), obj.pop("t", None)
-    if version != WIRE_VERSION:
+    if type(version) is not int or version != WIRE_VERSION:
         raise UnknownVersionError(f"wire message version {version!r} is not supported")
     cls = MESSAGES.get(kind) if isinstance(kind, str) else None
     if cls is None:

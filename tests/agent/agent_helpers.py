@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import sqlite3
 import stat
 import subprocess
@@ -133,11 +134,13 @@ class Node:
             con.close()
 
 
+FINGERPRINT = re.compile(r"fingerprint:? ([0-9a-f]{4}(?:-[0-9a-f]{4}){3})")
+
+
 def fingerprint_of(text: str) -> str:
-    for line in text.splitlines():
-        if "fingerprint" in line:
-            return line.rsplit(" ", 1)[-1].strip("()")
-    raise AssertionError(f"no fingerprint in {text!r}")
+    m = FINGERPRINT.search(text)
+    assert m, f"no fingerprint in {text!r}"
+    return m.group(1)
 
 
 # --- source trees ------------------------------------------------------------------

@@ -81,11 +81,6 @@ def test_unpack_size_limit() -> None:
     assert "thing" in str(err)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: msgpack decodes extension type -1 as a Timestamp without calling "
-    "ext_hook, so codec.unpack lets an extension type through",
-)
 def test_unpack_refuses_the_timestamp_extension() -> None:
     raises_format(c.unpack, b"\xd6\xff\x00\x00\x00\x01", what="x", max_size=100)
 

@@ -242,11 +242,6 @@ def test_export_refuses_empty_passphrase_and_bad_cost() -> None:
             keys.export_vault_key(MASTER, PASSPHRASE, log2_n=log2_n)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: export_vault_key checks log2_n but not r/p, so it writes exports "
-    "that import_vault_key refuses (r=64 -> 'out-of-range scrypt parameters')",
-)
 def test_export_never_writes_what_import_refuses() -> None:
     for r, p in ((64, 1), (8, 17)):
         try:

@@ -1,0 +1,130 @@
+"""The admin HTTP API (aiohttp), guarded by a bearer token.
+
+    GET  /api/v1/health                      no token; liveness
+    GET  /api/v1/status                      per node: last checkpoint age vs RPO, backlog
+    GET  /api/v1/nodes                       enrolled nodes
+    POST /api/v1/nodes {vault,node,labels}   enrol a node; returns its enrolment
+    GET  /api/v1/checkpoints?vault=&node=    checkpoints the hub holds
+
+Errors are JSON ``{"error": code, "message": ..., "hint": ...}`` with an HTTP status.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from amber.protocol.errors import AmberError, NotFoundError, UsageError
+from amber.protocol.wire import check_name
+
+if TYPE_CHECKING:
+    from .server import Hub
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+HUB_KEY = web.AppKey("hub", object)
+
+
+def _status_for(exc: AmberError) -> int:
+    if isinstance(exc, NotFoundError):
+        return 404
+    if isinstance(exc, UsageError):
+        return 400
+    return 409 if exc.exit_code in (40,) else 400
+
+
+@web.middleware
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    hub: Hub = request.app[HUB_KEY]  # type: ignore[assignment]
+    if request.path != "/api/v1/health":
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), hub.secrets.admin_token.encode()):
+            return web.json_response(
+                {"error": "unauthorized", "message": "missing or wrong admin token",
+                 "hint": "pass the token from DATA/secrets.json (AMBER_HUB_TOKEN)"}, status=401)
+    try:
+        return await handler(request)
+    except AmberError as exc:
+        return web.json_response(
+            {"error": type(exc).__name__, "message": str(exc), "hint": exc.hint,
+             "exit_code": exc.exit_code}, status=_status_for(exc))
+
+
+def make_app(hub: Hub) -> web.Application:
+    app = web.Application(middlewares=[guard], client_max_size=1024 * 1024)
+    app[HUB_KEY] = hub
+    app.router.add_get("/api/v1/health", health)
+    app.router.add_get("/api/v1/status", status)
+    app.router.add_get("/api/v1/nodes", nodes)
+    app.router.add_post("/api/v1/nodes", add_node)
+    app.router.add_get("/api/v1/checkpoints", checkpoints)
+    return app
+
+
+def _hub(request: web.Request) -> Hub:
+    return request.app[HUB_KEY]  # type: ignore[return-value]
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+async def nodes(request: web.Request) -> web.Response:
+    hub = _hub(request)
+    rows = await hub.catalog.nodes()
+    return web.json_response([
+        {"vault": n.vault, "node": n.node, "labels": n.labels, "created_us": n.created_us,
+         "last_seen_us": n.last_seen_us, "signer": n.signer.hex() if n.signer else None}
+        for n in rows
+    ])
+
+
+async def add_node(request: web.Request) -> web.Response:
+    hub = _hub(request)
+    try:
+        body: dict[str, Any] = await request.json()
+        vault, node = check_name(str(body["vault"]), "vault"), check_name(str(body["node"]), "node")
+    except (KeyError, ValueError) as exc:
+        raise UsageError(f"enrolment request needs vault and node: {exc}") from None
+    labels = {str(k): str(v) for k, v in dict(body.get("labels", {})).items()}
+    enrolment = await hub.enrol(vault, node, labels)
+    return web.json_response(enrolment)
+
+
+async def checkpoints(request: web.Request) -> web.Response:
+    hub = _hub(request)
+    rows = await hub.catalog.checkpoints(request.query.get("vault"), request.query.get("node"))
+    return web.json_response([r.to_json() for r in rows])
+
+
+async def status(request: web.Request) -> web.Response:
+    hub = _hub(request)
+    now = time.time()
+    out = []
+    for n in await hub.catalog.nodes():
+        head = await hub.catalog.checkpoints(n.vault, n.node)
+        last = head[-1] if head else None
+        beat = n.heartbeat or {}
+        rpo = int(beat.get("rpo_seconds") or 0)
+        age = None if last is None else now - last.time_us / 1e6
+        out.append({
+            "vault": n.vault, "node": n.node,
+            "last_seq": last.seq if last else None,
+            "last_checkpoint_us": last.time_us if last else None,
+            "age_seconds": age, "rpo_seconds": rpo or None,
+            "rpo_breached": bool(rpo) and (age is None or age > rpo),
+            "backlog_bytes": beat.get("backlog_bytes"), "backlog_chunks": beat.get("backlog_chunks"),
+            "last_seen_us": n.last_seen_us,
+            "agent_version": beat.get("agent_version"),
+        })
+    objects, stored = await hub.catalog.object_count()
+    stats = hub.ingestor.stats
+    return web.json_response({
+        "nodes": out, "objects": objects, "stored_bytes": stored,
+        "ingest": {"chunks": stats.chunks, "chunk_bytes": stats.chunk_bytes,
+                   "records": stats.records, "duplicates": stats.duplicates,
+                   "rejected": dict(stats.rejected or {})},
+    })
