@@ -13,8 +13,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from amber.protocol.keys import VaultKeys, derive_subkey
 from pyfastcdc import FastCDC
+
+from amber.protocol.keys import VaultKeys, derive_subkey
 
 KiB = 1024
 READ_SIZE = 1024 * KiB

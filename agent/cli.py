@@ -39,7 +39,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--node", required=True)
     s.add_argument("--vault", required=True)
     s.add_argument("--vault-key", help="existing vault key file or passphrase export")
+    s.add_argument("--enroll", metavar="FILE", help="enrolment file from 'amber-hub node add'")
     s.set_defaults(func=c.cmd_init)
+
+    s = sub.add_parser("enroll", help="connect this node to a hub with its enrolment file")
+    s.add_argument("file")
+    s.set_defaults(func=c.cmd_enroll)
+
+    s = sub.add_parser("sync", help="send committed checkpoints to the hub")
+    s.add_argument("--once", action="store_true", help="one pass, then exit (the default)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=c.cmd_sync)
 
     s = sub.add_parser("keygen", help="write a new vault key to hand to several nodes")
     s.add_argument("--out", required=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from amber import __version__
-from amber.protocol.errors import ConfigError, UsageError
+from amber.protocol.errors import AmberError, ConfigError, UsageError
 from amber.protocol.keys import SigningKey, VaultKeys, export_vault_key
 from amber.protocol.records import decode_checkpoint
 from amber.secretfile import read_secret, write_secret
@@ -25,10 +25,12 @@ from amber.secretfile import read_secret, write_secret
 from .config import AgentConfig, config_path, load_config, make_source, save_config
 from .daemon import AgentDaemon
 from .drift import source_drift
+from .enrolment import install_enrolment
 from .identity import PASSPHRASE_ENV, read_vault_key_input
 from .inplace import restore_in_place
 from .journal import Journal
 from .progress import ProgressLine
+from .remote import adopt_from_hub, heartbeat, sync
 from .runtime import AgentRuntime
 
 
@@ -114,10 +116,55 @@ def cmd_init(args: argparse.Namespace) -> int:
         await journal.close()
 
     asyncio.run(create())
+    if args.enroll:
+        install_enrolment(Path(args.enroll), state, cfg.vault, cfg.node)
+        out(f"enrolled with the hub ({_adopt_now(cfg)})")
     out(f"initialised node {cfg.node} in vault {cfg.vault}")
     out(f"config: {cfg.path}")
     out(f"vault key fingerprint: {keys.fingerprint}")
     out(f"node public key: {signer.public.hex()}")
+    return 0
+
+
+def _adopt_now(cfg: AgentConfig) -> str:
+    """Learn the checkpoints the hub already holds for this node, if it answers."""
+
+    async def run() -> str:
+        async with AgentRuntime.open(cfg) as rt, rt.hub(timeout=5) as link:
+            if link is None:
+                return "hub unreachable now; the node works offline and syncs later"
+            n = await adopt_from_hub(rt, link)
+            return f"{n} checkpoint(s) already at the hub"
+
+    return asyncio.run(run())
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    cfg = load(args)
+    install_enrolment(Path(args.file), cfg.state_dir, cfg.vault, cfg.node)
+    out(f"enrolled {cfg.vault}/{cfg.node} with the hub ({_adopt_now(cfg)})")
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    cfg = load(args)
+
+    async def run() -> Any:
+        async with AgentRuntime.open(cfg) as rt, rt.hub(required=True) as link:
+            assert link is not None
+            stats = await sync(rt, link)  # no write lock: sync never touches tentative rows
+            await heartbeat(rt, link)
+            return stats
+
+    st = asyncio.run(run())
+    if args.json:
+        out(json.dumps(st.__dict__))
+    else:
+        out(
+            f"synced {st.checkpoints} checkpoint(s): {st.chunks_sent} chunks sent "
+            f"({st.bytes_sent:,} bytes), {st.chunks_skipped} already at the hub; "
+            f"{st.evicted_bytes:,} bytes evicted from the journal"
+        )
     return 0
 
 
@@ -201,7 +248,12 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
     cfg = load(args)
 
     async def run() -> list[Any]:
-        async with AgentRuntime.open(cfg) as rt:
+        async with AgentRuntime.open(cfg) as rt, rt.hub(timeout=5) as link:
+            if link is not None:
+                try:
+                    await adopt_from_hub(rt, link)
+                except AmberError as exc:
+                    sys.stderr.write(f"note: hub not consulted: {exc}\n")
             return await rt.journal.checkpoints()
 
     rows = asyncio.run(run())
@@ -354,16 +406,19 @@ def cmd_restore(args: argparse.Namespace) -> int:
         raise UsageError("give exactly one of --to DIR or --in-place")
 
     async def run() -> Any:
-        async with AgentRuntime.open(cfg) as rt:
+        async with AgentRuntime.open(cfg) as rt, rt.hub() as link:
+            if link is not None:
+                await adopt_from_hub(rt, link)
             row = await rt.journal.resolve(args.id)
             bar = ProgressLine("restore")
+            restorer = rt.restorer(bar, link)
             async with rt.writing():
                 if args.to:
-                    stats = await rt.restorer(bar).restore_to(row.id, Path(args.to), args.source)
+                    stats = await restorer.restore_to(row.id, Path(args.to), args.source)
                     safety = None
                 else:
                     safety, stats = await restore_in_place(
-                        cfg, rt.restorer(bar), rt.checkpointer(), row.id, args.source
+                        cfg, restorer, rt.checkpointer(), row.id, args.source
                     )
             bar.finish()
             return row, stats, safety

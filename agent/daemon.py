@@ -16,6 +16,8 @@ import time
 from amber.protocol.errors import AmberError
 
 from .config import AgentConfig
+from .enrolment import load_installed
+from .remote import heartbeat, sync
 from .runtime import AgentRuntime
 
 log = logging.getLogger("amber.agent")
@@ -28,6 +30,8 @@ class AgentDaemon:
         self.stop = asyncio.Event()
         self.last_run: dict[str, float] = {}
         self.checkpoints = 0
+        self.synced = 0
+        self.kick = asyncio.Event()  # set after a checkpoint: sync it now
 
     def install_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -54,14 +58,46 @@ class AgentDaemon:
             head = await rt.journal.head()
             start = head.time_us / 1e6 if head else 0.0
             self.last_run = {s.name: start for s in self.cfg.sources}
+            uplink = asyncio.create_task(self._uplink(rt), name="uplink")
             log.info("agent running", extra={"node": self.cfg.node})
-            while not self.stop.is_set():
-                await self._cycle(rt)
-                try:
-                    await asyncio.wait_for(self.stop.wait(), self.next_wake(time.time()))
-                except TimeoutError:
-                    pass
+            try:
+                while not self.stop.is_set():
+                    await self._cycle(rt)
+                    try:
+                        await asyncio.wait_for(self.stop.wait(), self.next_wake(time.time()))
+                    except TimeoutError:
+                        pass
+            finally:
+                uplink.cancel()
+                await asyncio.gather(uplink, return_exceptions=True)
             log.info("agent stopped", extra={"node": self.cfg.node})
+
+    async def _uplink(self, rt: AgentRuntime) -> None:
+        """Sync and send heartbeats whenever the hub is reachable; never give up."""
+        if load_installed(self.cfg.state_dir) is None:
+            return
+        interval = float(self.cfg.hub.get("sync_interval", 5))
+        delay = 1.0
+        while True:
+            try:
+                async with rt.hub(timeout=10, required=True, persistent=True) as link:
+                    assert link is not None
+                    delay = 1.0
+                    while True:
+                        await heartbeat(rt, link)
+                        stats = await sync(rt, link)
+                        self.synced += stats.checkpoints
+                        self.kick.clear()
+                        try:
+                            await asyncio.wait_for(self.kick.wait(), interval)
+                        except TimeoutError:
+                            pass
+            except AmberError as exc:
+                log.warning("sync paused: %s (retrying in %.0fs)", exc, delay)
+            except Exception as exc:  # noqa: BLE001 - the uplink must outlive any hiccup
+                log.exception("sync failed unexpectedly: %s", exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 60.0)
 
     async def _cycle(self, rt: AgentRuntime) -> None:
         due = self.due(time.time())
@@ -91,6 +127,7 @@ class AgentDaemon:
         for name in due:
             self.last_run[name] = started
         self.checkpoints += 1
+        self.kick.set()
         log.info(
             "checkpoint %s seq %d sources %s", res.id.hex()[:16], res.checkpoint.seq, ",".join(due)
         )

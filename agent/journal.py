@@ -23,6 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 from amber.protocol.errors import (
     AmberError,
     DiskFullError,
@@ -35,8 +38,6 @@ from amber.protocol.errors import (
 )
 from amber.protocol.keys import VaultKeys, derive_subkey
 from amber.protocol.records import KIND_CHECKPOINT, KIND_MANIFEST, Checkpoint, check_chain
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 JOURNAL_FORMAT = "amber-journal"
 JOURNAL_VERSION = 1
@@ -121,6 +122,7 @@ class Journal:
             tables = await self._all("SELECT name FROM sqlite_master WHERE type='table'")
             if not tables and create:
                 await self.db.execute(f"PRAGMA page_size={PAGE_SIZE}")
+                await self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")
                 await self.db.execute("PRAGMA journal_mode=WAL")
                 await self.db.executescript(SCHEMA)
                 meta = {
@@ -362,6 +364,85 @@ class Journal:
             "INSERT OR IGNORE INTO records(id, kind, state, data) VALUES(?,?,?,?)",
             [(rid, kind, state, data) for rid, kind, data in rows],
         )
+
+    # --- sync state -------------------------------------------------------------------
+
+    async def unsynced(self) -> list[CheckpointRow]:
+        return [r for r in await self.checkpoints() if not r.synced]
+
+    async def record_states(self, ids: Sequence[bytes]) -> dict[bytes, int]:
+        out: dict[bytes, int] = {}
+        for i in range(0, len(ids), 500):
+            part = list(ids[i : i + 500])
+            marks = ",".join("?" * len(part))
+            rows = await self._all(f"SELECT id, state FROM records WHERE id IN ({marks})", part)
+            out.update((r[0], r[1]) for r in rows)
+        return out
+
+    async def mark_durable(
+        self, chunk_ids: Sequence[bytes], record_ids: Sequence[bytes], seq: int
+    ) -> None:
+        """The hub's receipt says these are durable in its object store."""
+        try:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                await self.db.executemany(
+                    "UPDATE chunks SET state = ? WHERE id = ? AND state = ?",
+                    [(DURABLE, c, COMMITTED) for c in chunk_ids],
+                )
+                await self.db.executemany(
+                    "UPDATE records SET state = ? WHERE id = ?", [(DURABLE, r) for r in record_ids]
+                )
+                await self.db.execute(
+                    "UPDATE checkpoints SET state = ? WHERE seq = ?", (DURABLE, seq)
+                )
+                await self.db.execute("COMMIT")
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise _db_error(exc, self.path) from None
+
+    async def evict(self, cache_bytes: int) -> int:
+        """Drop blobs of chunks durable at the hub, keeping the newest ``cache_bytes``."""
+        sql = (
+            "UPDATE chunks SET blob = NULL WHERE id IN (SELECT id FROM ("
+            " SELECT id, sum(stored) OVER (ORDER BY used_us DESC, id) AS cum FROM chunks"
+            " WHERE state = ? AND blob IS NOT NULL) WHERE cum > ?)"
+        )
+        before = await self.held_bytes()
+        await self._write(sql, [(DURABLE, cache_bytes)])
+        try:
+            await self.db.execute("PRAGMA incremental_vacuum")
+        except sqlite3.Error as exc:
+            raise _db_error(exc, self.path) from None
+        return before - await self.held_bytes()
+
+    async def adopt(self, rows: Sequence[tuple[bytes, bytes, Checkpoint]]) -> int:
+        """Add checkpoints the hub holds (e.g. after the node's disk was lost) to the
+        index, so they can be listed, restored and continued. Returns how many were new."""
+        have = {r.seq: r.id for r in await self.checkpoints()}
+        new = [(cid, data, cp) for cid, data, cp in rows if cp.seq not in have]
+        await self._write(
+            "INSERT OR IGNORE INTO records(id, kind, state, data) VALUES(?,?,?,?)",
+            [(cid, KIND_CHECKPOINT, DURABLE, data) for cid, data, _ in new],
+        )
+        await self._write(
+            "INSERT OR IGNORE INTO checkpoints VALUES(?,?,?,?,?,?,?)",
+            [
+                (
+                    cp.seq,
+                    cid,
+                    cp.time_us,
+                    cp.kind,
+                    json.dumps(cp.labels),
+                    json.dumps(sorted(cp.manifests)),
+                    DURABLE,
+                )
+                for cid, _, cp in new
+            ],
+        )
+        return len(new)
 
     # --- per-source incremental state -----------------------------------------------
 

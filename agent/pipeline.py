@@ -16,6 +16,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import blake3
+
 from amber.protocol.chunk import chunk_id, encode_chunk
 from amber.protocol.errors import JournalFullError
 from amber.protocol.keys import VaultKeys

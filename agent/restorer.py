@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 import blake3
+
 from amber.protocol.chunk import decode_chunk
 from amber.protocol.errors import IntegrityError, NotFoundError, RestoreError
 from amber.protocol.records import Checkpoint, Entry, Manifest, decode_checkpoint, decode_manifest
@@ -52,6 +53,20 @@ class ChainedChunks:
         return found
 
 
+class ChainedRecords:
+    """Records from the journal, else from the hub."""
+
+    def __init__(self, *sources: RecordSource) -> None:
+        self.sources = sources
+
+    async def record(self, rid: bytes) -> bytes | None:
+        for src in self.sources:
+            data = await src.record(rid)
+            if data is not None:
+                return data
+        return None
+
+
 @dataclass
 class RestoreStats:
     files: int = 0
@@ -68,11 +83,16 @@ class Restorer:
         chunks: ChunkSource,
         pool: Executor,
         *,
-        trusted: set[bytes] | None = None,
+        trusted: set[bytes] | str | None = "own",
         progress: Callable[[int], None] | None = None,
     ) -> None:
+        """``trusted``: signer keys accepted; "own" = this node's key; None = any valid
+        signature (records fetched from the hub may carry a replaced node key; they are
+        still authenticated by the vault key)."""
         self.ident, self.records, self.chunks, self.pool = ident, records, chunks, pool
-        self.trusted = trusted if trusted is not None else {ident.signer.public}
+        self.trusted: set[bytes] | None = (
+            {ident.signer.public} if trusted == "own" else trusted  # type: ignore[assignment]
+        )
         self.progress = progress
         self.stats = RestoreStats()
 
@@ -110,6 +130,8 @@ class Restorer:
                 if e.type in ("f", "d"):
                     os.chmod(target, e.mode)
                     os.utime(target, ns=(e.mtime_ns, e.mtime_ns))
+            if m.meta.get("root_is_dir") and isinstance(m.meta.get("root_mode"), int):
+                os.chmod(root, m.meta["root_mode"])
         self.stats.sources.append(m.source)
 
     async def _write_file(self, e: Entry, target: Path | None) -> None:

@@ -18,13 +18,15 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from amber.protocol.errors import JournalError
+from amber.protocol.errors import ConfigError, HubUnavailableError, JournalError
 
 from .checkpointer import Checkpointer
 from .config import AgentConfig
+from .enrolment import load_installed
+from .hublink import HubLink
 from .identity import NodeIdentity, load_identity
 from .journal import Journal
-from .restorer import Restorer
+from .restorer import ChainedChunks, ChainedRecords, Restorer
 
 
 @dataclass
@@ -54,8 +56,51 @@ class AgentRuntime:
     def checkpointer(self, progress: Callable[[int], None] | None = None) -> Checkpointer:
         return Checkpointer(self.cfg, self.ident, self.journal, self.pool, self.reader, progress)
 
-    def restorer(self, progress: Callable[[int], None] | None = None) -> Restorer:
-        return Restorer(self.ident, self.journal, self.journal, self.pool, progress=progress)
+    def restorer(
+        self, progress: Callable[[int], None] | None = None, link: HubLink | None = None
+    ) -> Restorer:
+        """A restorer reading the journal first, then (if given) the hub."""
+        if link is None:
+            return Restorer(self.ident, self.journal, self.journal, self.pool, progress=progress)
+        return Restorer(
+            self.ident,
+            ChainedRecords(self.journal, link),
+            ChainedChunks(self.journal, link),
+            self.pool,
+            trusted=None,
+            progress=progress,
+        )
+
+    @asynccontextmanager
+    async def hub(
+        self, *, timeout: float = 10.0, required: bool = False, persistent: bool = False
+    ) -> AsyncIterator[HubLink | None]:
+        """A link to the hub, or None if the node is not enrolled or (unless required)
+        the hub cannot be reached now."""
+        enr = load_installed(self.cfg.state_dir)
+        link = None
+        if enr is None:
+            if required:
+                raise ConfigError(
+                    "this node is not enrolled with a hub",
+                    hint="run 'amber-agent enroll FILE' with its enrolment file",
+                )
+        else:
+            try:
+                link = await HubLink.connect(
+                    enr,
+                    timeout=timeout,
+                    persistent=persistent,
+                    bandwidth=self.cfg.hub.get("bandwidth_limit"),
+                )
+            except HubUnavailableError:
+                if required:
+                    raise
+        try:
+            yield link
+        finally:
+            if link is not None:
+                await link.close()
 
     @asynccontextmanager
     async def writing(self, timeout: float = 600.0) -> AsyncIterator[None]:

@@ -24,6 +24,7 @@ from typing import Any
 
 import aiosqlite
 import msgpack
+
 from amber.protocol.errors import (
     AmberError,
     DiskFullError,
@@ -41,19 +42,31 @@ PAGE = 512  # rows fetched per round trip
 MAX_SEQ = 2**63 - 1
 SNAP = "id, thread, seq, label, time_us"  # the columns of a StateCheckpoint
 
-SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
-    "CREATE TABLE IF NOT EXISTS events (thread TEXT NOT NULL, seq INTEGER NOT NULL,"
-    " time_us INTEGER NOT NULL, type TEXT NOT NULL, payload BLOB NOT NULL,"
-    " PRIMARY KEY (thread, seq)) WITHOUT ROWID",
-    "CREATE TABLE IF NOT EXISTS snapshots (id INTEGER PRIMARY KEY, thread TEXT NOT NULL,"
-    " seq INTEGER NOT NULL, label TEXT, time_us INTEGER NOT NULL, state BLOB NOT NULL,"
-    " UNIQUE (thread, label))",
-    "CREATE INDEX IF NOT EXISTS snapshots_at ON snapshots (thread, seq, id)",
-    "CREATE TRIGGER IF NOT EXISTS events_append_only BEFORE UPDATE ON events"
-    " BEGIN SELECT RAISE(ABORT, 'events are append-only'); END",
-    "CREATE TRIGGER IF NOT EXISTS snapshots_append_only BEFORE UPDATE ON snapshots"
-    " BEGIN SELECT RAISE(ABORT, 'snapshots are append-only'); END",
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+INSERT OR IGNORE INTO meta VALUES ('format', '{FORMAT}'), ('version', '{VERSION}');
+CREATE TABLE IF NOT EXISTS events (
+    thread TEXT NOT NULL, seq INTEGER NOT NULL, time_us INTEGER NOT NULL,
+    type TEXT NOT NULL, payload BLOB NOT NULL, PRIMARY KEY (thread, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS snapshots (
+    id INTEGER PRIMARY KEY, thread TEXT NOT NULL, seq INTEGER NOT NULL, label TEXT,
+    time_us INTEGER NOT NULL, state BLOB NOT NULL, UNIQUE (thread, label)
+);
+CREATE INDEX IF NOT EXISTS snapshots_at ON snapshots (thread, seq, id);
+CREATE TRIGGER IF NOT EXISTS events_append_only BEFORE UPDATE ON events
+    BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS snapshots_append_only BEFORE UPDATE ON snapshots
+    BEGIN SELECT RAISE(ABORT, 'snapshots are append-only'); END;
+"""
+# One statement each: the next seq is chosen and used inside one write transaction.
+APPEND = (
+    "INSERT INTO events (thread, seq, time_us, type, payload) SELECT ?,"
+    " COALESCE(MAX(seq), 0) + 1, ?, ?, ? FROM events WHERE thread = ? RETURNING seq"
+)
+SNAPSHOT = (
+    "INSERT INTO snapshots (thread, seq, label, time_us, state) SELECT ?,"
+    f" COALESCE(MAX(seq), 0), ?, ?, ? FROM events WHERE thread = ? RETURNING {SNAP}"
 )
 VALUE_HINT = (
     "use dicts, lists, str, bytes, int, float, bool and None only; convert tuples to "
@@ -147,6 +160,10 @@ def _db_error(exc: sqlite3.Error, path: Path) -> AmberError:
     return SourceError(f"state store {path}: {text}")
 
 
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
 async def _rows(db: aiosqlite.Connection, sql: str, *params: object) -> list[Any]:
     return list(await db.execute_fetchall(sql, params))
 
@@ -206,8 +223,8 @@ class StateStore:
             raise _db_error(exc, self.path) from None
         try:
             async with self._op() as db:  # connect(timeout=) set the busy timeout
+                await self._prepare(db)  # first: a refused file is left as it was
                 await db.executescript("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
-                await self._prepare(db)
         except BaseException:
             await self.close()
             raise
@@ -215,15 +232,8 @@ class StateStore:
     async def _prepare(self, db: aiosqlite.Connection) -> None:
         sql = "SELECT name FROM sqlite_master WHERE type = 'table'"
         if not await _rows(db, sql):
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                for stmt in SCHEMA:
-                    await db.execute(stmt)
-                await db.executemany(
-                    "INSERT OR IGNORE INTO meta VALUES (?, ?)",
-                    [("format", FORMAT), ("version", str(VERSION))],
-                )
-                await db.execute("COMMIT")
+            try:  # IF NOT EXISTS: another process may be creating it too
+                await db.executescript(f"BEGIN IMMEDIATE; {SCHEMA} COMMIT;")
             except BaseException:
                 if db.in_transaction:
                     await db.execute("ROLLBACK")
@@ -266,13 +276,7 @@ class StateStore:
         _name(type, "event type")
         blob = _pack(payload, "event payload")
         async with self._op() as db:
-            rows = await _rows(
-                db,
-                "INSERT INTO events (thread, seq, time_us, type, payload)"
-                " SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, ?, ? FROM events WHERE thread = ?"
-                " RETURNING seq",
-                *(thread_id, time.time_ns() // 1000, type, blob, thread_id),
-            )
+            rows = await _rows(db, APPEND, thread_id, _now_us(), type, blob, thread_id)
         return int(rows[0][0])
 
     async def checkpoint(
@@ -286,13 +290,7 @@ class StateStore:
         blob = _pack(state, "state")
         async with self._op() as db:
             try:
-                rows = await _rows(
-                    db,
-                    "INSERT INTO snapshots (thread, seq, label, time_us, state)"
-                    " SELECT ?, COALESCE(MAX(seq), 0), ?, ?, ? FROM events WHERE thread = ?"
-                    f" RETURNING {SNAP}",
-                    *(thread_id, label, time.time_ns() // 1000, blob, thread_id),
-                )
+                rows = await _rows(db, SNAPSHOT, thread_id, label, _now_us(), blob, thread_id)
             except sqlite3.IntegrityError:
                 raise UsageError(
                     f"thread {thread_id!r} already has a checkpoint labelled {label!r}",

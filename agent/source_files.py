@@ -57,6 +57,8 @@ async def scan_files(ctx: ScanContext) -> ScanResult:
             if src.kind == "model":
                 artifacts[rel] = {"size": entry.size, "blake3": (entry.digest or b"").hex()}
     meta: dict[str, Any] = {"root_is_dir": root.is_dir(), "root_name": root.name}
+    if root.is_dir():  # restored onto the root too: a 0700 secrets dir must not come back 0755
+        meta["root_mode"] = stat.S_IMODE(root.stat().st_mode)
     if src.kind == "model":
         meta["artifacts"] = artifacts
     return ScanResult(entries, meta, {"files": state, "scan_ns": scan_start})

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import blake3
+
 from amber.protocol.records import Entry
 
 from .chunking import cdc_pieces
@@ -51,7 +52,9 @@ async def scan_jsonl(ctx: ScanContext) -> ScanResult:
         )
         entries.append(entry)
         state[rel] = saved
-    meta = {"root_is_dir": root.is_dir(), "root_name": root.name}
+    meta: dict[str, Any] = {"root_is_dir": root.is_dir(), "root_name": root.name}
+    if root.is_dir():
+        meta["root_mode"] = stat.S_IMODE(root.stat().st_mode)
     return ScanResult(entries, meta, state)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+
 from amber.protocol.errors import SourceError
 from amber.protocol.records import Entry, Manifest
 

@@ -50,9 +50,10 @@ try:
     import blake3
     import pyfastcdc
     import zstandard
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     from amber.protocol import chunk as amber_chunk
     from amber.protocol.keys import VaultKeys
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 except ImportError as exc:  # pragma: no cover - environment problem, not a bench result
     sys.exit(
         f"primitives.py: cannot import {exc.name!r}. Run it with the project's venv "

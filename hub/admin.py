@@ -43,14 +43,25 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         if not hmac.compare_digest(given.encode(), hub.secrets.admin_token.encode()):
             return web.json_response(
-                {"error": "unauthorized", "message": "missing or wrong admin token",
-                 "hint": "pass the token from DATA/secrets.json (AMBER_HUB_TOKEN)"}, status=401)
+                {
+                    "error": "unauthorized",
+                    "message": "missing or wrong admin token",
+                    "hint": "pass the token from DATA/secrets.json (AMBER_HUB_TOKEN)",
+                },
+                status=401,
+            )
     try:
         return await handler(request)
     except AmberError as exc:
         return web.json_response(
-            {"error": type(exc).__name__, "message": str(exc), "hint": exc.hint,
-             "exit_code": exc.exit_code}, status=_status_for(exc))
+            {
+                "error": type(exc).__name__,
+                "message": str(exc),
+                "hint": exc.hint,
+                "exit_code": exc.exit_code,
+            },
+            status=_status_for(exc),
+        )
 
 
 def make_app(hub: Hub) -> web.Application:
@@ -75,11 +86,19 @@ async def health(request: web.Request) -> web.Response:
 async def nodes(request: web.Request) -> web.Response:
     hub = _hub(request)
     rows = await hub.catalog.nodes()
-    return web.json_response([
-        {"vault": n.vault, "node": n.node, "labels": n.labels, "created_us": n.created_us,
-         "last_seen_us": n.last_seen_us, "signer": n.signer.hex() if n.signer else None}
-        for n in rows
-    ])
+    return web.json_response(
+        [
+            {
+                "vault": n.vault,
+                "node": n.node,
+                "labels": n.labels,
+                "created_us": n.created_us,
+                "last_seen_us": n.last_seen_us,
+                "signer": n.signer.hex() if n.signer else None,
+            }
+            for n in rows
+        ]
+    )
 
 
 async def add_node(request: web.Request) -> web.Response:
@@ -110,21 +129,34 @@ async def status(request: web.Request) -> web.Response:
         beat = n.heartbeat or {}
         rpo = int(beat.get("rpo_seconds") or 0)
         age = None if last is None else now - last.time_us / 1e6
-        out.append({
-            "vault": n.vault, "node": n.node,
-            "last_seq": last.seq if last else None,
-            "last_checkpoint_us": last.time_us if last else None,
-            "age_seconds": age, "rpo_seconds": rpo or None,
-            "rpo_breached": bool(rpo) and (age is None or age > rpo),
-            "backlog_bytes": beat.get("backlog_bytes"), "backlog_chunks": beat.get("backlog_chunks"),
-            "last_seen_us": n.last_seen_us,
-            "agent_version": beat.get("agent_version"),
-        })
+        out.append(
+            {
+                "vault": n.vault,
+                "node": n.node,
+                "last_seq": last.seq if last else None,
+                "last_checkpoint_us": last.time_us if last else None,
+                "age_seconds": age,
+                "rpo_seconds": rpo or None,
+                "rpo_breached": bool(rpo) and (age is None or age > rpo),
+                "backlog_bytes": beat.get("backlog_bytes"),
+                "backlog_chunks": beat.get("backlog_chunks"),
+                "last_seen_us": n.last_seen_us,
+                "agent_version": beat.get("agent_version"),
+            }
+        )
     objects, stored = await hub.catalog.object_count()
     stats = hub.ingestor.stats
-    return web.json_response({
-        "nodes": out, "objects": objects, "stored_bytes": stored,
-        "ingest": {"chunks": stats.chunks, "chunk_bytes": stats.chunk_bytes,
-                   "records": stats.records, "duplicates": stats.duplicates,
-                   "rejected": dict(stats.rejected or {})},
-    })
+    return web.json_response(
+        {
+            "nodes": out,
+            "objects": objects,
+            "stored_bytes": stored,
+            "ingest": {
+                "chunks": stats.chunks,
+                "chunk_bytes": stats.chunk_bytes,
+                "records": stats.records,
+                "duplicates": stats.duplicates,
+                "rejected": dict(stats.rejected or {}),
+            },
+        }
+    )

@@ -75,10 +75,17 @@ class CheckpointEntry:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "vault": self.vault, "node": self.node, "seq": self.seq, "id": self.id.hex(),
-            "prev": self.prev.hex() if self.prev else None, "time_us": self.time_us,
-            "kind": self.kind, "labels": self.labels, "sources": sorted(self.manifests),
-            "signer": self.signer.hex(), "received_us": self.received_us,
+            "vault": self.vault,
+            "node": self.node,
+            "seq": self.seq,
+            "id": self.id.hex(),
+            "prev": self.prev.hex() if self.prev else None,
+            "time_us": self.time_us,
+            "kind": self.kind,
+            "labels": self.labels,
+            "sources": sorted(self.manifests),
+            "signer": self.signer.hex(),
+            "received_us": self.received_us,
         }
 
 
@@ -103,8 +110,9 @@ class Catalog:
             await db.executescript(SCHEMA)
             rdb = await aiosqlite.connect(path, isolation_level=None, timeout=30)
         except sqlite3.Error as exc:
-            raise JournalError(f"hub catalog {path}: {exc}",
-                               hint="run 'amber-hub catalog rebuild' to recreate it") from None
+            raise JournalError(
+                f"hub catalog {path}: {exc}", hint="run 'amber-hub catalog rebuild' to recreate it"
+            ) from None
         return cls(db, rdb, path)
 
     async def close(self) -> None:
@@ -130,8 +138,9 @@ class Catalog:
 
     # --- nodes ----------------------------------------------------------------------
 
-    async def add_node(self, vault: str, node: str, user: str, password: str,
-                       labels: dict[str, str]) -> None:
+    async def add_node(
+        self, vault: str, node: str, user: str, password: str, labels: dict[str, str]
+    ) -> None:
         try:
             await self._exec(
                 "INSERT INTO nodes(vault, node, user, password, created_us, labels) "
@@ -139,17 +148,32 @@ class Catalog:
                 (vault, node, user, password, now_us(), json.dumps(labels)),
             )
         except sqlite3.IntegrityError:
-            raise JournalError(f"node {vault}/{node} is already enrolled",
-                               hint="use another name, or 'amber-hub node rekey'") from None
+            raise JournalError(
+                f"node {vault}/{node} is already enrolled",
+                hint="use another name, or 'amber-hub node rekey'",
+            ) from None
 
     async def set_password(self, vault: str, node: str, password: str) -> None:
-        await self._exec("UPDATE nodes SET password=? WHERE vault=? AND node=?",
-                         (password, vault, node))
+        await self._exec(
+            "UPDATE nodes SET password=? WHERE vault=? AND node=?", (password, vault, node)
+        )
 
     async def nodes(self) -> list[NodeRow]:
         rows = await self._all("SELECT * FROM nodes ORDER BY vault, node")
-        return [NodeRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6],
-                        json.loads(r[7]) if r[7] else None, r[8]) for r in rows]
+        return [
+            NodeRow(
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4],
+                json.loads(r[5]),
+                r[6],
+                json.loads(r[7]) if r[7] else None,
+                r[8],
+            )
+            for r in rows
+        ]
 
     async def node(self, vault: str, node: str) -> NodeRow:
         for row in await self.nodes():
@@ -158,17 +182,21 @@ class Catalog:
         raise NotFoundError(f"node {vault}/{node} is not enrolled")
 
     async def heartbeat(self, vault: str, node: str, beat: dict[str, Any]) -> None:
-        await self._exec("UPDATE nodes SET last_seen_us=?, heartbeat=? WHERE vault=? AND node=?",
-                         (now_us(), json.dumps(beat), vault, node))
+        await self._exec(
+            "UPDATE nodes SET last_seen_us=?, heartbeat=? WHERE vault=? AND node=?",
+            (now_us(), json.dumps(beat), vault, node),
+        )
 
     async def seen(self, vault: str, node: str, signer: bytes | None = None) -> None:
         if signer is None:
-            await self._exec("UPDATE nodes SET last_seen_us=? WHERE vault=? AND node=?",
-                             (now_us(), vault, node))
+            await self._exec(
+                "UPDATE nodes SET last_seen_us=? WHERE vault=? AND node=?", (now_us(), vault, node)
+            )
         else:
             await self._exec(
                 "UPDATE nodes SET last_seen_us=?, signer=? WHERE vault=? AND node=?",
-                (now_us(), signer, vault, node))
+                (now_us(), signer, vault, node),
+            )
 
     # --- objects --------------------------------------------------------------------
 
@@ -186,7 +214,8 @@ class Catalog:
             part = list(ids[i : i + 500])
             marks = ",".join("?" * len(part))
             rows = await self._all(
-                f"SELECT id, kind FROM objects WHERE vault=? AND id IN ({marks})", [vault, *part])
+                f"SELECT id, kind FROM objects WHERE vault=? AND id IN ({marks})", [vault, *part]
+            )
             out.update((r[0], r[1]) for r in rows)
         return out
 
@@ -199,33 +228,58 @@ class Catalog:
     async def add_manifest(self, vault: str, mid: bytes, pub: dict[str, Any]) -> None:
         await self._exec(
             "INSERT OR IGNORE INTO manifests VALUES(?,?,?,?,?,?,?,?,?)",
-            (vault, mid, pub["node"], pub["source"], pub["kind"], pub["tier"], pub["time_us"],
-             pub["size"], len(pub["chunks"])),
+            (
+                vault,
+                mid,
+                pub["node"],
+                pub["source"],
+                pub["kind"],
+                pub["tier"],
+                pub["time_us"],
+                pub["size"],
+                len(pub["chunks"]),
+            ),
         )
 
     async def manifest_tiers(self, vault: str, ids: Iterable[bytes]) -> list[str]:
         out = []
         for mid in ids:
-            rows = await self._all("SELECT tier FROM manifests WHERE vault=? AND id=?", (vault, mid))
+            rows = await self._all(
+                "SELECT tier FROM manifests WHERE vault=? AND id=?", (vault, mid)
+            )
             out += [r[0] for r in rows]
         return out
 
     async def head(self, vault: str, node: str) -> tuple[int, bytes] | None:
         rows = await self._all(
             "SELECT seq, id FROM checkpoints WHERE vault=? AND node=? ORDER BY seq DESC LIMIT 1",
-            (vault, node))
+            (vault, node),
+        )
         return (rows[0][0], rows[0][1]) if rows else None
 
     async def add_checkpoint(self, cp: Checkpoint, cid: bytes, signer: bytes) -> None:
         await self._exec(
             "INSERT OR IGNORE INTO checkpoints VALUES(?,?,?,?,?,?,?,?,?,?,?)",
-            (cp.vault, cp.node, cp.seq, cid, cp.prev, cp.time_us, cp.kind,
-             json.dumps(cp.labels), json.dumps({k: v.hex() for k, v in cp.manifests.items()}),
-             signer, now_us()),
+            (
+                cp.vault,
+                cp.node,
+                cp.seq,
+                cid,
+                cp.prev,
+                cp.time_us,
+                cp.kind,
+                json.dumps(cp.labels),
+                json.dumps({k: v.hex() for k, v in cp.manifests.items()}),
+                signer,
+                now_us(),
+            ),
         )
 
     async def checkpoints(
-        self, vault: str | None = None, node: str | None = None, after_seq: int = -1,
+        self,
+        vault: str | None = None,
+        node: str | None = None,
+        after_seq: int = -1,
         limit: int = 100_000,
     ) -> list[CheckpointEntry]:
         sql, args = "SELECT * FROM checkpoints WHERE seq > ?", [after_seq]
@@ -235,8 +289,19 @@ class Catalog:
             sql, args = sql + " AND node = ?", [*args, node]
         sql += f" ORDER BY vault, node, seq LIMIT {int(limit)}"
         return [
-            CheckpointEntry(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]),
-                            json.loads(r[8]), r[9], r[10])
+            CheckpointEntry(
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4],
+                r[5],
+                r[6],
+                json.loads(r[7]),
+                json.loads(r[8]),
+                r[9],
+                r[10],
+            )
             for r in await self._all(sql, args)
         ]
 

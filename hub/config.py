@@ -88,7 +88,10 @@ def load_secrets(data_dir: Path) -> HubSecrets:
     path = data_dir / "secrets.json"
     if not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fresh = {"admin_token": secrets.token_urlsafe(32), "nats_password": secrets.token_urlsafe(24)}
+        fresh = {
+            "admin_token": secrets.token_urlsafe(32),
+            "nats_password": secrets.token_urlsafe(24),
+        }
         write_secret(path, json.dumps(fresh).encode())
     obj = json.loads(read_secret(path, what="hub secrets"))
     return HubSecrets(obj["admin_token"], obj["nats_password"])

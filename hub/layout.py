@@ -1,7 +1,7 @@
 """Where objects live in the store, and how long Object Lock keeps them.
 
-    <vault>/chunks/<id hex[:2]>/<id hex>   encrypted chunk blobs
-    <vault>/records/<id hex>               signed manifests and checkpoints
+<vault>/chunks/<id hex[:2]>/<id hex>   encrypted chunk blobs
+<vault>/records/<id hex>               signed manifests and checkpoints
 """
 
 from __future__ import annotations

@@ -55,14 +55,17 @@ def render_config(
         {"user": n.user, "password": n.password, "permissions": node_permissions(n.vault, n.node)}
         for n in nodes
     ]
-    return "\n".join([
-        f"listen: {json.dumps(f'{host}:{port}')}",
-        "max_payload: 8MB",
-        "max_pending: 64MB",
-        f"jetstream {{ store_dir: {json.dumps(str(store_dir))} }}",
-        f"authorization {{ users: {json.dumps(users, indent=2)} }}",
-        "",
-    ])
+    return "\n".join(
+        [
+            f"listen: {json.dumps(f'{host}:{port}')}",
+            "max_payload: 8MB",
+            "max_pending: 64MB",
+            f"jetstream {{ store_dir: {json.dumps(str(store_dir))} }}",
+            f"pid_file: {json.dumps(str(store_dir.parent / 'nats-server.pid'))}",
+            f"authorization {{ users: {json.dumps(users, indent=2)} }}",
+            "",
+        ]
+    )
 
 
 class EmbeddedNats:
@@ -71,6 +74,7 @@ class EmbeddedNats:
         self.hub_password = hub_password
         self.config_path = workdir / "nats.conf"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.adopted: int | None = None  # pid of a server left running by a killed hub
 
     @property
     def url(self) -> str:
@@ -86,33 +90,66 @@ class EmbeddedNats:
             fh.write(text)
         os.replace(tmp, self.config_path)
 
+    def _stale_pid(self) -> int | None:
+        try:
+            pid = int((self.workdir / "nats-server.pid").read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return None
+        return (
+            pid if b"nats-server" in cmdline and str(self.config_path).encode() in cmdline else None
+        )
+
     async def start(self, nodes: list[NodeRow]) -> None:
         self.write_config(nodes)
-        log = open(self.workdir / "nats-server.log", "ab")  # noqa: SIM115 - owned by the child
-        self.proc = subprocess.Popen(
+        stale = self._stale_pid()
+        if stale is not None:  # a hub killed hard left its server running: keep it
+            self.adopted = stale
+            os.kill(stale, signal.SIGHUP)
+            return
+        log = open(self.workdir / "nats-server.log", "ab")
+        self.proc = subprocess.Popen(  # noqa: ASYNC220 - spawning returns at once
             [find_nats_server(), "-c", str(self.config_path)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         log.close()
         for _ in range(200):
             if self.proc.poll() is not None:
                 break
             try:
-                _, w = await asyncio.open_connection("127.0.0.1" if self.host == "0.0.0.0" else self.host, self.port)
+                _, w = await asyncio.open_connection(
+                    "127.0.0.1" if self.host == "0.0.0.0" else self.host, self.port
+                )
                 w.close()
                 return
             except OSError:
                 await asyncio.sleep(0.05)
         tail = (self.workdir / "nats-server.log").read_text(errors="replace")[-800:]
-        raise HubUnavailableError(f"nats-server did not start on port {self.port}: {tail}",
-                                  hint="is the port free? see the nats-server log in the data dir")
+        raise HubUnavailableError(
+            f"nats-server did not start on port {self.port}: {tail}",
+            hint="is the port free? see the nats-server log in the data dir",
+        )
 
     def reload(self, nodes: list[NodeRow]) -> None:
         self.write_config(nodes)
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGHUP)
+        elif self.adopted is not None:
+            os.kill(self.adopted, signal.SIGHUP)
 
     async def stop(self) -> None:
+        if self.adopted is not None:
+            try:
+                os.kill(self.adopted, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            for _ in range(100):
+                if not Path(f"/proc/{self.adopted}").exists():
+                    break
+                await asyncio.sleep(0.05)
+            return
         if self.proc is None or self.proc.poll() is not None:
             return
         self.proc.terminate()

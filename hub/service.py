@@ -63,9 +63,12 @@ class HubService:
     async def start(self) -> None:
         await ensure_stream(self.js)
         psub = await self.js.pull_subscribe(
-            "amber.*.*.ingest", durable=DURABLE, stream=STREAM,
-            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=120,
-                                  max_ack_pending=4096, max_deliver=-1),
+            "amber.*.*.ingest",
+            durable=DURABLE,
+            stream=STREAM,
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT, ack_wait=120, max_ack_pending=4096, max_deliver=-1
+            ),
         )
         self.subs.append(await self.nc.subscribe("amber.*.*.rpc", queue="hub", cb=self._rpc))
         self.subs.append(await self.nc.subscribe("amber.*.*.status", cb=self._status))
@@ -79,7 +82,7 @@ class HubService:
         for s in self.subs:
             try:
                 await s.unsubscribe()
-            except Exception:  # noqa: BLE001 - the connection may already be gone
+            except Exception:
                 pass
 
     # --- ingest ---------------------------------------------------------------------
@@ -90,7 +93,7 @@ class HubService:
                 msgs = await psub.fetch(BATCH, timeout=1)
             except (FetchTimeoutError, TimeoutError):
                 continue
-            except Exception as exc:  # noqa: BLE001 - reconnects are nats-py's job
+            except Exception as exc:
                 log.warning("ingest fetch failed: %s", exc)
                 await asyncio.sleep(0.5)
                 continue
@@ -146,7 +149,7 @@ class HubService:
             self.ingestor.reject(vault, node, exc)
             await m.term()
             return
-        except Exception as exc:  # noqa: BLE001 - store trouble: try again later
+        except Exception as exc:
             log.error("storing record from %s/%s failed: %s", vault, node, exc)
             await m.nak(delay=2)
             return
@@ -166,12 +169,12 @@ class HubService:
         except AmberError as exc:
             log.warning("refused a request from %s: %s", m.subject, exc)
             reply = wire.ErrorReply(code=type(exc).__name__, message=str(exc))
-        except Exception as exc:  # noqa: BLE001 - keep serving everyone else
+        except Exception as exc:
             log.exception("request on %s failed", m.subject)
             reply = wire.ErrorReply(code="internal", message=str(exc))
         try:
             await m.respond(wire.encode(reply))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.warning("could not answer %s: %s", m.subject, exc)
 
     async def _answer(self, vault: str, node: str, req: wire.Message) -> wire.Message:
@@ -180,8 +183,10 @@ class HubService:
             return wire.ChunkQueryReply(missing=tuple(i for i in req.ids if i not in have))
         if isinstance(req, wire.ReceiptQuery):
             have = await self.catalog.present(vault, req.ids)
-            return wire.Receipt(durable=tuple(i for i in req.ids if i in have),
-                                missing=tuple(i for i in req.ids if i not in have))
+            return wire.Receipt(
+                durable=tuple(i for i in req.ids if i in have),
+                missing=tuple(i for i in req.ids if i not in have),
+            )
         if isinstance(req, wire.FetchRequest):
             return await self._fetch(vault, req)
         if isinstance(req, wire.ListCheckpoints):
@@ -214,7 +219,9 @@ class HubService:
             size += len(data)
             if size > MAX_REPLY:
                 break
-        return wire.CheckpointList(records=tuple(records), more=len(records) < len(rows) or len(rows) == MAX_LIST)
+        return wire.CheckpointList(
+            records=tuple(records), more=len(records) < len(rows) or len(rows) == MAX_LIST
+        )
 
     async def _status(self, m: Msg) -> None:
         try:
@@ -224,9 +231,16 @@ class HubService:
             log.warning("bad heartbeat on %s: %s", m.subject, exc)
             return
         assert isinstance(beat, wire.Heartbeat)
-        await self.catalog.heartbeat(vault, node, {
-            "time_us": beat.time_us, "backlog_bytes": beat.backlog_bytes,
-            "backlog_chunks": beat.backlog_chunks, "last_seq": beat.last_seq,
-            "last_checkpoint_us": beat.last_checkpoint_us, "rpo_seconds": beat.rpo_seconds,
-            "agent_version": beat.agent_version,
-        })
+        await self.catalog.heartbeat(
+            vault,
+            node,
+            {
+                "time_us": beat.time_us,
+                "backlog_bytes": beat.backlog_bytes,
+                "backlog_chunks": beat.backlog_chunks,
+                "last_seq": beat.last_seq,
+                "last_checkpoint_us": beat.last_checkpoint_us,
+                "rpo_seconds": beat.rpo_seconds,
+                "agent_version": beat.agent_version,
+            },
+        )

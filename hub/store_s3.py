@@ -37,6 +37,8 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar
 
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
 from amber.hub.store import (
     ObjectInfo,
     retention_deadline,
@@ -46,7 +48,6 @@ from amber.hub.store import (
     validate_range,
 )
 from amber.protocol.errors import AmberError, NotFoundError, ObjectLockedError, StoreError
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 log = logging.getLogger(__name__)
 

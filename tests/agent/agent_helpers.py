@@ -122,14 +122,17 @@ class Node:
         cfg = load_config(self.config)
         save_config(dataclasses.replace(cfg, **changes))
 
-    def snapshot(self) -> str:
-        """A digest of everything the journal holds (to prove a failure changed nothing)."""
+    def snapshot(self) -> tuple[list[Any], str]:
+        """The checkpoint list and a digest of everything else the journal holds, read
+        with sqlite3 directly (to prove that a failed command changed nothing)."""
         con = sqlite3.connect(self.journal)
         try:
+            rows = con.execute("SELECT seq, hex(id), kind, labels FROM checkpoints ORDER BY seq")
+            listed = rows.fetchall()
             h = hashlib.sha256()
             for line in con.iterdump():
                 h.update(line.encode() + b"\n")
-            return h.hexdigest()
+            return listed, h.hexdigest()
         finally:
             con.close()
 
@@ -300,3 +303,42 @@ class SqliteWriter:
                 self.proc.kill()
                 self.proc.wait()
         return self.counts()
+
+
+# --- running as root without root's power over file permissions --------------------------
+
+NO_DAC = r"""
+import ctypes, os, sys
+if os.geteuid() == 0:
+    libc = ctypes.CDLL(None, use_errno=True)
+    # PR_CAPBSET_DROP CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH: lost for good at exec
+    for cap in (1, 2):
+        if libc.prctl(24, cap, 0, 0, 0) != 0:
+            sys.exit(99)
+os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
+"""
+
+
+def run_no_dac(*python_args: object, timeout: float = 120) -> Result:
+    """``python ARGS`` in a process for which mode 000 means unreadable, even as root.
+
+    Exit code 99: this machine does not let the test drop those capabilities.
+    """
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_DAC, *map(str, python_args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def permissions_bind(probe_dir: Path) -> bool:
+    """Whether a ``run_no_dac`` process is really refused a mode-000 file."""
+    probe = write(probe_dir / "probe", "x")
+    probe.chmod(0)
+    try:
+        res = run_no_dac("-c", "import sys; open(sys.argv[1]).read()", probe)
+    finally:
+        probe.unlink()
+    return res.code not in (0, 99) and "PermissionError" in res.err

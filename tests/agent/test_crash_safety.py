@@ -38,8 +38,8 @@ from amber.protocol.records import check_chain, checkpoint_public, record_id
 
 MiB = 1024 * 1024
 SEED = 20240611
-MAX_ROUNDS = 36
-LOOP_BUDGET_S = 55.0  # stop starting new rounds after this long (the counts are still checked)
+MAX_ROUNDS = 32
+LOOP_BUDGET_S = 42.0  # stop starting new rounds after this long (the counts are still checked)
 MIN_MID = 5  # kills that must land between the first chunk write and the commit
 MIN_AFTER = 2  # kills that must land after the commit (the process still running)
 
@@ -55,6 +55,24 @@ def agent(cfg: Path, *args: str, timeout: float = 120) -> subprocess.CompletedPr
         text=True,
         timeout=timeout,
     )
+
+
+def agents(cfg: Path, *argvs: tuple[str, ...]) -> list[subprocess.CompletedProcess[str]]:
+    """Several ``amber-agent`` commands at once; each must succeed."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "amber.agent.cli", "--config", str(cfg), *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for argv in argvs
+    ]
+    done = []
+    for argv, proc in zip(argvs, procs, strict=True):
+        out, err = proc.communicate(timeout=120)
+        done.append(ok(subprocess.CompletedProcess(argv, proc.returncode, out, err)))
+    return done
 
 
 def spawn_checkpoint(cfg: Path) -> subprocess.Popen[bytes]:
@@ -153,11 +171,16 @@ def mutate(root: Path, rng: random.Random, round_no: int) -> None:
             fh.seek(rng.randrange(0, size - 2 * MiB))
             fh.write(rng.randbytes(rng.randrange(MiB, 2 * MiB)))
     con = sqlite3.connect(root / "memory.db")
-    con.executemany(
+    con.executemany(  # rows come and go; the database keeps its size
         "INSERT INTO messages(role, text, emb) VALUES(?,?,?)",
-        (("assistant", f"reply {round_no}-{i} " * 20, rng.randbytes(3072)) for i in range(300)),
+        (("assistant", f"reply {round_no}-{i} " * 20, rng.randbytes(3072)) for i in range(60)),
     )
-    con.execute("UPDATE messages SET text = ? WHERE id % 97 = ?", (f"edit {round_no}", round_no))
+    con.execute("DELETE FROM messages WHERE id IN (SELECT id FROM messages ORDER BY id LIMIT 60)")
+    ids = [rid for (rid,) in con.execute("SELECT id FROM messages ORDER BY id")]
+    con.executemany(
+        "UPDATE messages SET emb = ? WHERE id = ?",
+        ((rng.randbytes(3072), rid) for rid in rng.sample(ids, 200)),
+    )
     con.commit()
     con.close()
     log = root / "logs" / "agent.jsonl"
@@ -170,7 +193,7 @@ def mutate(root: Path, rng: random.Random, round_no: int) -> None:
     for _ in range(3):
         p = root / "prompts" / f"p{rng.randrange(60):03d}.md"
         p.write_text(p.read_text() + f"\nrevision {round_no}: " + rng.randbytes(2000).hex())
-    (root / "prompts" / f"new{round_no:03d}.md").write_text(rng.randbytes(40_000).hex())
+    (root / "prompts" / f"new{round_no % 5}.md").write_text(rng.randbytes(40_000).hex())
 
 
 def setup_node(tmp_path: Path, rng: random.Random) -> Path:
@@ -187,6 +210,23 @@ def setup_node(tmp_path: Path, rng: random.Random) -> Path:
         argv = ["--config", str(cfg), "source", "add", name, "--kind", kind, "--path", str(path)]
         assert cli.main(argv) == 0
     return cfg
+
+
+def kill_on_commit(proc: subprocess.Popen[bytes], journal: Path, count: int) -> float:
+    """Poll the journal and SIGKILL ``proc`` as soon as it holds more than ``count``
+    checkpoints; return the delay at which the signal went."""
+    t0 = time.monotonic()
+    while proc.poll() is None and time.monotonic() - t0 < 60:
+        con = sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=5)
+        try:
+            n = con.execute("SELECT count(*) FROM checkpoints").fetchone()[0]
+        finally:
+            con.close()
+        if n > count:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.002)
+    return time.monotonic() - t0
 
 
 async def _open_for_writing(cfg_path: Path) -> None:
@@ -208,12 +248,15 @@ def test_sigkill_at_random_moments_never_leaves_a_partial_checkpoint(tmp_path: P
 
     ok(agent(cfg, "checkpoint"))  # the first, full checkpoint
     # How long an uninterrupted incremental checkpoint takes, process start to exit.
-    mutate(tmp_path / "data", rng, 0)
-    t0 = time.monotonic()
-    ok(agent(cfg, "checkpoint"))
-    duration = time.monotonic() - t0
+    times = []
+    for i in range(3):
+        mutate(tmp_path / "data", rng, -1 - i)
+        t0 = time.monotonic()
+        ok(agent(cfg, "checkpoint"))
+        times.append(time.monotonic() - t0)
+    duration = sorted(times)[1]
     before = listed(cfg)
-    assert len(before) == 2
+    assert len(before) == 4
 
     kinds: Counter[str] = Counter()
     delays: dict[str, list[float]] = {}
@@ -222,20 +265,31 @@ def test_sigkill_at_random_moments_never_leaves_a_partial_checkpoint(tmp_path: P
     while round_no < MAX_ROUNDS and time.monotonic() - started < LOOP_BUDGET_S:
         round_no += 1
         mutate(tmp_path / "data", rng, round_no)
-        # Across the whole run, a little past its end so some kills follow the commit.
-        delay = rng.uniform(0.0, 1.08) * duration
         proc = spawn_checkpoint(cfg)
-        try:
-            proc.wait(timeout=delay)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
+        if round_no % 4:
+            # A random instant across the whole run, a little past its measured end.
+            delay = rng.uniform(0.1, 1.05) * duration
+            try:
+                proc.wait(timeout=delay)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+        else:
+            # The instant the new checkpoint becomes visible, while the process goes on
+            # to close the journal (folding the WAL back into the database file).
+            delay = kill_on_commit(proc, journal, len(before))
         _, err = proc.communicate(timeout=60)
         killed = proc.returncode == -signal.SIGKILL
         assert killed or proc.returncode == 0, f"checkpoint failed ({proc.returncode}): {err!r}"
 
         # A fresh reader, straight from the file, before any agent touches it again.
         snap = snapshot(journal)
-        now = listed(cfg)
+        # Then through the agent, concurrently: the list, and a full re-read of the
+        # previous head (which must have survived) and of a new head if there is one.
+        checks = [("checkpoints", "--json"), ("verify", f"seq:{before[-1]['seq']}")]
+        if len(snap.rows) > len(before):
+            checks.append(("verify", "latest"))
+        results = agents(cfg, *checks)
+        now = json.loads(results[0].stdout)
         assert [r["id"] for r in now] == snap.ids
         grew = len(now) == len(before) + 1
         assert now == before or (grew and now[:-1] == before), (
@@ -246,11 +300,7 @@ def test_sigkill_at_random_moments_never_leaves_a_partial_checkpoint(tmp_path: P
         if grew:
             assert now[-1]["seq"] == before[-1]["seq"] + 1
             assert sorted(now[-1]["sources"]) == ["logs", "memory", "model", "prompts"]
-        # The head (the new checkpoint, or the previous one that must have survived)
-        # re-reads completely: every chunk there, authenticated, every digest right.
-        ok(agent(cfg, "verify", "latest"))
-        if grew:
-            ok(agent(cfg, "verify", f"seq:{before[-1]['seq']}"))
+            assert results[2].stdout.startswith(now[-1]["id"][:16])
 
         if not killed:
             kind = "finished"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sqlite3
 import sys
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +16,6 @@ from amber.agent import sdk
 from amber.agent.cli import main
 from amber.agent.sdk import Event, StateStore
 from amber.protocol.errors import FormatError, NotFoundError, UnknownVersionError, UsageError
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 async def fill(
@@ -48,17 +46,11 @@ async def test_append_checkpoint_load_round_trip(tmp_path: Path) -> None:
         expected = await fill(store, "t1", 7)
         cp = await store.checkpoint("t1", expected[7], label="seven")
         assert (cp.thread, cp.seq, cp.label) == ("t1", 7, "seven")
-        await store.append(
-            "t2", "update", {"b": b"\x00\xff", "n": None, "f": 1.5, "nest": {"x": []}}
-        )
+        mixed = {"b": b"\x00\xff", "n": None, "f": 1.5, "i": -(2**40), "nest": {"x": [True]}}
+        await store.append("t2", "update", mixed)
         loaded = await store.load("t1")
         assert (loaded.seq, loaded.state, loaded.base, loaded.replayed) == (7, expected[7], cp, 0)
-        assert (await store.load("t2")).state == {
-            "b": b"\x00\xff",
-            "n": None,
-            "f": 1.5,
-            "nest": {"x": []},
-        }
+        assert (await store.load("t2")).state == mixed
         events = [e async for e in store.events("t1")]
         assert [e.seq for e in events] == list(range(1, 8))
         assert events[2].type == "update" and events[2].payload == {"step": 3, "tool": "t3"}
@@ -206,7 +198,6 @@ asyncio.run(run(sys.argv[1], int(sys.argv[2])))
 
 async def test_second_process_appends_concurrently(tmp_path: Path) -> None:
     path, n = tmp_path / "s.db", 150
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
     async with StateStore.open(path) as store:
         child = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -216,7 +207,6 @@ async def test_second_process_appends_concurrently(tmp_path: Path) -> None:
             str(n),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
-            env=env,
         )
         assert child.stdin is not None and child.stdout is not None
         assert await asyncio.wait_for(child.stdout.readline(), 60) == b"ready\n"
@@ -247,6 +237,9 @@ async def test_unknown_format_version_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UnknownVersionError, match="version 99"):
         async with StateStore.open(path):
             pass
+    con = sqlite3.connect(path)  # refused, not damaged: the data is still there
+    assert con.execute("SELECT count(*) FROM events").fetchone() == (1,)
+    con.close()
 
 
 async def test_foreign_and_missing_files_are_refused(tmp_path: Path) -> None:
@@ -255,12 +248,16 @@ async def test_foreign_and_missing_files_are_refused(tmp_path: Path) -> None:
     with con:
         con.execute("CREATE TABLE notes (x)")
     con.close()
+    before = other.read_bytes()
     with pytest.raises(FormatError, match="not an Amber state store"):
         await StateStore.open(other)
+    assert other.read_bytes() == before  # refused files are left as they were
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"definitely not sqlite" * 100)
     with pytest.raises(FormatError):
         await StateStore.open(junk)
+    assert junk.read_bytes() == b"definitely not sqlite" * 100
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.db", "other.db"]
     with pytest.raises(NotFoundError):
         await StateStore.open(tmp_path / "missing.db", create=False)
     assert not (tmp_path / "missing.db").exists()
@@ -269,7 +266,14 @@ async def test_foreign_and_missing_files_are_refused(tmp_path: Path) -> None:
 async def test_bad_values_and_arguments_are_usage_errors(tmp_path: Path) -> None:
     store = await StateStore.open(tmp_path / "s.db")
     await store.append("t", "message", {"content": "ok"})
-    bad_payloads: list[Any] = [["not", "a", "dict"], {"s": {1, 2}}, {"t": (1, 2)}, {"o": object()}]
+    bad_payloads: list[Any] = [
+        ["not", "a", "dict"],
+        {"s": {1, 2}},
+        {"t": (1, 2)},
+        {"o": object()},
+        {"big": 2**64},
+        OrderedDict(a=1),
+    ]
     for bad in bad_payloads:
         with pytest.raises(UsageError, match="event payload"):
             await store.append("t", "message", bad)

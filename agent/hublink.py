@@ -1,0 +1,197 @@
+"""The node's link to the hub over NATS, with its enrolled, node-scoped credentials.
+
+Every wait is bounded: requests and JetStream publishes time out, and a publish is
+retried under the same ``Nats-Msg-Id`` so JetStream drops the duplicate if the
+first one did land. The link also serves restores as a chunk and record source.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import nats
+from nats.errors import Error as NatsError
+
+from amber.protocol import wire
+from amber.protocol.errors import AmberError, HubUnavailableError
+
+from .enrolment import Enrolment
+
+log = logging.getLogger("amber.agent.hub")
+FETCH_BYTES = 5 * 1024 * 1024
+
+
+class TokenBucket:
+    """A bandwidth limit in bytes per second (None: unlimited)."""
+
+    def __init__(self, rate: int | None) -> None:
+        self.rate = rate
+        self.allowance = float(rate or 0)
+        self.stamp = time.monotonic()
+
+    async def take(self, n: int) -> None:
+        if not self.rate:
+            return
+        while True:
+            now = time.monotonic()
+            self.allowance = min(self.rate, self.allowance + (now - self.stamp) * self.rate)
+            self.stamp = now
+            if self.allowance >= min(n, self.rate):
+                self.allowance -= n
+                return
+            await asyncio.sleep((min(n, self.rate) - self.allowance) / self.rate)
+
+
+class HubLink:
+    def __init__(self, enr: Enrolment, nc: Any, *, timeout: float, bandwidth: int | None) -> None:
+        self.enr, self.nc, self.timeout = enr, nc, timeout
+        self.js = nc.jetstream(timeout=timeout)
+        self.bucket = TokenBucket(bandwidth)
+        self.sent_bytes = 0
+
+    @classmethod
+    async def connect(
+        cls,
+        enr: Enrolment,
+        *,
+        timeout: float = 10.0,
+        persistent: bool = False,
+        bandwidth: int | None = None,
+    ) -> HubLink:
+        async def quiet(exc: Exception) -> None:
+            log.debug("nats: %s", exc)
+
+        try:
+            nc = await nats.connect(
+                list(enr.servers),
+                user=enr.user,
+                password=enr.password,
+                inbox_prefix=enr.inbox_prefix,
+                name=f"amber-agent-{enr.vault}-{enr.node}",
+                connect_timeout=min(timeout, 5.0),
+                allow_reconnect=True,
+                max_reconnect_attempts=-1 if persistent else 10,
+                reconnect_time_wait=0.5,
+                error_cb=quiet,
+                disconnected_cb=None,
+                ping_interval=5,
+                max_outstanding_pings=2,
+            )
+        except (TimeoutError, NatsError, OSError) as exc:
+            raise HubUnavailableError(
+                f"cannot reach the hub at {', '.join(enr.servers)}: {exc or type(exc).__name__}"
+            ) from None
+        return cls(enr, nc, timeout=timeout, bandwidth=bandwidth)
+
+    async def close(self) -> None:
+        try:
+            await asyncio.wait_for(self.nc.close(), 5)
+        except Exception:
+            pass
+
+    def subject(self, kind: str) -> str:
+        return wire.subject(self.enr.vault, self.enr.node, kind)
+
+    async def request(self, msg: wire.Message, expect: type[wire.Message]) -> Any:
+        try:
+            reply = await self.nc.request(
+                self.subject("rpc"), wire.encode(msg), timeout=self.timeout
+            )
+        except (TimeoutError, NatsError, OSError) as exc:
+            raise HubUnavailableError(
+                f"hub did not answer {msg.TYPE}: {exc or 'timeout'}"
+            ) from None
+        return wire.decode(reply.data, expect)
+
+    async def publish_ingest(self, msg: wire.Message, msg_id: str, deadline: float) -> None:
+        """Publish to the ingest stream until JetStream acknowledges it (or deadline)."""
+        payload = wire.encode(msg)
+        await self.bucket.take(len(payload))
+        delay = 0.2
+        while True:
+            try:
+                await self.js.publish(
+                    self.subject("ingest"),
+                    payload,
+                    timeout=self.timeout,
+                    headers={"Nats-Msg-Id": msg_id},
+                )
+                self.sent_bytes += len(payload)
+                return
+            except (TimeoutError, NatsError, OSError) as exc:
+                if time.monotonic() + delay > deadline:
+                    raise HubUnavailableError(f"hub did not acknowledge an upload: {exc}") from None
+                log.debug("publish %s failed (%s); retrying", msg_id, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def heartbeat(self, beat: wire.Heartbeat) -> None:
+        try:
+            await self.nc.publish(self.subject("status"), wire.encode(beat))
+        except (NatsError, OSError) as exc:
+            log.debug("heartbeat not sent: %s", exc)
+
+    # --- as a source for restores ---------------------------------------------------
+
+    async def fetch(self, ids: Sequence[bytes]) -> dict[bytes, bytes]:
+        found: dict[bytes, bytes] = {}
+        todo = list(ids)
+        while todo:
+            reply = await self.request(wire.FetchRequest(ids=tuple(todo[:512])), wire.FetchReply)
+            found.update(zip(reply.ids, reply.blobs, strict=True))
+            gone = set(reply.missing)
+            todo = [i for i in todo if i not in found and i not in gone]
+            if not reply.ids and not gone:
+                break
+        return found
+
+    async def get_chunks(self, ids: Sequence[bytes]) -> dict[bytes, bytes]:
+        batches, size, cur = [], 0, []
+        for cid in ids:  # plaintext sizes are unknown here; FetchRequest replies are capped
+            cur.append(cid)
+            size += 1
+            if size >= 32:
+                batches.append(cur)
+                cur, size = [], 0
+        if cur:
+            batches.append(cur)
+        found: dict[bytes, bytes] = {}
+        sem = asyncio.Semaphore(4)
+
+        async def one(batch: list[bytes]) -> None:
+            async with sem:
+                found.update(await self.fetch(batch))
+
+        await asyncio.gather(*(one(b) for b in batches))
+        return found
+
+    async def record(self, rid: bytes) -> bytes | None:
+        return (await self.fetch([rid])).get(rid)
+
+    async def list_checkpoints(self, after_seq: int = -1) -> list[bytes]:
+        out: list[bytes] = []
+        while True:
+            reply = await self.request(
+                wire.ListCheckpoints(node=self.enr.node, after_seq=after_seq), wire.CheckpointList
+            )
+            out.extend(reply.records)
+            if not reply.more or not reply.records:
+                return out
+            from amber.protocol.records import checkpoint_public
+
+            after_seq = checkpoint_public(reply.records[-1]).seq
+
+
+async def try_connect(enr: Enrolment | None, timeout: float = 3.0) -> HubLink | None:
+    """A link if the hub answers now, else None (the node keeps working offline)."""
+    if enr is None:
+        return None
+    try:
+        return await HubLink.connect(enr, timeout=timeout)
+    except AmberError as exc:
+        log.info("hub unreachable, working offline: %s", exc)
+        return None

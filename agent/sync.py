@@ -1,0 +1,166 @@
+"""Sync: move committed checkpoints from the journal to the hub, oldest first.
+
+For each checkpoint not yet durable at the hub:
+1. ask the hub which of the needed chunk ids it lacks (a model already at the hub
+   from another node of the vault never crosses the network again);
+2. publish only those chunks, pipelined with a bounded number in flight and an
+   optional bandwidth limit, each under its id as JetStream message id;
+3. publish the manifests, then the checkpoint record;
+4. poll for the hub's receipt that every chunk and record is durable in its object
+   store — a JetStream PubAck is not enough — and only then mark them durable and
+   let the journal evict chunk blobs beyond its local cache.
+Interrupted anywhere, the next pass starts again at step 1 and re-sends only what
+the hub still lacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from amber.protocol import wire
+from amber.protocol.errors import HubUnavailableError, JournalError
+from amber.protocol.records import (
+    KIND_CHECKPOINT,
+    KIND_MANIFEST,
+    decode_checkpoint,
+    manifest_public,
+)
+
+from .hublink import HubLink
+from .journal import DURABLE, Journal
+
+log = logging.getLogger("amber.agent.sync")
+QUERY_BATCH = 4096
+IN_FLIGHT = 32
+RECEIPT_TIMEOUT = 120.0
+
+
+@dataclass
+class SyncStats:
+    checkpoints: int = 0
+    chunks_sent: int = 0
+    chunks_skipped: int = 0
+    bytes_sent: int = 0
+    evicted_bytes: int = 0
+
+
+class Syncer:
+    def __init__(self, journal: Journal, link: HubLink, keys: object, cache_bytes: int) -> None:
+        self.journal, self.link, self.keys, self.cache_bytes = journal, link, keys, cache_bytes
+        self.stats = SyncStats()
+
+    async def sync_once(self, deadline: float | None = None) -> SyncStats:
+        deadline = deadline or time.monotonic() + 3600
+        for row in await self.journal.unsynced():
+            await self._sync_checkpoint(row.seq, row.id, deadline)
+            self.stats.checkpoints += 1
+        self.stats.evicted_bytes += await self.journal.evict(self.cache_bytes)
+        return self.stats
+
+    async def _sync_checkpoint(self, seq: int, cp_id: bytes, deadline: float) -> None:
+        cp_data = await self.journal.record(cp_id)
+        if cp_data is None:
+            raise JournalError(f"checkpoint seq {seq} has no record in the journal")
+        cp = decode_checkpoint(cp_data, self.keys)  # type: ignore[arg-type]
+        states = await self.journal.record_states(list(cp.manifests.values()))
+        manifests: list[tuple[bytes, bytes]] = []
+        chunk_ids: set[bytes] = set()
+        for mid in cp.manifests.values():
+            if states.get(mid, DURABLE) == DURABLE:
+                continue  # already at the hub (or adopted from it)
+            data = await self.journal.record(mid)
+            assert data is not None
+            manifests.append((mid, data))
+            chunk_ids.update(manifest_public(data)["chunks"])
+        ids = sorted(chunk_ids)
+        missing = await self._missing(ids)
+        self.stats.chunks_skipped += len(ids) - len(missing)
+        await self._send_chunks(missing, deadline)
+        for mid, data in manifests:
+            await self.link.publish_ingest(
+                wire.RecordPut(id=mid, kind=KIND_MANIFEST, data=data), mid.hex(), deadline
+            )
+        await self.link.publish_ingest(
+            wire.RecordPut(id=cp_id, kind=KIND_CHECKPOINT, data=cp_data), cp_id.hex(), deadline
+        )
+        records = [m for m, _ in manifests] + [cp_id]
+        await self._await_receipts(ids + records, deadline)
+        await self.journal.mark_durable(ids, records, seq)
+        log.info(
+            "checkpoint seq %d is durable at the hub (%d chunks sent, %d already there)",
+            seq,
+            len(missing),
+            len(ids) - len(missing),
+        )
+
+    async def _missing(self, ids: list[bytes]) -> list[bytes]:
+        missing: list[bytes] = []
+        for i in range(0, len(ids), QUERY_BATCH):
+            reply = await self.link.request(
+                wire.ChunkQuery(ids=tuple(ids[i : i + QUERY_BATCH])), wire.ChunkQueryReply
+            )
+            missing.extend(reply.missing)
+        return missing
+
+    async def _send_chunks(self, ids: list[bytes], deadline: float) -> None:
+        sem = asyncio.Semaphore(IN_FLIGHT)
+
+        async def send(cid: bytes, blob: bytes) -> None:
+            try:
+                await self.link.publish_ingest(
+                    wire.ChunkPut(id=cid, blob=blob), cid.hex(), deadline
+                )
+                self.stats.chunks_sent += 1
+                self.stats.bytes_sent += len(blob)
+            finally:
+                sem.release()
+
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            for i in range(0, len(ids), 64):
+                part = ids[i : i + 64]
+                blobs = await self.journal.get_chunks(part)
+                lost = [c for c in part if c not in blobs]
+                if lost:
+                    raise JournalError(
+                        f"{len(lost)} chunk(s) the hub lacks are no longer in the journal",
+                        hint="run 'amber-agent verify' and take a new checkpoint",
+                    )
+                for cid in part:
+                    await sem.acquire()
+                    tasks.append(asyncio.create_task(send(cid, blobs[cid])))
+                tasks = [t for t in tasks if not t.done() or t.exception() is not None]
+                for t in tasks:
+                    if t.done() and t.exception() is not None:
+                        raise t.exception()  # type: ignore[misc]
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    async def _await_receipts(self, ids: list[bytes], deadline: float) -> None:
+        pending = list(ids)
+        limit = min(deadline, time.monotonic() + RECEIPT_TIMEOUT)
+        delay = 0.05
+        while pending:
+            still: list[bytes] = []
+            for i in range(0, len(pending), QUERY_BATCH):
+                reply = await self.link.request(
+                    wire.ReceiptQuery(ids=tuple(pending[i : i + QUERY_BATCH])), wire.Receipt
+                )
+                still.extend(reply.missing)
+            pending = still
+            if not pending:
+                return
+            if time.monotonic() > limit:
+                raise HubUnavailableError(
+                    f"the hub has not confirmed {len(pending)} upload(s) as durable yet",
+                    hint="the hub may be busy or its store failing; the next sync resumes",
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)

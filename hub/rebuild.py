@@ -1,0 +1,62 @@
+"""`amber-hub catalog rebuild`: recreate the catalog's index from the store alone.
+
+Manifests and checkpoints are stored objects, so the store is the source of truth:
+list every object, re-read every record's public part (its signature is checked),
+and insert objects, manifests and checkpoints again. Node enrolments are kept.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+
+from amber.protocol.errors import AmberError
+from amber.protocol.records import (
+    KIND_CHECKPOINT,
+    checkpoint_public,
+    manifest_public,
+    parse,
+)
+
+from .catalog import CHUNK, RECORD, Catalog
+from .layout import parse_key
+from .store import ObjectStore
+
+log = logging.getLogger("amber.hub.rebuild")
+
+
+async def rebuild_catalog(store: ObjectStore, catalog: Catalog) -> dict[str, int]:
+    await catalog.clear_index()
+    counts = {"chunks": 0, "manifests": 0, "checkpoints": 0, "skipped": 0}
+    objects: dict[str, list[tuple[bytes, str, int]]] = defaultdict(list)
+    checkpoints = []
+    async for key in store.list(""):
+        parsed = parse_key(key)
+        info = await store.head(key)
+        if parsed is None or info is None:
+            counts["skipped"] += 1
+            continue
+        vault, oid, kind = parsed
+        if kind == CHUNK:
+            objects[vault].append((oid, CHUNK, info.size))
+            counts["chunks"] += 1
+            continue
+        data = await store.get(key)
+        try:
+            raw = parse(data)
+            if raw.kind == KIND_CHECKPOINT:
+                checkpoints.append((checkpoint_public(data), oid, raw.signer))
+            else:
+                await catalog.add_manifest(vault, oid, manifest_public(data))
+                counts["manifests"] += 1
+        except AmberError as exc:
+            log.warning("skipping damaged record %s: %s", key, exc)
+            counts["skipped"] += 1
+            continue
+        objects[vault].append((oid, RECORD, info.size))
+    for vault, rows in objects.items():
+        await catalog.add_objects(vault, rows)
+    for cp, oid, signer in sorted(checkpoints, key=lambda c: (c[0].vault, c[0].node, c[0].seq)):
+        await catalog.add_checkpoint(cp, oid, signer)
+        counts["checkpoints"] += 1
+    return counts

@@ -1,0 +1,170 @@
+"""The hub process: NATS (embedded or external), store, catalog, ingest, admin API.
+
+async with Hub(cfg) as hub:
+    await hub.wait_closed()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+from typing import Any
+
+import nats
+from aiohttp import web
+
+from amber.protocol.errors import ConfigError, HubUnavailableError
+
+from .admin import make_app
+from .catalog import Catalog
+from .config import HubConfig, load_secrets, split_hostport, write_runtime
+from .ingest import Ingestor
+from .natsbox import HUB_USER, EmbeddedNats
+from .service import HubService
+from .store import ObjectStore, open_store
+
+log = logging.getLogger("amber.hub")
+ENROLMENT_FORMAT = "amber-enrolment"
+ENROLMENT_VERSION = 1
+
+
+class Hub:
+    def __init__(self, cfg: HubConfig) -> None:
+        self.cfg = cfg
+        self.secrets = load_secrets(cfg.data_dir)
+        self.embedded: EmbeddedNats | None = None
+        self.nc: Any = None
+        self.store: ObjectStore
+        self.catalog: Catalog
+        self.ingestor: Ingestor
+        self.service: HubService
+        self.runner: web.AppRunner | None = None
+        self.admin_url = ""
+        self.nats_url = ""
+        self.stopping = asyncio.Event()
+
+    async def __aenter__(self) -> Hub:
+        try:
+            await self.start()
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.catalog = await Catalog.open(cfg.catalog_path)
+        self.store = open_store(cfg.store())
+        self.ingestor = Ingestor(self.store, self.catalog, cfg.retention)
+        await self._start_nats()
+        self.service = HubService(
+            self.nc, self.store, self.catalog, self.ingestor, cfg.ingest_workers
+        )
+        await self.service.start()
+        await self._start_admin()
+        write_runtime(
+            cfg.data_dir,
+            {"admin_url": self.admin_url, "nats_url": self.nats_url, "pid": os.getpid()},
+        )
+        log.info("hub serving: nats %s, admin %s", self.nats_url, self.admin_url)
+
+    async def _start_nats(self) -> None:
+        cfg = self.cfg
+        if cfg.nats_url:
+            self.nats_url = cfg.nats_url
+            user, password = cfg.nats_user, cfg.nats_password
+        else:
+            host, port = split_hostport(cfg.nats_listen, "nats.listen")
+            if port == 0:  # pick a free port once and keep it, so enrolments stay valid
+                saved = cfg.data_dir / "nats" / "port"
+                port = int(saved.read_text()) if saved.exists() else _free_port()
+                saved.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                saved.write_text(str(port))
+            self.embedded = EmbeddedNats(
+                cfg.data_dir / "nats", host, port, self.secrets.nats_password
+            )
+            await self.embedded.start(await self.catalog.nodes())
+            self.nats_url = self.embedded.url
+            user, password = HUB_USER, self.secrets.nats_password
+        try:
+            self.nc = await nats.connect(
+                self.nats_url.split(","),
+                user=user,
+                password=password,
+                name="amber-hub",
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                connect_timeout=5,
+            )
+        except Exception as exc:
+            raise HubUnavailableError(f"cannot connect to NATS at {self.nats_url}: {exc}") from None
+
+    async def _start_admin(self) -> None:
+        host, port = split_hostport(self.cfg.admin_listen, "admin.listen")
+        self.runner = web.AppRunner(make_app(self), access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, host, port)
+        await site.start()
+        bound = site._server.sockets[0].getsockname()[1] if port == 0 else port  # type: ignore[union-attr]
+        self.admin_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{bound}"
+
+    def advertised_nats(self) -> list[str]:
+        if self.cfg.nats_advertise:
+            return [u.strip() for u in self.cfg.nats_advertise.split(",")]
+        return self.nats_url.split(",")
+
+    async def enrol(self, vault: str, node: str, labels: dict[str, str]) -> dict[str, Any]:
+        """Create a node's NATS user (scoped to its subjects) and return its enrolment."""
+        if self.embedded is None:
+            raise ConfigError(
+                "this hub uses an external NATS; create the node's user there",
+                hint="see docs/OPERATIONS.md, 'Enrolling nodes with an external NATS'",
+            )
+        user, password = f"node-{vault}-{node}", secrets.token_urlsafe(24)
+        await self.catalog.add_node(vault, node, user, password, labels)
+        self.embedded.reload(await self.catalog.nodes())
+        await asyncio.sleep(0.2)  # the server applies SIGHUP asynchronously
+        return {
+            "format": ENROLMENT_FORMAT,
+            "version": ENROLMENT_VERSION,
+            "vault": vault,
+            "node": node,
+            "nats_servers": self.advertised_nats(),
+            "user": user,
+            "password": password,
+            "inbox_prefix": f"_INBOX_{vault}.{node}",
+        }
+
+    async def wait_closed(self) -> None:
+        await self.stopping.wait()
+
+    async def close(self) -> None:
+        if getattr(self, "service", None) is not None:
+            await self.service.stop()
+        if self.nc is not None:
+            try:
+                await self.nc.drain()
+            except Exception:
+                pass
+        if self.runner is not None:
+            await self.runner.cleanup()
+        if self.embedded is not None:
+            await self.embedded.stop()
+        if getattr(self, "store", None) is not None:
+            await self.store.close()
+        if getattr(self, "catalog", None) is not None:
+            await self.catalog.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
