@@ -122,7 +122,8 @@ class Checkpointer:
                 new_records.append((mid, data))
                 changed.append(src.name)
             manifests[src.name] = mid
-            states[src.name] = (mid, self.journal.seal_state(pack_state(state)))
+            sealed = self.journal.seal_state(pack_state(state, time.time_ns() // 1000))
+            states[src.name] = (mid, sealed)
             referenced.update(m.chunk_ids())
         await writer.flush()
         cp = Checkpoint(

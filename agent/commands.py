@@ -32,6 +32,7 @@ from .journal import Journal
 from .progress import ProgressLine
 from .remote import adopt_from_hub, heartbeat, sync
 from .runtime import AgentRuntime
+from .sources import scanned_us
 
 
 def out(text: str) -> None:
@@ -303,7 +304,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 saved = await rt.journal.source_state(s.name)
                 last_us = None
                 if saved is not None and saved[0] in manifests.values():
-                    last_us = await _manifest_time(rt, saved[0])
+                    last_us = scanned_us(saved[1]) or await _manifest_time(rt, saved[0])
                 rpo = cfg.tiers[s.tier].rpo
                 age_s = None if last_us is None else time.time() - last_us / 1e6
                 sources.append(

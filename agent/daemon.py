@@ -94,7 +94,7 @@ class AgentDaemon:
                             pass
             except AmberError as exc:
                 log.warning("sync paused: %s (retrying in %.0fs)", exc, delay)
-            except Exception as exc:  # noqa: BLE001 - the uplink must outlive any hiccup
+            except Exception as exc:
                 log.exception("sync failed unexpectedly: %s", exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 60.0)

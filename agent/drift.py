@@ -36,6 +36,8 @@ async def source_drift(src: SourceConfig, journal: Journal) -> Drift:
         now = {rel: st for rel, st in walk(src.path, src.exclude) if stat.S_ISREG(st.st_mode)}
     except SourceError:
         return Drift(src.name, "missing")
+    if src.kind == "jsonl" and src.path.is_dir():  # the scanner saves only the logs
+        now = {rel: st for rel, st in now.items() if ".jsonl" in rel}
     before = state.get("files", state) if src.kind != "jsonl" else state
     added = len(now.keys() - before.keys())
     removed = len(before.keys() - now.keys())

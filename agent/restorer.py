@@ -188,9 +188,10 @@ class Restorer:
         self, cp_id: bytes, dest: Path, sources: Sequence[str] | None = None
     ) -> RestoreStats:
         """Restore into ``dest/<source>/...``; ``dest`` must not exist or be empty."""
-        if dest.exists() and any(dest.iterdir()):
+        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
             raise RestoreError(
-                f"{dest} is not empty", hint="restore into a new directory, or use --in-place"
+                f"{dest} is not empty" if dest.is_dir() else f"{dest} is not a directory",
+                hint="restore into a new directory, or use --in-place",
             )
         _, manifests = await self.load(cp_id)
         chosen = _select(manifests, sources)

@@ -46,16 +46,34 @@ class ScanResult:
 Scanner = Callable[[ScanContext], Awaitable[ScanResult]]
 
 
-def pack_state(state: dict[str, Any]) -> bytes:
-    return msgpack.packb(state, use_bin_type=True)
+def pack_state(state: dict[str, Any], scanned_us: int | None = None) -> bytes:
+    """A scanner's state; with ``scanned_us``, wrapped with when the source was scanned
+    (an unchanged source keeps its old manifest, so the manifest's time is not that)."""
+    obj = state if scanned_us is None else {"v": 1, "state": state, "scanned_us": scanned_us}
+    return msgpack.packb(obj, use_bin_type=True)
 
 
-def unpack_state(data: bytes) -> dict[str, Any]:
+def _unpack(data: bytes) -> dict[str, Any]:
     try:
         obj = msgpack.unpackb(data, raw=False, strict_map_key=False)
     except Exception:  # a damaged cache only costs a full rescan
         return {}
     return obj if isinstance(obj, dict) else {}
+
+
+def _wrapped(obj: dict[str, Any]) -> bool:
+    return obj.get("v") == 1 and isinstance(obj.get("state"), dict) and "scanned_us" in obj
+
+
+def unpack_state(data: bytes) -> dict[str, Any]:
+    obj = _unpack(data)
+    return obj["state"] if _wrapped(obj) else obj
+
+
+def scanned_us(data: bytes) -> int | None:
+    """When the source was last scanned (None for state saved by older versions)."""
+    obj = _unpack(data)
+    return int(obj["scanned_us"]) if _wrapped(obj) else None
 
 
 def source_root(src: SourceConfig) -> Path:

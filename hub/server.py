@@ -149,7 +149,7 @@ class Hub:
             await self.service.stop()
         if self.nc is not None:
             try:
-                await self.nc.drain()
+                await asyncio.wait_for(self.nc.close(), 5)
             except Exception:
                 pass
         if self.runner is not None:

@@ -70,6 +70,9 @@ class HubService:
                 ack_policy=AckPolicy.EXPLICIT, ack_wait=120, max_ack_pending=4096, max_deliver=-1
             ),
         )
+        # Unsubscribed on stop() like the others: left subscribed, its pending fetch
+        # status messages are never marked done and nc.drain() waits out its timeout (30 s).
+        self.subs.append(psub)
         self.subs.append(await self.nc.subscribe("amber.*.*.rpc", queue="hub", cb=self._rpc))
         self.subs.append(await self.nc.subscribe("amber.*.*.status", cb=self._status))
         for i in range(self.workers):

@@ -21,6 +21,7 @@ from agent_helpers import (
     tree,
     write,
 )
+
 from amber.agent.config import TierPolicy, load_config
 
 
@@ -214,6 +215,12 @@ def test_status_backlog_rpo_and_drift(node: Node, data: Path) -> None:
     assert by["prompts"]["rpo_breached"] is True and by["prompts"]["age_seconds"] > 1
     assert by["memory"]["rpo_breached"] is False
     assert "RPO BREACHED" in node.ok("status").out
+    # a fresh checkpoint covers the source again, even though its content is unchanged
+    again = node.checkpoint()
+    assert again["changed"] == []
+    by = {s["name"]: s for s in node.status()["sources"]}
+    assert by["prompts"]["rpo_breached"] is False and by["prompts"]["age_seconds"] < 1
+    assert by["prompts"]["last_checkpoint_us"] >= again["time_us"] - 1_000_000
 
 
 def test_drift_ignores_a_touch_free_reread(node: Node, data: Path) -> None:

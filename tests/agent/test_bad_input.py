@@ -20,6 +20,7 @@ from agent_helpers import (
     permissions_bind,
     rand,
     run_no_dac,
+    sqlite_rows,
     tree,
     write,
 )
@@ -102,6 +103,11 @@ def test_sqlite_locked_longer_than_busy_timeout(saved: Node, data: Path) -> None
     db = make_sqlite(data / "memory.db", mode="delete")
     saved.add("memory", "sqlite", db)
     saved.configure(busy_timeout=1.0)
+    saved.checkpoint("--source", "memory")
+    con = sqlite3.connect(db)
+    con.execute("DELETE FROM msgs WHERE id > 100")
+    con.commit()
+    con.close()
     hold = (
         "import sqlite3, sys, time\n"
         "con = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
@@ -120,9 +126,12 @@ def test_sqlite_locked_longer_than_busy_timeout(saved: Node, data: Path) -> None
         took = time.monotonic() - start
         assert 1.0 <= took < 10, took
         assert "1s" in err
+        # an in-place restore cannot take its safety checkpoint: it touches nothing
+        refused(saved, 31, "restore", "latest", "--in-place", "--source", "memory")
     finally:
         locker.kill()
         locker.wait()
+    assert sqlite_rows(db) == 100
     # once the writer is gone the same checkpoint works
     assert "memory" in saved.checkpoint()["changed"]
 
@@ -201,6 +210,8 @@ def test_restore_into_non_empty_directory(saved: Node, tmp_path: Path) -> None:
     dest = write(tmp_path / "busy" / "keep.txt", "mine").parent
     refused(saved, 70, "restore", "latest", "--to", dest, says=(str(dest), "not empty"))
     assert listing(dest) == ["keep.txt"] and (dest / "keep.txt").read_text() == "mine"
+    refused(saved, 70, "restore", "latest", "--to", dest / "keep.txt", says=("not a directory",))
+    assert (dest / "keep.txt").read_text() == "mine"
 
 
 def test_unknown_checkpoint_id(saved: Node, tmp_path: Path) -> None:

@@ -17,6 +17,8 @@ while the process was still running: closing the journal, folding the WAL back).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
 import os
 import random
@@ -57,22 +59,14 @@ def agent(cfg: Path, *args: str, timeout: float = 120) -> subprocess.CompletedPr
     )
 
 
-def agents(cfg: Path, *argvs: tuple[str, ...]) -> list[subprocess.CompletedProcess[str]]:
-    """Several ``amber-agent`` commands at once; each must succeed."""
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "amber.agent.cli", "--config", str(cfg), *argv],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for argv in argvs
-    ]
-    done = []
-    for argv, proc in zip(argvs, procs, strict=True):
-        out, err = proc.communicate(timeout=120)
-        done.append(ok(subprocess.CompletedProcess(argv, proc.returncode, out, err)))
-    return done
+def amber(cfg: Path, *args: str) -> str:
+    """``amber-agent --config CFG ARGS`` run in this process (the same code path as the
+    command, without an interpreter start); it must succeed. Returns its stdout."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(["--config", str(cfg), *args])
+    assert code == 0, f"amber-agent {' '.join(args)}: exit {code}\n{out.getvalue()}{err.getvalue()}"
+    return out.getvalue()
 
 
 def spawn_checkpoint(cfg: Path) -> subprocess.Popen[bytes]:
@@ -133,7 +127,15 @@ def check_hash_chain(snap: Snapshot, node_pub: bytes) -> None:
 
 
 def listed(cfg: Path) -> list[dict]:
-    return json.loads(ok(agent(cfg, "checkpoints", "--json")).stdout)
+    return json.loads(amber(cfg, "checkpoints", "--json"))
+
+
+def count_checkpoints(journal: Path) -> int:
+    con = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
+    try:
+        return int(con.execute("SELECT count(*) FROM checkpoints").fetchone()[0])
+    finally:
+        con.close()
 
 
 # --- the node's data ------------------------------------------------------------------
@@ -212,21 +214,70 @@ def setup_node(tmp_path: Path, rng: random.Random) -> Path:
     return cfg
 
 
-def kill_on_commit(proc: subprocess.Popen[bytes], journal: Path, count: int) -> float:
-    """Poll the journal and SIGKILL ``proc`` as soon as it holds more than ``count``
-    checkpoints; return the delay at which the signal went."""
+def holds_lock(pid: int, inode: int) -> bool:
+    """Whether ``pid`` holds the flock on the file with ``inode`` (per /proc/locks).
+
+    Every writing command holds the state directory's lock from just after opening the
+    journal until its checkpoint is committed (or abandoned): the checkpoint proper.
+    Reading /proc/locks does not disturb the process under test.
+    """
+    with open("/proc/locks") as fh:
+        for line in fh:  # "1: FLOCK  ADVISORY  WRITE 4242 00:1f:123456 0 EOF"
+            f = line.split()
+            if len(f) > 5 and f[1] == "FLOCK" and f[4] == str(pid) and f[5].endswith(f":{inode}"):
+                return True
+    return False
+
+
+@dataclass
+class Run:
+    """What happened to one checkpoint process."""
+
+    lock_s: float | None = None  # when it took the lock, from spawn
+    held_s: float | None = None  # how long it held it (None: killed while holding it)
+    killed_at: float | None = None  # seconds after taking the lock (negative: before)
+    killed_holding: bool = False
+
+
+def run_checkpoint(
+    cfg: Path, lock_inode: int, journal: Path, *, mode: str, delay: float = 0.0
+) -> tuple[subprocess.Popen[bytes], Run]:
+    """Start ``amber-agent checkpoint`` and SIGKILL it per ``mode``:
+
+    - ``none``: let it finish (measures how long it holds the lock);
+    - ``early``: ``delay`` seconds after the spawn, whatever it is doing;
+    - ``held``: ``delay`` seconds after it took the lock, or the moment it lets go of
+      the lock if that comes first (right after the commit, the journal still open);
+    - ``commit``: the moment a reader sees one checkpoint more in the journal.
+    """
+    count = count_checkpoints(journal)
+    proc = spawn_checkpoint(cfg)
+    run = Run()
     t0 = time.monotonic()
-    while proc.poll() is None and time.monotonic() - t0 < 60:
-        con = sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=5)
-        try:
-            n = con.execute("SELECT count(*) FROM checkpoints").fetchone()[0]
-        finally:
-            con.close()
-        if n > count:
+    while proc.poll() is None:
+        now = time.monotonic() - t0
+        held = holds_lock(proc.pid, lock_inode)
+        if held and run.lock_s is None:
+            run.lock_s = now
+        if run.lock_s is not None and not held and run.held_s is None:
+            run.held_s = now - run.lock_s
+        since_lock = None if run.lock_s is None else now - run.lock_s
+        if mode == "early":
+            fire = now >= delay
+        elif mode == "held":
+            fire = since_lock is not None and (since_lock >= delay or not held)
+        elif mode == "commit":
+            fire = count_checkpoints(journal) > count
+        else:
+            fire = now > 120
+        if fire:
             os.kill(proc.pid, signal.SIGKILL)
+            run.killed_at = -now if run.lock_s is None else since_lock
+            run.killed_holding = held
             break
         time.sleep(0.002)
-    return time.monotonic() - t0
+    proc.wait(timeout=60)
+    return proc, run
 
 
 async def _open_for_writing(cfg_path: Path) -> None:
@@ -247,71 +298,71 @@ def test_sigkill_at_random_moments_never_leaves_a_partial_checkpoint(tmp_path: P
     copy_leftovers = config.state_dir / "tmp"
 
     ok(agent(cfg, "checkpoint"))  # the first, full checkpoint
-    # How long an uninterrupted incremental checkpoint takes, process start to exit.
-    times = []
+    lock_inode = (config.state_dir / "agent.lock").stat().st_ino
+    # How long an uninterrupted incremental checkpoint holds the lock, and how long the
+    # process takes to get there.
+    runs = []
     for i in range(3):
         mutate(tmp_path / "data", rng, -1 - i)
-        t0 = time.monotonic()
-        ok(agent(cfg, "checkpoint"))
-        times.append(time.monotonic() - t0)
-    duration = sorted(times)[1]
+        proc, run = run_checkpoint(cfg, lock_inode, journal, mode="none")
+        assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+        assert run.lock_s is not None and run.held_s is not None
+        runs.append(run)
+    duration = sorted(r.held_s or 0.0 for r in runs)[1]
+    to_lock = sorted(r.lock_s or 0.0 for r in runs)[1]
     before = listed(cfg)
     assert len(before) == 4
 
     kinds: Counter[str] = Counter()
+    with_leftovers = 0
     delays: dict[str, list[float]] = {}
     started = time.monotonic()
     round_no = 0
     while round_no < MAX_ROUNDS and time.monotonic() - started < LOOP_BUDGET_S:
         round_no += 1
         mutate(tmp_path / "data", rng, round_no)
-        proc = spawn_checkpoint(cfg)
-        if round_no % 4:
-            # A random instant across the whole run, a little past its measured end.
-            delay = rng.uniform(0.1, 1.05) * duration
-            try:
-                proc.wait(timeout=delay)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-        else:
-            # The instant the new checkpoint becomes visible, while the process goes on
-            # to close the journal (folding the WAL back into the database file).
-            delay = kill_on_commit(proc, journal, len(before))
-        _, err = proc.communicate(timeout=60)
+        if round_no % 8 == 0:  # while the process starts and opens the journal
+            proc, run = run_checkpoint(
+                cfg, lock_inode, journal, mode="early", delay=rng.uniform(0, to_lock)
+            )
+        elif round_no % 4 == 0:  # the instant the new checkpoint becomes visible
+            proc, run = run_checkpoint(cfg, lock_inode, journal, mode="commit")
+        else:  # a random instant across the checkpoint, and a little past its end
+            delay = rng.uniform(0.0, 1.15) * duration
+            proc, run = run_checkpoint(cfg, lock_inode, journal, mode="held", delay=delay)
+        err = proc.stderr.read() if proc.stderr else b""
         killed = proc.returncode == -signal.SIGKILL
         assert killed or proc.returncode == 0, f"checkpoint failed ({proc.returncode}): {err!r}"
 
         # A fresh reader, straight from the file, before any agent touches it again.
         snap = snapshot(journal)
-        # Then through the agent, concurrently: the list, and a full re-read of the
-        # previous head (which must have survived) and of a new head if there is one.
-        checks = [("checkpoints", "--json"), ("verify", f"seq:{before[-1]['seq']}")]
-        if len(snap.rows) > len(before):
-            checks.append(("verify", "latest"))
-        results = agents(cfg, *checks)
-        now = json.loads(results[0].stdout)
+        # Then through the agent: the list, and a full re-read of the previous head
+        # (which must have survived) and of the new head if there is one.
+        now = listed(cfg)
         assert [r["id"] for r in now] == snap.ids
         grew = len(now) == len(before) + 1
         assert now == before or (grew and now[:-1] == before), (
-            f"round {round_no}: journal holds {len(now)} checkpoints after a kill at "
-            f"{delay:.3f}s; expected {len(before)} or {len(before) + 1}"
+            f"round {round_no}: journal holds {len(now)} checkpoints after {run}; "
+            f"expected {len(before)} or {len(before) + 1}"
         )
         check_hash_chain(snap, node_pub)
+        assert amber(cfg, "verify", f"seq:{before[-1]['seq']}").startswith(before[-1]["id"][:16])
         if grew:
             assert now[-1]["seq"] == before[-1]["seq"] + 1
             assert sorted(now[-1]["sources"]) == ["logs", "memory", "model", "prompts"]
-            assert results[2].stdout.startswith(now[-1]["id"][:16])
+            assert amber(cfg, "verify", "latest").startswith(now[-1]["id"][:16])
 
         if not killed:
             kind = "finished"
         elif grew:
             kind = "after_commit"
-        elif snap.tentative or any(copy_leftovers.glob("*.backup.db*")):
-            kind = "mid"
+        elif run.killed_holding:
+            kind = "mid"  # between taking the lock and committing
+            with_leftovers += bool(snap.tentative or any(copy_leftovers.glob("*.backup.db*")))
         else:
-            kind = "early"  # before the first chunk write (interpreter start, journal open)
+            kind = "before_lock"  # interpreter start, journal open and recovery
         kinds[kind] += 1
-        delays.setdefault(kind, []).append(round(delay, 3))
+        delays.setdefault(kind, []).append(round(run.killed_at or 0.0, 3))
 
         # Every third round, open the journal for writing now (as the next command
         # does); other rounds leave the leftovers to the next, killed, checkpoint.
@@ -322,11 +373,14 @@ def test_sigkill_at_random_moments_never_leaves_a_partial_checkpoint(tmp_path: P
         before = now
 
     report = (
-        f"{round_no} rounds in {time.monotonic() - started:.1f}s, uninterrupted checkpoint "
-        f"{duration:.2f}s; kills: {dict(kinds)}; delays: {delays}"
+        f"{round_no} rounds in {time.monotonic() - started:.1f}s; an uninterrupted checkpoint "
+        f"holds the lock {duration:.2f}s after {to_lock:.2f}s of start-up; kills: "
+        f"{dict(kinds)}, {with_leftovers} mid-checkpoint ones left tentative chunks or a "
+        f"half-made SQLite copy behind; seconds after taking the lock: {delays}"
     )
     print(report)
     assert kinds["mid"] >= MIN_MID, report
+    assert with_leftovers >= MIN_MID // 2, report
     assert kinds["after_commit"] >= MIN_AFTER, report
 
     # Opened for writing again: the next checkpoint succeeds, nothing tentative is left,

@@ -85,9 +85,7 @@ def test_restore_to_new_directory_every_kind(node: Node, data: Path, tmp_path: P
     assert tree(tmp_path / "empty" / "logs") == want["logs"]
 
 
-def test_restore_in_place_takes_a_safety_checkpoint(
-    node: Node, data: Path, tmp_path: Path
-) -> None:
+def test_restore_in_place_takes_a_safety_checkpoint(node: Node, data: Path, tmp_path: Path) -> None:
     paths = every_kind(node, data)
     good = {name: content(p, KINDS.get(name, "sqlite")) for name, p in paths.items()}
     cp = node.checkpoint()
