@@ -187,8 +187,18 @@ def parse_config(raw: dict[str, Any], path: Path) -> AgentConfig:
         workers=max(1, int(agent.get("workers", os.cpu_count() or 2))),
         sources=sources,
         tiers=tiers,
-        hub=dict(raw.get("hub", {})),
+        hub=_hub_options(raw.get("hub", {})),
     )
+
+
+def _hub_options(raw: dict[str, Any]) -> dict[str, Any]:
+    """[hub]: bandwidth_limit (bytes/s, e.g. "2MiB"), sync_interval (e.g. "5s")."""
+    out = dict(raw)
+    if "bandwidth_limit" in out:
+        out["bandwidth_limit"] = parse_size(out["bandwidth_limit"], "hub.bandwidth_limit")
+    if "sync_interval" in out:
+        out["sync_interval"] = parse_duration(out["sync_interval"], "hub.sync_interval")
+    return out
 
 
 def _toml_str(value: str) -> str:

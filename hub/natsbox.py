@@ -108,7 +108,7 @@ class EmbeddedNats:
             os.kill(stale, signal.SIGHUP)
             return
         log = open(self.workdir / "nats-server.log", "ab")
-        self.proc = subprocess.Popen(  # noqa: ASYNC220 - spawning returns at once
+        self.proc = subprocess.Popen(
             [find_nats_server(), "-c", str(self.config_path)],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -88,7 +88,7 @@ def digests(root: Path) -> dict[str, str]:
 
 
 def start_hub() -> subprocess.Popen[bytes]:
-    log = open(WORK / "hub.log", "wb")  # noqa: SIM115 - kept for the hub's lifetime
+    log = open(WORK / "hub.log", "wb")
     proc = subprocess.Popen(
         [
             PY,

@@ -17,7 +17,7 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from tests.servers import NatsServer, SeaweedS3  # noqa: E402
+from tests.servers import NatsServer, SeaweedS3
 
 # --------------------------------------------------------------------------- real servers
 

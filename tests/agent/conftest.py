@@ -11,7 +11,7 @@ _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
-from agent_helpers import Node  # noqa: E402
+from agent_helpers import Node
 
 
 @pytest.fixture

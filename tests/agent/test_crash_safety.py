@@ -187,7 +187,8 @@ def mutate(root: Path, rng: random.Random, round_no: int) -> None:
     con.close()
     log = root / "logs" / "agent.jsonl"
     if round_no % 7 == 6:  # a rotated log: full re-chunking
-        log.write_text("".join(json.dumps({"rotated": round_no, "i": i}) + "\n" for i in range(9000)))
+        lines = (json.dumps({"rotated": round_no, "i": i}) + "\n" for i in range(9000))
+        log.write_text("".join(lines))
     else:
         with open(log, "a") as fh:
             for i in range(1500):
