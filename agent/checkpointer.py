@@ -7,6 +7,7 @@ restore point. An unchanged source keeps its previous manifest id.
 
 from __future__ import annotations
 
+import logging
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from .source_files import scan_files
 from .source_jsonl import scan_jsonl
 from .source_sqlite import scan_sqlite
 from .sources import ScanContext, Scanner, pack_state, unpack_state
+
+log = logging.getLogger("amber.agent.checkpoint")
 
 SCANNERS: dict[str, Scanner] = {
     "files": scan_files,
@@ -141,6 +144,23 @@ class Checkpointer:
         cp_id = record_id(cp_data)
         await self.journal.commit_checkpoint(
             cp, cp_id, cp_data, new_records, states, referenced, self.cfg.journal_max_bytes
+        )
+        st = writer.stats
+        log.info(
+            "checkpoint %s seq %d committed (%s): %d new chunks, %d bytes, %d deduplicated",
+            cp_id.hex()[:16],
+            cp.seq,
+            ",".join(changed) + " changed" if changed else "nothing changed",
+            st.new_chunks,
+            st.new_bytes,
+            st.dedup_chunks,
+            extra={
+                "vault": cp.vault,
+                "node": cp.node,
+                "source": ",".join(s.name for s in selected),
+                "checkpoint": cp_id.hex(),
+                "seq": cp.seq,
+            },
         )
         return CheckpointResult(cp_id, cp, writer.stats, changed)
 

@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from amber import __version__
+from amber import __version__, logs
 from amber.protocol.errors import AmberError
 
 from . import commands as c
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"agent.toml (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG})",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log debug detail to stderr")
+    logs.add_arguments(p)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("init", help="set up a node: config, journal, keys")
@@ -117,11 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    logs.setup(logs.parse_format(args.log_format), logging.DEBUG if args.verbose else logging.INFO)
     try:
         return int(args.func(args))
     except AmberError as exc:

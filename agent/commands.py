@@ -26,7 +26,7 @@ from .config import AgentConfig, config_path, load_config, make_source, save_con
 from .daemon import AgentDaemon
 from .drift import source_drift
 from .enrolment import install_enrolment
-from .identity import PASSPHRASE_ENV, read_vault_key_input
+from .identity import PASSPHRASE_ENV, read_vault_key_input, register_key_secrets
 from .inplace import restore_in_place
 from .journal import Journal
 from .progress import ProgressLine
@@ -107,6 +107,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     parse_config({"agent": {"node": args.node, "vault": args.vault, "state_dir": "."}}, cfg.path)
     write_secret(cfg.vault_key_file, keys.to_file_bytes())
     signer = SigningKey.generate()
+    register_key_secrets(keys, signer)
     write_secret(cfg.signing_key_file, signer.to_file_bytes())
     save_config(cfg)
 

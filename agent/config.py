@@ -66,6 +66,7 @@ class AgentConfig:
     sources: tuple[SourceConfig, ...] = ()
     tiers: dict[str, TierPolicy] = field(default_factory=lambda: dict(DEFAULT_TIERS))
     hub: dict[str, Any] = field(default_factory=dict)
+    metrics_listen: str | None = None  # [metrics] listen = "host:port"; None: no metrics
 
     @property
     def journal_path(self) -> Path:
@@ -188,7 +189,18 @@ def parse_config(raw: dict[str, Any], path: Path) -> AgentConfig:
         sources=sources,
         tiers=tiers,
         hub=_hub_options(raw.get("hub", {})),
+        metrics_listen=_listen(raw.get("metrics", {}).get("listen"), "metrics.listen"),
     )
+
+
+def _listen(value: Any, what: str) -> str | None:
+    """A "host:port" to serve on (port 0: any free port), or None."""
+    if value is None or value == "":
+        return None
+    host, _, port = str(value).rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{what}: {value!r} is not host:port (e.g. 127.0.0.1:9464)")
+    return str(value)
 
 
 def _hub_options(raw: dict[str, Any]) -> dict[str, Any]:
@@ -252,6 +264,8 @@ def dump_config(cfg: AgentConfig) -> str:
         lines.append("[hub]")
         lines += [f"{k} = {_toml_value(v)}" for k, v in cfg.hub.items()]
         lines.append("")
+    if cfg.metrics_listen:
+        lines += ["[metrics]", f"listen = {_toml_str(cfg.metrics_listen)}", ""]
     for s in cfg.sources:
         lines += [
             "[[source]]",

@@ -13,10 +13,12 @@ import logging
 import signal
 import time
 
+from amber import sdnotify
 from amber.protocol.errors import AmberError
 
 from .config import AgentConfig
 from .enrolment import load_installed
+from .metrics import AgentMetrics, serving
 from .remote import heartbeat, sync
 from .runtime import AgentRuntime
 
@@ -32,11 +34,12 @@ class AgentDaemon:
         self.checkpoints = 0
         self.synced = 0
         self.kick = asyncio.Event()  # set after a checkpoint: sync it now
+        self.metrics = AgentMetrics(cfg)
 
     def install_signals(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stop.set)
+            loop.add_signal_handler(sig, sdnotify.stopping_then(self.stop.set))
 
     def due(self, now: float) -> list[str]:
         out = []
@@ -54,11 +57,12 @@ class AgentDaemon:
         return max(MIN_SLEEP, min(waits, default=60.0))
 
     async def run(self) -> None:
-        async with AgentRuntime.open(self.cfg) as rt:
+        async with AgentRuntime.open(self.cfg) as rt, serving(self.metrics, rt):
             head = await rt.journal.head()
             start = head.time_us / 1e6 if head else 0.0
             self.last_run = {s.name: start for s in self.cfg.sources}
             uplink = asyncio.create_task(self._uplink(rt), name="uplink")
+            watchdog = sdnotify.ready(f"node {self.cfg.node}: {len(self.cfg.sources)} source(s)")
             log.info("agent running", extra={"node": self.cfg.node})
             try:
                 while not self.stop.is_set():
@@ -69,7 +73,8 @@ class AgentDaemon:
                         pass
             finally:
                 uplink.cancel()
-                await asyncio.gather(uplink, return_exceptions=True)
+                watchdog.cancel()
+                await asyncio.gather(uplink, watchdog, return_exceptions=True)
             log.info("agent stopped", extra={"node": self.cfg.node})
 
     async def _uplink(self, rt: AgentRuntime) -> None:
@@ -85,17 +90,22 @@ class AgentDaemon:
                     delay = 1.0
                     while True:
                         await heartbeat(rt, link)
-                        stats = await sync(rt, link)
+                        stats = await sync(rt, link, metrics=self.metrics)
                         self.synced += stats.checkpoints
+                        await self.metrics.refresh_journal(rt.journal)
                         self.kick.clear()
                         try:
                             await asyncio.wait_for(self.kick.wait(), interval)
                         except TimeoutError:
                             pass
             except AmberError as exc:
-                log.warning("sync paused: %s (retrying in %.0fs)", exc, delay)
+                self.metrics.sync_failed()
+                log.warning(
+                    "sync paused: %s (retrying in %.0fs)", exc, delay, extra={"node": self.cfg.node}
+                )
             except Exception as exc:
-                log.exception("sync failed unexpectedly: %s", exc)
+                self.metrics.sync_failed()
+                log.exception("sync failed unexpectedly: %s", exc, extra={"node": self.cfg.node})
             await asyncio.sleep(delay)
             delay = min(delay * 2, 60.0)
 
@@ -114,7 +124,13 @@ class AgentDaemon:
         except asyncio.CancelledError:
             log.info("checkpoint cancelled by shutdown; nothing was committed")
         except AmberError as exc:
-            log.error("checkpoint failed: %s (hint: %s)", exc, exc.hint)
+            self.metrics.checkpoint_failed()
+            log.error(
+                "checkpoint failed: %s (hint: %s)",
+                exc,
+                exc.hint,
+                extra={"node": self.cfg.node, "source": ",".join(due)},
+            )
             for name in due:  # retry after a short pause, not a whole interval
                 self.last_run[name] = (
                     time.time() - self.cfg.tiers[rt.cfg.source(name).tier].interval + 30
@@ -128,6 +144,5 @@ class AgentDaemon:
             self.last_run[name] = started
         self.checkpoints += 1
         self.kick.set()
-        log.info(
-            "checkpoint %s seq %d sources %s", res.id.hex()[:16], res.checkpoint.seq, ",".join(due)
-        )
+        self.metrics.checkpoint_committed(res, due)  # the checkpointer logged it, with its ids
+        await self.metrics.refresh_journal(rt.journal)

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from amber.logs import register_secret
 from amber.protocol.errors import ConfigError, UnknownVersionError
 from amber.protocol.wire import check_name
 from amber.secretfile import read_secret, write_secret
@@ -42,6 +43,7 @@ def parse_enrolment(data: bytes, source: str) -> Enrolment:
         raise ConfigError(f"{source} is not an Amber enrolment file")
     if obj.get("version") != VERSION:
         raise UnknownVersionError(f"enrolment version {obj.get('version')} is not supported")
+    register_secret(str(obj.get("password") or ""))
     try:
         return Enrolment(
             vault=check_name(obj["vault"], "vault"),

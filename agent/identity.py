@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from getpass import getpass
 from pathlib import Path
 
+from amber.logs import register_secret
 from amber.protocol.errors import KeyFileError
 from amber.protocol.keys import (
     VAULT_EXPORT_MAGIC,
@@ -33,7 +34,16 @@ class NodeIdentity:
 def load_identity(cfg: AgentConfig) -> NodeIdentity:
     keys = VaultKeys.from_file_bytes(read_secret(cfg.vault_key_file, what="vault key"))
     signer = SigningKey.from_file_bytes(read_secret(cfg.signing_key_file, what="signing key"))
+    register_key_secrets(keys, signer)
     return NodeIdentity(cfg.vault, cfg.node, keys, signer)
+
+
+def register_key_secrets(keys: VaultKeys | None, signer: SigningKey | None = None) -> None:
+    """Keep the vault key, its subkeys and the signing seed out of every log line."""
+    if keys is not None:
+        register_secret(keys.master, keys.chunk_id, keys.chunk_enc, keys.meta_enc, keys.meta_nonce)
+    if signer is not None:
+        register_secret(signer.seed)
 
 
 def read_vault_key_input(path: Path) -> bytes:
@@ -46,5 +56,9 @@ def read_vault_key_input(path: Path) -> bytes:
         passphrase = os.environ.get(PASSPHRASE_ENV)
         if passphrase is None:
             passphrase = getpass(f"passphrase for {path}: ")
-        return import_vault_key(data, passphrase)
-    return decode_vault_key(data)
+        register_secret(passphrase)
+        master = import_vault_key(data, passphrase)
+    else:
+        master = decode_vault_key(data)
+    register_secret(master)
+    return master

@@ -14,6 +14,7 @@ Schema in docs/FORMAT.md ("Journal").
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
@@ -93,6 +94,7 @@ class Journal:
     def __init__(self, db: aiosqlite.Connection, path: Path, keys: VaultKeys) -> None:
         self.db = db
         self.path = path
+        self._tx_lock = asyncio.Lock()  # the checkpointer and the sync loop share this connection
         self._state_key = AESGCM(derive_subkey(keys.master, b"journal-state"))
 
     # --- lifecycle ------------------------------------------------------------------
@@ -180,17 +182,29 @@ class Journal:
         rows = await self._all(sql, args)
         return rows[0] if rows else None
 
-    async def _write(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+    async def _rollback(self) -> None:
+        """Roll back the open transaction, unless SQLite already did: it rolls back by
+        itself on some errors (a full disk, an I/O error), and a COMMIT that ran while
+        its task was being cancelled leaves none. Either way the original error (not
+        "cannot rollback - no transaction is active") is the one to report."""
         try:
-            await self.db.execute("BEGIN IMMEDIATE")
-            try:
-                await self.db.executemany(sql, rows)
-                await self.db.execute("COMMIT")
-            except BaseException:
-                await self.db.execute("ROLLBACK")
+            await self.db.execute("ROLLBACK")
+        except sqlite3.Error:
+            if self.db.in_transaction:
                 raise
-        except sqlite3.Error as exc:
-            raise _db_error(exc, self.path) from None
+
+    async def _write(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        async with self._tx_lock:  # one transaction at a time per connection
+            try:
+                await self.db.execute("BEGIN IMMEDIATE")
+                try:
+                    await self.db.executemany(sql, rows)
+                    await self.db.execute("COMMIT")
+                except BaseException:
+                    await self._rollback()
+                    raise
+            except sqlite3.Error as exc:
+                raise _db_error(exc, self.path) from None
 
     # --- chunks ---------------------------------------------------------------------
 
@@ -211,6 +225,10 @@ class Journal:
             "VALUES(?,?,?,0,?,?)",
             [(cid, size, len(blob), now_us, blob) for cid, size, blob in rows],
         )
+
+    async def touch(self, ids: Sequence[bytes], now_us: int) -> None:
+        """Mark chunks as used now, so eviction keeps what recent checkpoints reuse."""
+        await self._write("UPDATE chunks SET used_us = ? WHERE id = ?", [(now_us, i) for i in ids])
 
     async def get_chunks(self, ids: Sequence[bytes]) -> dict[bytes, bytes]:
         """Blobs the journal still holds for ``ids`` (evicted or unknown ones are absent)."""
@@ -253,17 +271,18 @@ class Journal:
         max_bytes: int,
     ) -> None:
         """Make a checkpoint visible, atomically. ``states``: source -> (manifest id, sealed)."""
-        try:
-            await self.db.execute("BEGIN IMMEDIATE")
+        async with self._tx_lock:  # one transaction at a time per connection
             try:
-                await self._commit_body(cp, cp_id, cp_data, manifests, states, referenced)
-                await self._check_bound(max_bytes)
-                await self.db.execute("COMMIT")
-            except BaseException:
-                await self.db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise _db_error(exc, self.path) from None
+                await self.db.execute("BEGIN IMMEDIATE")
+                try:
+                    await self._commit_body(cp, cp_id, cp_data, manifests, states, referenced)
+                    await self._check_bound(max_bytes)
+                    await self.db.execute("COMMIT")
+                except BaseException:
+                    await self._rollback()
+                    raise
+            except sqlite3.Error as exc:
+                raise _db_error(exc, self.path) from None
 
     async def _commit_body(
         self,
@@ -383,25 +402,27 @@ class Journal:
         self, chunk_ids: Sequence[bytes], record_ids: Sequence[bytes], seq: int
     ) -> None:
         """The hub's receipt says these are durable in its object store."""
-        try:
-            await self.db.execute("BEGIN IMMEDIATE")
+        async with self._tx_lock:  # one transaction at a time per connection
             try:
-                await self.db.executemany(
-                    "UPDATE chunks SET state = ? WHERE id = ? AND state = ?",
-                    [(DURABLE, c, COMMITTED) for c in chunk_ids],
-                )
-                await self.db.executemany(
-                    "UPDATE records SET state = ? WHERE id = ?", [(DURABLE, r) for r in record_ids]
-                )
-                await self.db.execute(
-                    "UPDATE checkpoints SET state = ? WHERE seq = ?", (DURABLE, seq)
-                )
-                await self.db.execute("COMMIT")
-            except BaseException:
-                await self.db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise _db_error(exc, self.path) from None
+                await self.db.execute("BEGIN IMMEDIATE")
+                try:
+                    await self.db.executemany(
+                        "UPDATE chunks SET state = ? WHERE id = ? AND state = ?",
+                        [(DURABLE, c, COMMITTED) for c in chunk_ids],
+                    )
+                    await self.db.executemany(
+                        "UPDATE records SET state = ? WHERE id = ?",
+                        [(DURABLE, r) for r in record_ids],
+                    )
+                    await self.db.execute(
+                        "UPDATE checkpoints SET state = ? WHERE seq = ?", (DURABLE, seq)
+                    )
+                    await self.db.execute("COMMIT")
+                except BaseException:
+                    await self._rollback()
+                    raise
+            except sqlite3.Error as exc:
+                raise _db_error(exc, self.path) from None
 
     async def evict(self, cache_bytes: int) -> int:
         """Drop blobs of chunks durable at the hub, keeping the newest ``cache_bytes``."""
@@ -412,10 +433,11 @@ class Journal:
         )
         before = await self.held_bytes()
         await self._write(sql, [(DURABLE, cache_bytes)])
-        try:
-            await self.db.execute("PRAGMA incremental_vacuum")
-        except sqlite3.Error as exc:
-            raise _db_error(exc, self.path) from None
+        async with self._tx_lock:
+            try:
+                await self.db.execute("PRAGMA incremental_vacuum")
+            except sqlite3.Error as exc:
+                raise _db_error(exc, self.path) from None
         return before - await self.held_bytes()
 
     async def adopt(self, rows: Sequence[tuple[bytes, bytes, Checkpoint]]) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from amber import __version__
 from amber.protocol import wire
@@ -18,6 +19,9 @@ from amber.protocol.records import checkpoint_public, record_id
 from .hublink import HubLink
 from .runtime import AgentRuntime
 from .sync import Syncer, SyncStats
+
+if TYPE_CHECKING:
+    from .metrics import AgentMetrics
 
 log = logging.getLogger("amber.agent.remote")
 
@@ -34,8 +38,13 @@ async def adopt_from_hub(rt: AgentRuntime, link: HubLink) -> int:
     return await rt.journal.adopt(rows)
 
 
-async def sync(rt: AgentRuntime, link: HubLink, deadline: float | None = None) -> SyncStats:
-    syncer = Syncer(rt.journal, link, rt.ident.keys, rt.cfg.journal_cache_bytes)
+async def sync(
+    rt: AgentRuntime,
+    link: HubLink,
+    deadline: float | None = None,
+    metrics: AgentMetrics | None = None,
+) -> SyncStats:
+    syncer = Syncer(rt.journal, link, rt.ident.keys, rt.cfg.journal_cache_bytes, metrics)
     return await syncer.sync_once(deadline)
 
 

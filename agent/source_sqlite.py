@@ -15,7 +15,7 @@ import stat
 import time
 from pathlib import Path
 
-from amber.protocol.errors import SourceBusyError, SourceError
+from amber.protocol.errors import DiskFullError, SourceBusyError, SourceError
 from amber.protocol.records import Entry
 
 from .chunking import aligned_block_size, block_pieces
@@ -61,6 +61,11 @@ def backup_copy(src: Path, dst: Path, timeout: float, name: str) -> int:
             if ("locked" in text or "busy" in text) and time.monotonic() < deadline:
                 time.sleep(0.05)
                 continue
+            if "full" in text:  # the copy in the state directory's tmp/ did not fit
+                raise DiskFullError(
+                    f"no space left for the copy of source {name!r} in {dst.parent}: "
+                    "nothing was committed"
+                ) from None
             if "locked" in text or "busy" in text:
                 raise SourceBusyError(
                     f"source {name!r}: {src} stayed locked by a writer for over {timeout:g}s"
@@ -86,8 +91,9 @@ async def scan_sqlite(ctx: ScanContext) -> ScanResult:
         block = aligned_block_size(page_size)
         with open(copy, "rb") as fh:
             res = await ctx.writer.write_stream(block_pieces(fh, block))
-    finally:
-        copy.unlink(missing_ok=True)
+    finally:  # with the copy's rollback journal, which a failed copy can leave behind
+        for leftover in (copy, copy.with_name(copy.name + "-journal")):
+            leftover.unlink(missing_ok=True)
     mode = stat.S_IMODE(os.stat(path).st_mode)
     entry = Entry(
         path=path.name,

@@ -19,9 +19,10 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from amber.protocol import wire
-from amber.protocol.errors import HubUnavailableError, JournalError
+from amber.protocol.errors import HubUnavailableError, JournalError, ProtocolError
 from amber.protocol.records import (
     KIND_CHECKPOINT,
     KIND_MANIFEST,
@@ -31,6 +32,9 @@ from amber.protocol.records import (
 
 from .hublink import HubLink
 from .journal import DURABLE, Journal
+
+if TYPE_CHECKING:
+    from .metrics import AgentMetrics
 
 log = logging.getLogger("amber.agent.sync")
 QUERY_BATCH = 4096
@@ -48,13 +52,27 @@ class SyncStats:
 
 
 class Syncer:
-    def __init__(self, journal: Journal, link: HubLink, keys: object, cache_bytes: int) -> None:
+    def __init__(
+        self,
+        journal: Journal,
+        link: HubLink,
+        keys: object,
+        cache_bytes: int,
+        metrics: AgentMetrics | None = None,
+    ) -> None:
         self.journal, self.link, self.keys, self.cache_bytes = journal, link, keys, cache_bytes
+        self.metrics = metrics
         self.stats = SyncStats()
 
     async def sync_once(self, deadline: float | None = None) -> SyncStats:
         deadline = deadline or time.monotonic() + 3600
-        for row in await self.journal.unsynced():
+        rows = await self.journal.unsynced()
+        log.debug(
+            "sync pass: %d checkpoint(s) to send",
+            len(rows),
+            extra={"vault": self.link.enr.vault, "node": self.link.enr.node},
+        )
+        for row in rows:
             await self._sync_checkpoint(row.seq, row.id, deadline)
             self.stats.checkpoints += 1
         self.stats.evicted_bytes += await self.journal.evict(self.cache_bytes)
@@ -78,6 +96,8 @@ class Syncer:
         ids = sorted(chunk_ids)
         missing = await self._missing(ids)
         self.stats.chunks_skipped += len(ids) - len(missing)
+        if self.metrics is not None:
+            self.metrics.chunks_at_hub(len(ids) - len(missing))
         await self._send_chunks(missing, deadline)
         for mid, data in manifests:
             await self.link.publish_ingest(
@@ -94,6 +114,13 @@ class Syncer:
             seq,
             len(missing),
             len(ids) - len(missing),
+            extra={
+                "vault": self.link.enr.vault,
+                "node": self.link.enr.node,
+                "source": ",".join(sorted(cp.manifests)),
+                "checkpoint": cp_id.hex(),
+                "seq": seq,
+            },
         )
 
     async def _missing(self, ids: list[bytes]) -> list[bytes]:
@@ -115,6 +142,8 @@ class Syncer:
                 )
                 self.stats.chunks_sent += 1
                 self.stats.bytes_sent += len(blob)
+                if self.metrics is not None:
+                    self.metrics.chunk_uploaded(len(blob))
             finally:
                 sem.release()
 
@@ -154,6 +183,12 @@ class Syncer:
                     wire.ReceiptQuery(ids=tuple(pending[i : i + QUERY_BATCH])), wire.Receipt
                 )
                 still.extend(reply.missing)
+                if reply.refused:
+                    raise ProtocolError(
+                        f"the hub refused {len(reply.refused)} upload(s): {reply.reason}",
+                        hint="this node's history no longer matches the hub's; see "
+                        "docs/OPERATIONS.md 'The hub refuses a node's checkpoints'",
+                    )
             pending = still
             if not pending:
                 return

@@ -19,6 +19,7 @@ from typing import Any
 
 import aiosqlite
 
+from amber.logs import register_secret
 from amber.protocol.errors import JournalError, NotFoundError
 from amber.protocol.records import Checkpoint
 
@@ -39,6 +40,9 @@ CREATE TABLE IF NOT EXISTS checkpoints(
     manifests TEXT NOT NULL, signer BLOB NOT NULL, received_us INTEGER NOT NULL,
     PRIMARY KEY(vault, node, seq));
 CREATE UNIQUE INDEX IF NOT EXISTS checkpoints_id ON checkpoints(vault, id);
+CREATE TABLE IF NOT EXISTS refusals(
+    vault TEXT NOT NULL, id BLOB NOT NULL, reason TEXT NOT NULL, at_us INTEGER NOT NULL,
+    PRIMARY KEY(vault, id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS manifests(
     vault TEXT NOT NULL, id BLOB NOT NULL, node TEXT NOT NULL, source TEXT NOT NULL,
     kind TEXT NOT NULL, tier TEXT NOT NULL, time_us INTEGER NOT NULL, size INTEGER NOT NULL,
@@ -141,6 +145,7 @@ class Catalog:
     async def add_node(
         self, vault: str, node: str, user: str, password: str, labels: dict[str, str]
     ) -> None:
+        register_secret(password)
         try:
             await self._exec(
                 "INSERT INTO nodes(vault, node, user, password, created_us, labels) "
@@ -154,12 +159,14 @@ class Catalog:
             ) from None
 
     async def set_password(self, vault: str, node: str, password: str) -> None:
+        register_secret(password)
         await self._exec(
             "UPDATE nodes SET password=? WHERE vault=? AND node=?", (password, vault, node)
         )
 
     async def nodes(self) -> list[NodeRow]:
         rows = await self._all("SELECT * FROM nodes ORDER BY vault, node")
+        register_secret(*(r[3] for r in rows))  # node NATS passwords never reach a log
         return [
             NodeRow(
                 r[0],
@@ -219,6 +226,23 @@ class Catalog:
             out.update((r[0], r[1]) for r in rows)
         return out
 
+    async def refuse(self, vault: str, oid: bytes, reason: str) -> None:
+        """Remember that ingest refused a record, so the node's receipt query says so."""
+        await self._exec(
+            "INSERT OR REPLACE INTO refusals VALUES(?,?,?,?)", (vault, oid, reason[:500], now_us())
+        )
+
+    async def refusals(self, vault: str, ids: Sequence[bytes]) -> dict[bytes, str]:
+        out: dict[bytes, str] = {}
+        for i in range(0, len(ids), 500):
+            part = list(ids[i : i + 500])
+            marks = ",".join("?" * len(part))
+            rows = await self._all(
+                f"SELECT id, reason FROM refusals WHERE vault=? AND id IN ({marks})", [vault, *part]
+            )
+            out.update((r[0], r[1]) for r in rows)
+        return out
+
     async def object_count(self) -> tuple[int, int]:
         rows = await self._all("SELECT count(*), coalesce(sum(size),0) FROM objects")
         return int(rows[0][0]), int(rows[0][1])
@@ -256,6 +280,15 @@ class Catalog:
             (vault, node),
         )
         return (rows[0][0], rows[0][1]) if rows else None
+
+    async def head_times(self) -> dict[tuple[str, str], int]:
+        """(vault, node) -> time_us of each node's newest checkpoint (for metrics)."""
+        rows = await self._all(
+            "SELECT c.vault, c.node, c.time_us FROM checkpoints c JOIN "
+            "(SELECT vault, node, max(seq) AS seq FROM checkpoints GROUP BY vault, node) h "
+            "ON c.vault = h.vault AND c.node = h.node AND c.seq = h.seq"
+        )
+        return {(r[0], r[1]): int(r[2]) for r in rows}
 
     async def add_checkpoint(self, cp: Checkpoint, cid: bytes, signer: bytes) -> None:
         await self._exec(

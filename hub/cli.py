@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from amber import __version__
+from amber import __version__, logs, sdnotify
 from amber.protocol.errors import AmberError
 from amber.secretfile import write_secret
 
@@ -40,6 +40,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         cfg.nats_listen = args.nats_listen
     if args.admin_listen:
         cfg.admin_listen = args.admin_listen
+    if args.metrics_listen:
+        cfg.metrics_listen = args.metrics_listen
     if args.store:
         cfg.store_url = args.store
 
@@ -47,10 +49,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         async with Hub(cfg) as hub:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, hub.stopping.set)
+                loop.add_signal_handler(sig, sdnotify.stopping_then(hub.stopping.set))
             out(f"amber-hub {__version__} serving: nats {hub.nats_url}, admin {hub.admin_url}")
             sys.stdout.flush()
-            await hub.wait_closed()
+            watchdog = sdnotify.ready(f"serving: nats {hub.nats_url}, admin {hub.admin_url}")
+            try:
+                await hub.wait_closed()
+            finally:
+                watchdog.cancel()
 
     asyncio.run(run())
     return 0
@@ -65,6 +71,7 @@ def cmd_node_add(args: argparse.Namespace) -> int:
     enrolment = _client(args).call(
         "POST", "/api/v1/nodes", {"vault": args.vault, "node": args.name, "labels": labels}
     )
+    logs.register_secret(enrolment.get("password"))
     write_secret(args.out, json.dumps(enrolment, indent=2).encode())
     out(f"enrolled {args.vault}/{args.name}; enrolment written to {args.out} (keep it secret)")
     return 0
@@ -150,12 +157,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="hub.toml (optional: defaults make a hub in a box)")
     p.add_argument("--data", help="hub data directory (default ./amber-hub-data)")
     p.add_argument("--hub", help="admin API URL when not on the hub's machine")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug detail to stderr")
+    logs.add_arguments(p)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("serve", help="run the hub")
     s.add_argument("--nats-listen", help="host:port for the embedded nats-server (0 = free)")
     s.add_argument("--admin-listen", help="host:port for the admin API")
+    s.add_argument(
+        "--metrics-listen", help="host:port for Prometheus metrics at /metrics (0 = free port)"
+    )
     s.add_argument("--store", help="store URL: file:///dir or s3://bucket/prefix?endpoint=...")
     s.set_defaults(func=cmd_serve)
 
@@ -190,11 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    logs.setup(logs.parse_format(args.log_format), logging.DEBUG if args.verbose else logging.INFO)
     try:
         return int(args.func(args))
     except AmberError as exc:

@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from amber.logs import register_secret
 from amber.protocol.errors import ConfigError, HubUnavailableError, NotFoundError, UsageError
 
 from .config import load_secrets, read_runtime
@@ -24,6 +25,7 @@ TOKEN_ENV = "AMBER_HUB_TOKEN"
 class AdminClient:
     def __init__(self, url: str, token: str) -> None:
         self.url, self.token = url.rstrip("/"), token
+        register_secret(token)
 
     @classmethod
     def locate(cls, hub: str | None, data: str | None) -> AdminClient:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from amber.logs import register_secret
 from amber.protocol.errors import ConfigError
 from amber.secretfile import read_secret, write_secret
 
@@ -33,6 +34,7 @@ class HubConfig:
     store_url: str | None = None  # None = DATA/objects
     admin_listen: str = "127.0.0.1:8470"
     ingest_workers: int = 2
+    metrics_listen: str | None = None  # [metrics] listen = "host:port"; None: no metrics
     retention: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_RETENTION_DAYS))
 
     @property
@@ -61,6 +63,10 @@ def load_hub_config(path: Path | None, data_dir: str | None) -> HubConfig:
             raise ConfigError(f"cannot read hub configuration {path}: {exc}") from None
     hub, nats, store = raw.get("hub", {}), raw.get("nats", {}), raw.get("store", {})
     admin, retention = raw.get("admin", {}), raw.get("retention", {})
+    metrics = raw.get("metrics", {})
+    if metrics.get("listen"):
+        split_hostport(str(metrics["listen"]), "metrics.listen")
+    register_secret(nats.get("password"))
     cfg = HubConfig(
         data_dir=Path(data_dir or hub.get("data_dir", DEFAULT_DATA)).resolve(),
         nats_url=nats.get("url"),
@@ -71,6 +77,7 @@ def load_hub_config(path: Path | None, data_dir: str | None) -> HubConfig:
         store_url=store.get("url"),
         admin_listen=str(admin.get("listen", "127.0.0.1:8470")),
         ingest_workers=int(hub.get("ingest_workers", 2)),
+        metrics_listen=str(metrics["listen"]) if metrics.get("listen") else None,
     )
     for tier, days in retention.items():
         cfg.retention[str(tier)] = int(days)
@@ -94,6 +101,7 @@ def load_secrets(data_dir: Path) -> HubSecrets:
         }
         write_secret(path, json.dumps(fresh).encode())
     obj = json.loads(read_secret(path, what="hub secrets"))
+    register_secret(obj["admin_token"], obj["nats_password"])
     return HubSecrets(obj["admin_token"], obj["nats_password"])
 
 

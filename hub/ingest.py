@@ -24,6 +24,8 @@ from amber.protocol.errors import AmberError, ChainError, FormatError
 from amber.protocol.records import (
     KIND_CHECKPOINT,
     KIND_MANIFEST,
+    SOURCE_KINDS,
+    TIERS,
     checkpoint_public,
     manifest_public,
     parse,
@@ -36,6 +38,7 @@ from .store import ObjectStore
 
 log = logging.getLogger("amber.hub.ingest")
 Outcome = Literal["stored", "duplicate", "retry"]
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass
@@ -90,6 +93,9 @@ class Ingestor:
     async def _manifest(self, vault: str, node: str, msg: wire.RecordPut, signer: bytes) -> Outcome:
         pub = manifest_public(msg.data)
         _check_owner(pub["vault"], pub["node"], vault, node)
+        _check_fields("manifest", time_us=pub["time_us"], size=pub["size"])
+        if pub["kind"] not in SOURCE_KINDS or pub["tier"] not in TIERS:
+            raise FormatError(f"manifest has unknown kind {pub['kind']!r} or tier {pub['tier']!r}")
         have = await self.catalog.present(vault, pub["chunks"])
         if len(have) < len(pub["chunks"]):
             self.stats.retries += 1
@@ -106,6 +112,7 @@ class Ingestor:
     ) -> Outcome:
         cp = checkpoint_public(msg.data)
         _check_owner(cp.vault, cp.node, vault, node)
+        _check_fields("checkpoint", seq=cp.seq, time_us=cp.time_us)
         have = await self.catalog.present(vault, list(cp.manifests.values()))
         head = await self.catalog.head(vault, node)
         next_seq = 0 if head is None else head[0] + 1
@@ -124,12 +131,40 @@ class Ingestor:
         await self.catalog.add_objects(vault, [(msg.id, RECORD, len(msg.data))])
         await self.catalog.seen(vault, node, signer)
         self.stats.records += 1
+        log.info(
+            "checkpoint %s seq %d of %s/%s is durable",
+            msg.id.hex()[:16],
+            cp.seq,
+            vault,
+            node,
+            extra={
+                "vault": vault,
+                "node": node,
+                "checkpoint": msg.id.hex(),
+                "seq": cp.seq,
+                "source": ",".join(sorted(cp.manifests)),
+            },
+        )
         return "stored"
 
     def reject(self, vault: str, node: str, exc: AmberError) -> None:
         assert self.stats.rejected is not None
         self.stats.rejected[f"{vault}/{node}"] += 1
-        log.warning("rejected a message from node %s/%s: %s", vault, node, exc)
+        log.warning(
+            "rejected a message from node %s/%s: %s",
+            vault,
+            node,
+            exc,
+            extra={"vault": vault, "node": node},
+        )
+
+
+def _check_fields(what: str, **values: int) -> None:
+    """Integers the catalog stores must fit SQLite's INTEGER: a signed record with a
+    larger one would fail to index after it was stored, and be retried forever."""
+    for name, value in values.items():
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise FormatError(f"{what} {name} {value} is out of range")
 
 
 def _check_owner(rv: str, rn: str, vault: str, node: str) -> None:

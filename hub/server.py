@@ -21,6 +21,7 @@ from .admin import make_app
 from .catalog import Catalog
 from .config import HubConfig, load_secrets, split_hostport, write_runtime
 from .ingest import Ingestor
+from .metrics import HubMetrics
 from .natsbox import HUB_USER, EmbeddedNats
 from .service import HubService
 from .store import ObjectStore, open_store
@@ -43,6 +44,8 @@ class Hub:
         self.runner: web.AppRunner | None = None
         self.admin_url = ""
         self.nats_url = ""
+        self.metrics = HubMetrics(self)
+        self.metrics_url: str | None = None
         self.stopping = asyncio.Event()
 
     async def __aenter__(self) -> Hub:
@@ -60,7 +63,7 @@ class Hub:
         cfg = self.cfg
         cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.catalog = await Catalog.open(cfg.catalog_path)
-        self.store = open_store(cfg.store())
+        self.store = self.metrics.watch_store(open_store(cfg.store()))
         self.ingestor = Ingestor(self.store, self.catalog, cfg.retention)
         await self._start_nats()
         self.service = HubService(
@@ -68,11 +71,23 @@ class Hub:
         )
         await self.service.start()
         await self._start_admin()
+        if cfg.metrics_listen:
+            self.metrics_url = await self.metrics.start(cfg.metrics_listen)
         write_runtime(
             cfg.data_dir,
-            {"admin_url": self.admin_url, "nats_url": self.nats_url, "pid": os.getpid()},
+            {
+                "admin_url": self.admin_url,
+                "nats_url": self.nats_url,
+                "metrics_url": self.metrics_url,
+                "pid": os.getpid(),
+            },
         )
-        log.info("hub serving: nats %s, admin %s", self.nats_url, self.admin_url)
+        log.info(
+            "hub serving: nats %s, admin %s, metrics %s",
+            self.nats_url,
+            self.admin_url,
+            self.metrics_url or "off",
+        )
 
     async def _start_nats(self) -> None:
         cfg = self.cfg
@@ -126,7 +141,9 @@ class Hub:
                 "this hub uses an external NATS; create the node's user there",
                 hint="see docs/OPERATIONS.md, 'Enrolling nodes with an external NATS'",
             )
-        user, password = f"node-{vault}-{node}", secrets.token_urlsafe(24)
+        # '.' cannot occur in vault or node names, so no two nodes share a user name
+        # (with '-', w/x-y and w-x/y would both be node-w-x-y)
+        user, password = f"node.{vault}.{node}", secrets.token_urlsafe(24)
         await self.catalog.add_node(vault, node, user, password, labels)
         self.embedded.reload(await self.catalog.nodes())
         await asyncio.sleep(0.2)  # the server applies SIGHUP asynchronously
@@ -154,6 +171,7 @@ class Hub:
                 pass
         if self.runner is not None:
             await self.runner.cleanup()
+        await self.metrics.stop()
         if self.embedded is not None:
             await self.embedded.stop()
         if getattr(self, "store", None) is not None:

@@ -20,7 +20,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType,
 from nats.js.errors import FetchTimeoutError
 
 from amber.protocol import wire
-from amber.protocol.errors import AmberError, NotFoundError
+from amber.protocol.errors import AmberError, FormatError, NotFoundError, StoreError
 
 from .catalog import CHUNK, Catalog
 from .ingest import Ingestor, subject_owner
@@ -115,11 +115,17 @@ class HubService:
         rows: dict[str, list[tuple[bytes, str, int]]] = {}
         done: list[Msg] = []
         for (m, (vault, node, msg)), res in zip(chunks, results, strict=True):
-            if isinstance(res, AmberError):
+            if isinstance(res, AmberError) and not isinstance(res, StoreError):
                 self.ingestor.reject(vault, node, res)
                 await m.term()
             elif isinstance(res, BaseException):
-                log.error("storing chunk from %s/%s failed: %s", vault, node, res)
+                log.error(
+                    "storing chunk from %s/%s failed: %s",
+                    vault,
+                    node,
+                    res,
+                    extra={"vault": vault, "node": node},
+                )
                 await m.nak(delay=2)
             else:
                 rows.setdefault(vault, []).append((msg.id, CHUNK, len(msg.blob)))
@@ -148,12 +154,29 @@ class HubService:
     async def _ingest_record(self, m: Msg, vault: str, node: str, msg: wire.RecordPut) -> None:
         try:
             outcome = await self.ingestor.put_record(vault, node, msg)
+        except StoreError as exc:  # the store's trouble, not the node's: try again later
+            log.error(
+                "storing record from %s/%s failed: %s",
+                vault,
+                node,
+                exc,
+                extra={"vault": vault, "node": node},
+            )
+            await m.nak(delay=2)
+            return
         except AmberError as exc:
             self.ingestor.reject(vault, node, exc)
+            await self.catalog.refuse(vault, msg.id, str(exc))  # the node learns it by receipt
             await m.term()
             return
         except Exception as exc:
-            log.error("storing record from %s/%s failed: %s", vault, node, exc)
+            log.error(
+                "storing record from %s/%s failed: %s",
+                vault,
+                node,
+                exc,
+                extra={"vault": vault, "node": node},
+            )
             await m.nak(delay=2)
             return
         if outcome == "retry":
@@ -186,9 +209,12 @@ class HubService:
             return wire.ChunkQueryReply(missing=tuple(i for i in req.ids if i not in have))
         if isinstance(req, wire.ReceiptQuery):
             have = await self.catalog.present(vault, req.ids)
+            refused = await self.catalog.refusals(vault, [i for i in req.ids if i not in have])
             return wire.Receipt(
                 durable=tuple(i for i in req.ids if i in have),
-                missing=tuple(i for i in req.ids if i not in have),
+                missing=tuple(i for i in req.ids if i not in have and i not in refused),
+                refused=tuple(refused),
+                reason="; ".join(sorted(set(refused.values())))[:1000],
             )
         if isinstance(req, wire.FetchRequest):
             return await self._fetch(vault, req)
@@ -214,6 +240,8 @@ class HubService:
     async def _list(self, vault: str, node: str, req: wire.ListCheckpoints) -> wire.Message:
         if req.node != node:
             raise NotFoundError("a node may list only its own checkpoints")
+        if not -1 <= req.after_seq < 2**63:  # SQLite's INTEGER range
+            raise FormatError(f"checkpoints.list.after_seq {req.after_seq} is out of range")
         rows = await self.catalog.checkpoints(vault, node, after_seq=req.after_seq, limit=MAX_LIST)
         records, size = [], 0
         for row in rows:
@@ -234,6 +262,7 @@ class HubService:
             log.warning("bad heartbeat on %s: %s", m.subject, exc)
             return
         assert isinstance(beat, wire.Heartbeat)
+        log.debug("heartbeat from %s/%s", vault, node, extra={"vault": vault, "node": node})
         await self.catalog.heartbeat(
             vault,
             node,

@@ -90,6 +90,8 @@ class Receipt(Message):
     TYPE: ClassVar[str] = "receipt"
     durable: tuple[bytes, ...]
     missing: tuple[bytes, ...]
+    refused: tuple[bytes, ...]  # ingest rejected these for good (e.g. a forked chain)
+    reason: str
 
 
 @dataclass(frozen=True)

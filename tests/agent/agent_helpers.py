@@ -305,6 +305,33 @@ class SqliteWriter:
         return self.counts()
 
 
+# --- peak memory of a process --------------------------------------------------------------
+
+# Linux charges a child with the peak RSS of the process it was forked from (the
+# address space it had until exec), so a child of a big pytest process reports
+# pytest's peak. A tiny launcher in between keeps the measurement clean.
+LAUNCHER = r"""
+import json, resource, subprocess, sys
+code = subprocess.call(sys.argv[2:])
+peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux
+with open(sys.argv[1], "w") as fh:
+    json.dump({"code": code, "maxrss_kib": peak}, fh)
+"""
+
+
+def run_measured(args: list[object], workdir: Path, timeout: float = 300) -> tuple[Result, float]:
+    """Run ``python ARGS``; return its result and its peak RSS in MiB."""
+    report = workdir / "peak.json"
+    proc = subprocess.run(
+        [sys.executable, "-c", LAUNCHER, str(report), sys.executable, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    got = json.loads(report.read_text())
+    return Result(got["code"], proc.stdout, proc.stderr), got["maxrss_kib"] / 1024
+
+
 # --- running as root without root's power over file permissions --------------------------
 
 NO_DAC = r"""

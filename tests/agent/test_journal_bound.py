@@ -10,6 +10,8 @@ commit).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import random
 import shutil
@@ -46,16 +48,25 @@ def set_bound(cfg: Path, max_bytes: int) -> None:
     save_config(replace(load_config(cfg), journal_max_bytes=max_bytes))
 
 
+def amber_json(cfg: Path, *args: str) -> object:
+    """``amber-agent --config CFG ARGS --json`` in this process; it must succeed."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(["--config", str(cfg), *args, "--json"])
+    assert code == 0, f"{args}: exit {code}\n{err.getvalue()}"
+    return json.loads(out.getvalue())
+
+
 def journal_view(cfg: Path) -> tuple[list[str], int, int]:
     """(checkpoint ids, held bytes per `status`, tentative chunk rows)."""
-    ids = [r["id"] for r in json.loads(ok(agent(cfg, "checkpoints", "--json")).stdout)]
-    status = json.loads(ok(agent(cfg, "status", "--json")).stdout)
+    ids = [r["id"] for r in amber_json(cfg, "checkpoints")]  # type: ignore[attr-defined]
+    status = amber_json(cfg, "status")
     con = sqlite3.connect(f"file:{load_config(cfg).journal_path}?mode=ro", uri=True)
     try:
         row = con.execute("SELECT count(*) FROM chunks WHERE state = ?", (TENTATIVE,)).fetchone()
     finally:
         con.close()
-    return ids, int(status["journal_bytes"]), int(row[0])
+    return ids, int(status["journal_bytes"]), int(row[0])  # type: ignore[index]
 
 
 def make_node(tmp_path: Path) -> Path:

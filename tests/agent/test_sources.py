@@ -6,8 +6,6 @@ import json
 import os
 import random
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ from agent_helpers import (
     make_files_tree,
     make_sqlite,
     rand,
+    run_measured,
     sqlite_rows,
     tree,
     write,
@@ -173,25 +172,12 @@ def test_large_model_streams_in_bounded_memory(node: Node, data: Path) -> None:
         for _ in range(size // (4 * MiB)):
             fh.write(os.urandom(4 * MiB))
     node.add("weights", "model", model, "--tier", "cold")
-    code = (
-        "import sys\nfrom amber.agent.cli import main\n"
-        "sys.exit(main(['--config', sys.argv[1], 'checkpoint', '--json']))"
+    res, peak_mib = run_measured(
+        ["-m", "amber.agent.cli", "--config", node.config, "checkpoint", "--json"], data
     )
-    with open(data / "out.json", "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", code, str(node.config)], stdout=out, stderr=subprocess.PIPE
-        )
-        # wait4: this child's own peak RSS, not that of every child the test run has had
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        err = proc.stderr.read().decode() if proc.stderr else ""
-        if proc.stderr:
-            proc.stderr.close()
-    assert proc.returncode == 0, err
-    res = json.loads((data / "out.json").read_text())
-    assert res["read_bytes"] == size
-    assert res["new_bytes"] >= size
-    peak_mib = usage.ru_maxrss / 1024  # KiB on Linux
+    assert res.code == 0, res
+    assert res.json()["read_bytes"] == size
+    assert res.json()["new_bytes"] >= size
     model.unlink()  # 600 MiB between the file and the journal: do not keep them around
     node.journal.unlink()
     assert peak_mib < 200, f"peak RSS {peak_mib:.0f} MiB while checkpointing a 300 MiB model"
