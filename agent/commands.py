@@ -374,7 +374,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     cfg = load(args)
 
     async def run() -> Any:
-        async with AgentRuntime.open(cfg) as rt:
+        # chunks evicted after sync, and checkpoints adopted from the hub, are checked
+        # against the hub's copies when the node is enrolled
+        async with AgentRuntime.open(cfg) as rt, rt.hub(timeout=5) as link:
             rows = await rt.journal.checkpoints()
             targets = [await rt.journal.resolve(args.id)] if args.id else rows
             bad = await rt.journal.integrity_check()
@@ -385,7 +387,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             total = 0
             for row in targets:
                 bar = ProgressLine(f"verify {row.id.hex()[:12]}")
-                stats = await rt.restorer(bar).verify(row.id)
+                stats = await rt.restorer(bar, link).verify(row.id)
                 bar.finish()
                 total += stats.bytes
                 out(

@@ -218,17 +218,23 @@ def add_arguments(parser: Any) -> None:
 def setup(json: bool | None = None, level: int | str = logging.INFO) -> logging.Handler:
     """Log to stderr as JSON lines (``json=True``), text (False) or by terminal (None).
 
-    Replaces the handler an earlier call installed; leaves other handlers alone.
+    Replaces the handler an earlier call installed; other handlers stay, after it.
     """
     use_json = (not _is_terminal(sys.stderr)) if json is None else json
     root = logging.getLogger()
-    for old in [h for h in root.handlers if getattr(h, "_amber", False)]:
-        root.removeHandler(old)
     handler = StderrHandler()
     handler._amber = True  # type: ignore[attr-defined]
     handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
     handler.addFilter(RedactingFilter())
+    # Ours goes first: its filter rewrites each record in place, so any other handler
+    # (an embedding application's, a test's) sees only the redacted record.
+    others = list(root.handlers)
+    for old in others:
+        root.removeHandler(old)
     root.addHandler(handler)
+    for other in others:
+        if not getattr(other, "_amber", False):
+            root.addHandler(other)
     root.setLevel(level)
     for name, floor in QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(floor)

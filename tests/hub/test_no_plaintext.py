@@ -147,9 +147,8 @@ def test_hub_stores_no_plaintext_names_or_keys(hub: HubProc, tmp_path: Path) -> 
         "--lineage",
         f"{MARKERS['LINEAGEKEY']}=1",
     ]
-    for name, kind in (("files", "files"), ("model", "model"), ("db", "sqlite"), ("log", "jsonl")):
-        path = paths[kind if kind != "sqlite" else "sqlite"] if kind != "files" else paths["files"]
-        agent_ok("--config", cfg, "source", "add", name, "--kind", kind, "--path", path, *lineage)
+    for kind, path in paths.items():
+        agent_ok("--config", cfg, "source", "add", kind, "--kind", kind, "--path", path, *lineage)
     first = json.loads(agent_ok("--config", cfg, "checkpoint", "--json").out)
     change_sources(paths)
     second = json.loads(agent_ok("--config", cfg, "checkpoint", "--json").out)

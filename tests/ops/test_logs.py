@@ -136,7 +136,7 @@ def test_redaction_positive_control(root_logging: None) -> None:
         spellings = logs.secret_spellings([token, key])
         leaked = [s for s in spellings if s in out]
         assert not leaked, f"secret spellings leaked: {leaked}\n{out}"
-        assert out.count(logs.REDACTED) >= 9, out
+        assert out.count(logs.REDACTED) >= 8, out
         assert "nothing secret here: plain words" in out
     # Short values are never registered: they would redact ordinary words.
     logs.register_secret("abc")
