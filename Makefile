@@ -24,5 +24,14 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/primitives.py
 
+# dist/: the wheel (with its extras) and dist/amber-agent.pyz, the agent as one
+# file for edge devices (packaging/build_zipapp.py; same Python minor version and platform).
+dist: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[dist]'
+	rm -rf dist
+	$(BIN)/python -m pip wheel -q --no-deps . -w dist/
+	rm -rf build
+	$(BIN)/python packaging/build_zipapp.py --wheel dist/amber-*.whl --out dist/amber-agent.pyz
+
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .hypothesis

@@ -66,6 +66,7 @@ class AgentConfig:
     sources: tuple[SourceConfig, ...] = ()
     tiers: dict[str, TierPolicy] = field(default_factory=lambda: dict(DEFAULT_TIERS))
     hub: dict[str, Any] = field(default_factory=dict)
+    hooks: dict[str, str] = field(default_factory=dict)  # pre_restore, post_restore
     metrics_listen: str | None = None  # [metrics] listen = "host:port"; None: no metrics
 
     @property
@@ -189,6 +190,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> AgentConfig:
         sources=sources,
         tiers=tiers,
         hub=_hub_options(raw.get("hub", {})),
+        hooks=_hooks(raw.get("hooks", {}), path),
         metrics_listen=_listen(raw.get("metrics", {}).get("listen"), "metrics.listen"),
     )
 
@@ -201,6 +203,14 @@ def _listen(value: Any, what: str) -> str | None:
     if not host or not port.isdigit() or int(port) > 65535:
         raise ConfigError(f"{what}: {value!r} is not host:port (e.g. 127.0.0.1:9464)")
     return str(value)
+
+
+def _hooks(raw: Any, path: Path) -> dict[str, str]:
+    """[hooks]: shell commands run around a restore that swaps sources in place."""
+    known = {"pre_restore", "post_restore"}
+    if not isinstance(raw, dict) or set(raw) - known:
+        raise ConfigError(f"{path}: [hooks] takes only {', '.join(sorted(known))}")
+    return {str(k): str(v) for k, v in raw.items()}
 
 
 def _hub_options(raw: dict[str, Any]) -> dict[str, Any]:
@@ -263,6 +273,10 @@ def dump_config(cfg: AgentConfig) -> str:
     if cfg.hub:
         lines.append("[hub]")
         lines += [f"{k} = {_toml_value(v)}" for k, v in cfg.hub.items()]
+        lines.append("")
+    if cfg.hooks:
+        lines.append("[hooks]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in cfg.hooks.items()]
         lines.append("")
     if cfg.metrics_listen:
         lines += ["[metrics]", f"listen = {_toml_str(cfg.metrics_listen)}", ""]

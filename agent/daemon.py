@@ -13,12 +13,17 @@ import logging
 import signal
 import time
 
+from nats.js.errors import FetchTimeoutError
+
 from amber import sdnotify
+from amber.protocol import wire
 from amber.protocol.errors import AmberError
 
 from .config import AgentConfig
 from .enrolment import load_installed
+from .hublink import HubLink
 from .metrics import AgentMetrics, serving
+from .orders import OrderExecutor
 from .remote import heartbeat, sync
 from .runtime import AgentRuntime
 
@@ -61,6 +66,9 @@ class AgentDaemon:
             head = await rt.journal.head()
             start = head.time_us / 1e6 if head else 0.0
             self.last_run = {s.name: start for s in self.cfg.sources}
+            recovering = OrderExecutor(rt, None)
+            await recovering.jobs.setup()
+            await recovering.recover()  # a restore cut short by a crash is rolled back
             uplink = asyncio.create_task(self._uplink(rt), name="uplink")
             watchdog = sdnotify.ready(f"node {self.cfg.node}: {len(self.cfg.sources)} source(s)")
             log.info("agent running", extra={"node": self.cfg.node})
@@ -88,16 +96,12 @@ class AgentDaemon:
                 async with rt.hub(timeout=10, required=True, persistent=True) as link:
                     assert link is not None
                     delay = 1.0
-                    while True:
-                        await heartbeat(rt, link)
-                        stats = await sync(rt, link, metrics=self.metrics)
-                        self.synced += stats.checkpoints
-                        await self.metrics.refresh_journal(rt.journal)
-                        self.kick.clear()
-                        try:
-                            await asyncio.wait_for(self.kick.wait(), interval)
-                        except TimeoutError:
-                            pass
+                    orders = asyncio.create_task(self._orders(rt, link), name="orders")
+                    try:
+                        await self._sync_loop(rt, link, interval)
+                    finally:
+                        orders.cancel()
+                        await asyncio.gather(orders, return_exceptions=True)
             except AmberError as exc:
                 self.metrics.sync_failed()
                 log.warning(
@@ -108,6 +112,60 @@ class AgentDaemon:
                 log.exception("sync failed unexpectedly: %s", exc, extra={"node": self.cfg.node})
             await asyncio.sleep(delay)
             delay = min(delay * 2, 60.0)
+
+    async def _sync_loop(self, rt: AgentRuntime, link: HubLink, interval: float) -> None:
+        while True:
+            await heartbeat(rt, link)
+            stats = await sync(rt, link, metrics=self.metrics)
+            self.synced += stats.checkpoints
+            await self.metrics.refresh_journal(rt.journal)
+            self.kick.clear()
+            try:
+                await asyncio.wait_for(self.kick.wait(), interval)
+            except TimeoutError:
+                pass
+
+    async def _orders(self, rt: AgentRuntime, link: HubLink) -> None:
+        """Pull restore orders from this node's durable command consumer and run them."""
+        enr = link.enr
+        executor = OrderExecutor(rt, link)
+        await executor.flush_reports()
+        psub = await link.js.pull_subscribe_bind(
+            durable=f"cmd-{enr.vault}-{enr.node}",
+            stream="AMBER_CMD",
+            inbox_prefix=(enr.inbox_prefix + ".").encode(),
+        )
+        while True:
+            try:
+                msgs = await psub.fetch(1, timeout=5)
+            except (TimeoutError, FetchTimeoutError):
+                continue
+            for m in msgs:
+                order = self._open_order(m.data, enr.hub_key)
+                new = order is not None and await executor.accept(order)
+                await m.ack()  # journaled (or refused): the order never runs twice
+                if new and order is not None:
+                    log.info(
+                        "restore order %s (%s) of plan %s",
+                        order.order_id,
+                        order.action,
+                        order.plan_id,
+                        extra={"node": self.cfg.node},
+                    )
+                    await executor.execute(order)
+
+    def _open_order(self, data: bytes, hub_key: bytes) -> wire.RestoreOrder | None:
+        try:
+            signed = wire.decode(data, wire.SignedOrder)
+            assert isinstance(signed, wire.SignedOrder)
+            order = wire.open_order(signed, hub_key)
+        except AmberError as exc:
+            log.error("refused a command: %s", exc, extra={"node": self.cfg.node})
+            return None
+        if order.expires_us < time.time_ns() // 1000:
+            log.error("refused an expired restore order %s", order.order_id)
+            return None
+        return order
 
     async def _cycle(self, rt: AgentRuntime) -> None:
         due = self.due(time.time())

@@ -29,6 +29,7 @@ class Enrolment:
     user: str
     password: str
     inbox_prefix: str
+    hub_key: bytes = b""  # the hub's Ed25519 public key: restore orders must carry its signature
 
     def __repr__(self) -> str:  # never print the password
         return f"Enrolment({self.vault}/{self.node} via {','.join(self.servers)})"
@@ -52,8 +53,9 @@ def parse_enrolment(data: bytes, source: str) -> Enrolment:
             user=str(obj["user"]),
             password=str(obj["password"]),
             inbox_prefix=str(obj["inbox_prefix"]),
+            hub_key=bytes.fromhex(str(obj.get("hub_key", ""))),
         )
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"enrolment {source} lacks {exc}") from None
 
 

@@ -46,11 +46,35 @@ class TokenBucket:
             await asyncio.sleep((min(n, self.rate) - self.allowance) / self.rate)
 
 
+class ConnectionWatch:
+    """``dropped`` is set when the NATS connection is lost, and is a fresh event again
+    once the client has reconnected. A JetStream PubAck for a publish sent on a lost
+    connection never arrives: waiting out its timeout only stalls the upload."""
+
+    def __init__(self) -> None:
+        self.dropped = asyncio.Event()
+
+    async def on_disconnect(self) -> None:
+        self.dropped.set()
+
+    async def on_reconnect(self) -> None:
+        self.dropped = asyncio.Event()
+
+
 class HubLink:
-    def __init__(self, enr: Enrolment, nc: Any, *, timeout: float, bandwidth: int | None) -> None:
+    def __init__(
+        self,
+        enr: Enrolment,
+        nc: Any,
+        *,
+        timeout: float,
+        bandwidth: int | None,
+        watch: ConnectionWatch | None = None,
+    ) -> None:
         self.enr, self.nc, self.timeout = enr, nc, timeout
         self.js = nc.jetstream(timeout=timeout)
         self.bucket = TokenBucket(bandwidth)
+        self.watch = watch or ConnectionWatch()
         self.sent_bytes = 0
 
     @classmethod
@@ -65,6 +89,7 @@ class HubLink:
         async def quiet(exc: Exception) -> None:
             log.debug("nats: %s", exc)
 
+        watch = ConnectionWatch()
         try:
             nc = await nats.connect(
                 list(enr.servers),
@@ -77,7 +102,8 @@ class HubLink:
                 max_reconnect_attempts=-1 if persistent else 10,
                 reconnect_time_wait=0.5,
                 error_cb=quiet,
-                disconnected_cb=None,
+                disconnected_cb=watch.on_disconnect,
+                reconnected_cb=watch.on_reconnect,
                 ping_interval=5,
                 max_outstanding_pings=2,
             )
@@ -85,7 +111,7 @@ class HubLink:
             raise HubUnavailableError(
                 f"cannot reach the hub at {', '.join(enr.servers)}: {exc or type(exc).__name__}"
             ) from None
-        return cls(enr, nc, timeout=timeout, bandwidth=bandwidth)
+        return cls(enr, nc, timeout=timeout, bandwidth=bandwidth, watch=watch)
 
     async def close(self) -> None:
         try:
@@ -114,20 +140,43 @@ class HubLink:
         delay = 0.2
         while True:
             try:
-                await self.js.publish(
-                    self.subject("ingest"),
-                    payload,
-                    timeout=self.timeout,
-                    headers={"Nats-Msg-Id": msg_id},
-                )
+                await self._publish_once(payload, msg_id)
                 self.sent_bytes += len(payload)
                 return
             except (TimeoutError, NatsError, OSError) as exc:
+                if self.nc.is_closed:  # the client gave up reconnecting: no retry can land
+                    raise HubUnavailableError(f"lost the connection to the hub: {exc}") from None
                 if time.monotonic() + delay > deadline:
                     raise HubUnavailableError(f"hub did not acknowledge an upload: {exc}") from None
                 log.debug("publish %s failed (%s); retrying", msg_id, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+    async def _publish_once(self, payload: bytes, msg_id: str) -> None:
+        """One JetStream publish, given up early if the connection drops meanwhile."""
+        dropped = self.watch.dropped
+        pub = asyncio.ensure_future(
+            self.js.publish(
+                self.subject("ingest"),
+                payload,
+                timeout=self.timeout,
+                headers={"Nats-Msg-Id": msg_id},
+            )
+        )
+        if dropped.is_set():  # reconnecting now: the client sends it once reconnected
+            await pub
+            return
+        lost = asyncio.ensure_future(dropped.wait())
+        try:
+            await asyncio.wait({pub, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+            if not pub.done():
+                pub.cancel()
+                pub.add_done_callback(lambda f: f.cancelled() or f.exception())
+        if not pub.done() or pub.cancelled():
+            raise TimeoutError("the connection dropped before JetStream acknowledged")
+        pub.result()
 
     async def heartbeat(self, beat: wire.Heartbeat) -> None:
         try:

@@ -43,7 +43,6 @@ from pathlib import Path
 from typing import Any
 
 import blake3
-
 from datagen import model_like_block, text_like_bytes, write_model_file
 
 MiB = 1024 * 1024
@@ -194,7 +193,7 @@ def _write_db(root: Path, seed: int, scale: float) -> None:
 def _log_line(rng: random.Random, text: _Text, ts: float, node: str) -> bytes:
     event = rng.choice(("llm.call", "tool.call", "memory.write", "retrieval", "turn.end"))
     obj = {
-        "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}Z",
+        "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1e3) % 1000:03d}Z",
         "level": "info" if rng.random() < 0.93 else rng.choice(("warn", "error", "debug")),
         "node": node,
         "thread": rng.randint(1, 1500),

@@ -52,10 +52,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import blake3
-
 import ainode
-from ainode import DEFAULT_SEED, MiB, QUICK_SCALE, SOURCES, WORK_DIR
+import blake3
+from ainode import DEFAULT_SEED, QUICK_SCALE, SOURCES, WORK_DIR, MiB
 from datagen import write_model_file
 from restic import Restic, find_restic, parse_backup_summary, restic_version
 
@@ -282,10 +281,11 @@ def fmt_bytes(n: float) -> str:
 def print_table(rows: list[list[str]], out: Any) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for k, r in enumerate(rows):
-        print(
-            "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))),
-            file=out,
-        )
+        cells = [
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        ]
+        print("  ".join(cells), file=out)
         if k == 0:
             print("  ".join("-" * w for w in widths), file=out)
 
@@ -385,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
                 restic_runs.append(restic_full(f"r{i}"))
     a_best = min(amber_runs, key=lambda x: x[1].wall_s)[1]
     r_best = min(restic_runs, key=lambda x: x[1].wall_s)[1]
-    amber, a_last, a_res = amber_runs[-1]
+    amber, _a_last, a_res = amber_runs[-1]
     restic, _r_last, r_sum = restic_runs[-1]
     full = {
         "amber": {
@@ -450,7 +450,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 target.mkdir()
                 r_rest.append(run_timed(restic.restore_argv("latest", target), env=restic.env()))
-            log(f"{which} restore ({i}): {(a_rest if which == 'amber' else r_rest)[-1].wall_s:.1f} s")
+            last = (a_rest if which == "amber" else r_rest)[-1]
+            log(f"{which} restore ({i}): {last.wall_s:.1f} s")
     a_ok = check_restore(node, work / "restore-amber")
     r_ok = check_restore(node, work / "restore-restic" / node.relative_to(node.anchor))
     # restored bytes: the mutated node
@@ -581,8 +582,7 @@ def main(argv: list[str] | None = None) -> int:
         file=out,
     )
     print(
-        f"RSS file checkpointed in {rss_run.wall_s:.1f} s "
-        f"({rss_mib / rss_run.wall_s:.0f} MiB/s)",
+        f"RSS file checkpointed in {rss_run.wall_s:.1f} s ({rss_mib / rss_run.wall_s:.0f} MiB/s)",
         file=out,
     )
     print(

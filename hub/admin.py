@@ -72,6 +72,11 @@ def make_app(hub: Hub) -> web.Application:
     app.router.add_get("/api/v1/nodes", nodes)
     app.router.add_post("/api/v1/nodes", add_node)
     app.router.add_get("/api/v1/checkpoints", checkpoints)
+    app.router.add_get("/api/v1/restores", restores)
+    app.router.add_post("/api/v1/restores", restore_plan)
+    app.router.add_get("/api/v1/restores/{plan}", restore_status)
+    app.router.add_post("/api/v1/restores/{plan}/start", restore_start)
+    app.router.add_post("/api/v1/restores/{plan}/abort", restore_abort)
     return app
 
 
@@ -160,3 +165,42 @@ async def status(request: web.Request) -> web.Response:
             },
         }
     )
+
+
+# --- staged restores ------------------------------------------------------------------
+
+
+async def restores(request: web.Request) -> web.Response:
+    return web.json_response(await _hub(request).plans.list())
+
+
+async def restore_plan(request: web.Request) -> web.Response:
+    from .plans import PlanSpec
+
+    try:
+        body: dict[str, Any] = await request.json()
+    except ValueError:
+        raise UsageError("a restore plan request is a JSON object") from None
+    spec = PlanSpec.from_json(body)
+    check_name(spec.vault, "vault")
+    return web.json_response(await _hub(request).plans.create(spec))
+
+
+async def restore_status(request: web.Request) -> web.Response:
+    return web.json_response(await _hub(request).plans.get(request.match_info["plan"]))
+
+
+async def restore_start(request: web.Request) -> web.Response:
+    hub = _hub(request)
+    plan_id = request.match_info["plan"]
+    plan = await hub.plans.get(plan_id)
+    if plan["state"] != "draft":
+        raise UsageError(f"plan {plan_id} is {plan['state']}, not a draft")
+    await hub.plans.set_state(plan_id, "running")
+    hub.coordinator.wake.set()
+    return web.json_response(await hub.plans.get(plan_id))
+
+
+async def restore_abort(request: web.Request) -> web.Response:
+    hub = _hub(request)
+    return web.json_response(await hub.coordinator.abort(request.match_info["plan"]))

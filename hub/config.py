@@ -16,6 +16,7 @@ from typing import Any
 
 from amber.logs import register_secret
 from amber.protocol.errors import ConfigError
+from amber.protocol.keys import SigningKey
 from amber.secretfile import read_secret, write_secret
 
 from .layout import DEFAULT_RETENTION_DAYS
@@ -103,6 +104,15 @@ def load_secrets(data_dir: Path) -> HubSecrets:
     obj = json.loads(read_secret(path, what="hub secrets"))
     register_secret(obj["admin_token"], obj["nats_password"])
     return HubSecrets(obj["admin_token"], obj["nats_password"])
+
+
+def load_hub_key(data_dir: Path) -> SigningKey:
+    """The hub's Ed25519 key (DATA/hub.key, 0600), created on first use."""
+    path = data_dir / "hub.key"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_secret(path, SigningKey.generate().to_file_bytes())
+    return SigningKey.from_file_bytes(read_secret(path, what="hub signing key"))
 
 
 def write_runtime(data_dir: Path, info: dict[str, Any]) -> None:

@@ -38,11 +38,22 @@ def find_nats_server() -> str:
 
 
 def node_permissions(vault: str, node: str) -> dict[str, object]:
-    """A node may publish and subscribe only under its own subjects and inbox."""
-    own = f"amber.{vault}.{node}.>"
+    """A node may publish only its own uploads, requests and heartbeats, pull its own
+    command consumer, and receive on its own inbox. It cannot publish commands (not even
+    its own), touch another node's subjects, or call any other JetStream API."""
+    own = f"amber.{vault}.{node}"
+    consumer = f"cmd-{len(vault)}-{vault}-{node}"  # as coordinator.cmd_consumer
     return {
-        "publish": {"allow": [own]},
-        "subscribe": {"allow": [own, f"_INBOX_{vault}.{node}.>"]},
+        "publish": {
+            "allow": [
+                f"{own}.ingest",
+                f"{own}.rpc",
+                f"{own}.status",
+                f"$JS.API.CONSUMER.MSG.NEXT.AMBER_CMD.{consumer}",
+                f"$JS.ACK.AMBER_CMD.{consumer}.>",
+            ]
+        },
+        "subscribe": {"allow": [f"_INBOX_{vault}.{node}.>"]},
         "allow_responses": True,
     }
 

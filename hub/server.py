@@ -19,10 +19,12 @@ from amber.protocol.errors import ConfigError, HubUnavailableError
 
 from .admin import make_app
 from .catalog import Catalog
-from .config import HubConfig, load_secrets, split_hostport, write_runtime
+from .config import HubConfig, load_hub_key, load_secrets, split_hostport, write_runtime
+from .coordinator import Coordinator, ensure_cmd_stream, ensure_node_consumer
 from .ingest import Ingestor
 from .metrics import HubMetrics
 from .natsbox import HUB_USER, EmbeddedNats
+from .plans import PlanBook
 from .service import HubService
 from .store import ObjectStore, open_store
 
@@ -35,6 +37,7 @@ class Hub:
     def __init__(self, cfg: HubConfig) -> None:
         self.cfg = cfg
         self.secrets = load_secrets(cfg.data_dir)
+        self.signer = load_hub_key(cfg.data_dir)  # signs restore orders and bundles
         self.embedded: EmbeddedNats | None = None
         self.nc: Any = None
         self.store: ObjectStore
@@ -70,6 +73,7 @@ class Hub:
             self.nc, self.store, self.catalog, self.ingestor, cfg.ingest_workers
         )
         await self.service.start()
+        await self._start_restores()
         await self._start_admin()
         if cfg.metrics_listen:
             self.metrics_url = await self.metrics.start(cfg.metrics_listen)
@@ -145,6 +149,7 @@ class Hub:
         # (with '-', w/x-y and w-x/y would both be node-w-x-y)
         user, password = f"node.{vault}.{node}", secrets.token_urlsafe(24)
         await self.catalog.add_node(vault, node, user, password, labels)
+        await ensure_node_consumer(self.nc.jetstream(timeout=10), vault, node)
         self.embedded.reload(await self.catalog.nodes())
         await asyncio.sleep(0.2)  # the server applies SIGHUP asynchronously
         return {
@@ -156,12 +161,29 @@ class Hub:
             "user": user,
             "password": password,
             "inbox_prefix": f"_INBOX_{vault}.{node}",
+            "hub_key": self.signer.public.hex(),
         }
+
+    async def _start_restores(self) -> None:
+        """Restore plans, the command stream, and a command consumer per enrolled node."""
+        self.plans = PlanBook(self.catalog)
+        await self.plans.setup()
+        js = self.nc.jetstream(timeout=10)
+        await ensure_cmd_stream(js)
+        for n in await self.catalog.nodes():
+            await ensure_node_consumer(js, n.vault, n.node)
+        self.coordinator = Coordinator(self.plans, js, self.signer)
+        self.service.coordinator = self.coordinator
+        self.coordinator_task = asyncio.create_task(self.coordinator.run(), name="coordinator")
 
     async def wait_closed(self) -> None:
         await self.stopping.wait()
 
     async def close(self) -> None:
+        task = getattr(self, "coordinator_task", None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         if getattr(self, "service", None) is not None:
             await self.service.stop()
         if self.nc is not None:

@@ -33,6 +33,10 @@ DURABLE = "hub-ingest"
 BATCH = 64
 MAX_REPLY = 6 * 1024 * 1024
 MAX_LIST = 256
+# A message fetched by a hub process that then died is redelivered after ACK_WAIT; a live
+# worker tells JetStream every ACK_WAIT/3 that its batch is still in progress, so a slow
+# store never causes a redelivery, and a SIGKILLed hub stalls ingest only briefly.
+ACK_WAIT = 10.0
 
 
 async def ensure_stream(js: Any) -> None:
@@ -59,6 +63,7 @@ class HubService:
         self.workers = workers
         self.tasks: list[asyncio.Task[None]] = []
         self.subs: list[Any] = []
+        self.coordinator: Any = None  # set by the hub once restores are set up
 
     async def start(self) -> None:
         await ensure_stream(self.js)
@@ -67,7 +72,10 @@ class HubService:
             durable=DURABLE,
             stream=STREAM,
             config=ConsumerConfig(
-                ack_policy=AckPolicy.EXPLICIT, ack_wait=120, max_ack_pending=4096, max_deliver=-1
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=ACK_WAIT,
+                max_ack_pending=4096,
+                max_deliver=-1,
             ),
         )
         # Unsubscribed on stop() like the others: left subscribed, its pending fetch
@@ -100,7 +108,21 @@ class HubService:
                 log.warning("ingest fetch failed: %s", exc)
                 await asyncio.sleep(0.5)
                 continue
-            await self._ingest_batch(msgs)
+            ticker = asyncio.create_task(self._in_progress(msgs))
+            try:
+                await self._ingest_batch(msgs)
+            finally:
+                ticker.cancel()
+
+    async def _in_progress(self, msgs: list[Msg]) -> None:
+        while True:
+            await asyncio.sleep(ACK_WAIT / 3)
+            for m in msgs:
+                if not m.is_acked:
+                    try:
+                        await m.in_progress()
+                    except Exception:
+                        pass
 
     async def _ingest_batch(self, msgs: list[Msg]) -> None:
         decoded = [(m, self._decode(m)) for m in msgs]
@@ -218,6 +240,8 @@ class HubService:
             )
         if isinstance(req, wire.FetchRequest):
             return await self._fetch(vault, req)
+        if isinstance(req, wire.RestoreReport) and self.coordinator is not None:
+            return wire.ReportAck(ok=await self.coordinator.report(vault, node, req))
         if isinstance(req, wire.ListCheckpoints):
             return await self._list(vault, node, req)
         raise NotFoundError(f"{req.TYPE} is not a request the hub answers")

@@ -150,6 +150,66 @@ class ErrorReply(Message):
     message: str
 
 
+@dataclass(frozen=True)
+class RestoreOrder(Message):
+    """Hub to node (cmd stream), always inside a :class:`SignedOrder`."""
+
+    TYPE: ClassVar[str] = "restore.order"
+    order_id: str
+    plan_id: str
+    vault: str
+    node: str
+    action: str  # "restore" or "rollback"
+    checkpoint: bytes  # the restore point (a checkpoint id); empty for rollback
+    source_node: str  # whose checkpoint it is (another node's for --to-node)
+    sources: tuple[str, ...]  # empty: every source of the checkpoint
+    health_cmd: str
+    issued_us: int
+    expires_us: int
+
+
+@dataclass(frozen=True)
+class SignedOrder(Message):
+    """An encoded :class:`RestoreOrder` and the hub's Ed25519 signature over it."""
+
+    TYPE: ClassVar[str] = "order.signed"
+    order: bytes
+    signer: bytes
+    signature: bytes
+
+
+@dataclass(frozen=True)
+class RestoreReport(Message):
+    """Node to hub (rpc): the state of a restore order on the node."""
+
+    TYPE: ClassVar[str] = "restore.report"
+    order_id: str
+    plan_id: str
+    state: str  # queued fetching verifying swapped healthy failed rolled_back
+    detail: str
+    done: int  # chunks fetched so far
+    total: int  # chunks to fetch
+    safety: bytes  # the safety checkpoint id (empty until taken)
+
+
+@dataclass(frozen=True)
+class ReportAck(Message):
+    TYPE: ClassVar[str] = "restore.report.ack"
+    ok: bool
+
+
+ORDER_ACTIONS = ("restore", "rollback")
+REPORT_STATES = (
+    "queued",
+    "fetching",
+    "verifying",
+    "swapped",
+    "healthy",
+    "failed",
+    "rolled_back",
+)
+
+
 MESSAGES: dict[str, type[Message]] = {
     m.TYPE: m
     for m in (
@@ -165,8 +225,33 @@ MESSAGES: dict[str, type[Message]] = {
         ListCheckpoints,
         CheckpointList,
         ErrorReply,
+        RestoreOrder,
+        SignedOrder,
+        RestoreReport,
+        ReportAck,
     )
 }
+
+
+def sign_order(order: RestoreOrder, signer: Any) -> SignedOrder:
+    """Wrap an order with the hub's signature (``signer``: a protocol.keys.SigningKey)."""
+    data = encode(order)
+    return SignedOrder(order=data, signer=signer.public, signature=signer.sign(data))
+
+
+def open_order(msg: SignedOrder, trusted: bytes) -> RestoreOrder:
+    """Check the hub's signature and decode the order inside."""
+    from .errors import SignatureError
+    from .keys import verify_signature
+
+    if msg.signer != trusted:
+        raise SignatureError("restore order is signed by a key that is not this node's hub")
+    verify_signature(msg.signer, msg.signature, msg.order)
+    order = decode(msg.order, RestoreOrder)
+    assert isinstance(order, RestoreOrder)
+    if order.action not in ORDER_ACTIONS:
+        raise FormatError(f"unknown restore order action {order.action!r}")
+    return order
 
 
 def register(cls: type[Message]) -> type[Message]:

@@ -43,7 +43,6 @@ from typing import Any
 from amber.agent.cli import main as agent_main
 from amber.agent.config import TierPolicy, load_config, save_config
 from amber.hub.cli import main as hub_main
-
 from tests.faultproxy import FaultProxy
 
 PY = sys.executable

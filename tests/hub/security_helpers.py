@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import nats
+import zstandard
 
 from amber.protocol.keys import SigningKey, VaultKeys
 from amber.protocol.records import Checkpoint, encode_checkpoint
@@ -354,9 +355,28 @@ class Finding:
         return f"{self.secret} ({self.form}) in {self.where}"
 
 
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+MAX_INFLATE = 64 * 1024 * 1024
+
+
+def zstd_frames(data: bytes) -> Iterator[bytes]:
+    """The decompressed contents of every zstd frame inside ``data``: compressed but
+    unencrypted text would not show its plaintext to a plain byte search."""
+    at = data.find(ZSTD_MAGIC)
+    while at >= 0:
+        try:
+            out = zstandard.ZstdDecompressor().decompressobj().decompress(data[at:])
+        except zstandard.ZstdError:
+            out = b""
+        if out:
+            yield out[:MAX_INFLATE]
+        at = data.find(ZSTD_MAGIC, at + 1)
+
+
 def scan(root: Path, secrets: dict[str, bytes]) -> list[Finding]:
-    """Every form of every secret found in any file under ``root`` (contents and the
-    file's path relative to ``root``)."""
+    """Every form of every secret found in any file under ``root`` (or ``root`` itself):
+    in its contents, in any zstd frame inside them, and in its path relative to
+    ``root``."""
     needles = [
         (name, form, needle)
         for name, secret in secrets.items()
@@ -366,11 +386,14 @@ def scan(root: Path, secrets: dict[str, bytes]) -> list[Finding]:
     files = list(walk_files([root]))
     assert files, f"nothing to scan under {root}"
     for path in files:
-        rel = str(path.relative_to(root))
+        rel = str(path.relative_to(root)) if path != root else path.name
         data = path.read_bytes()
+        inflated = list(zstd_frames(data))
         for name, form, needle in needles:
             if needle in data:
                 found.append(Finding(name, form, rel))
+            if any(needle in frame for frame in inflated):
+                found.append(Finding(name, form + "+zstd", rel))
             if needle in rel.encode():
                 found.append(Finding(name, form, "+" + rel))
     return found

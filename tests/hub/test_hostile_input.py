@@ -28,7 +28,6 @@ from amber.protocol.records import (
     KIND_MANIFEST,
     SIG_SIZE,
     Manifest,
-    encode_manifest,
     record_id,
     seal,
 )

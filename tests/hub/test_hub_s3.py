@@ -23,7 +23,7 @@ def _start_hub(data: Path, store_url: str, env: dict[str, str]) -> subprocess.Po
     proc = subprocess.Popen(
         [PY, "-m", "amber.hub.cli", "--data", str(data), "serve", "--nats-listen",
          "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--store", store_url],
-        env=env, stdout=subprocess.DEVNULL, stderr=open(data.parent / "hub.err", "wb"),  # noqa: SIM115
+        env=env, stdout=subprocess.DEVNULL, stderr=open(data.parent / "hub.err", "wb"),
     )
     deadline = time.monotonic() + 30
     while not (data / "hub.json").exists():

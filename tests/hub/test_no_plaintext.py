@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import zstandard
 from security_helpers import HubProc, agent_ok, scan, scanned_bytes, walk_files
 
 from amber.protocol.keys import VaultKeys
@@ -195,6 +196,8 @@ def test_hub_stores_no_plaintext_names_or_keys(hub: HubProc, tmp_path: Path) -> 
     )
     (hub.data / "objects" / "planted.db").write_bytes(
         base64.urlsafe_b64encode(b"xy" + leaks["metadata encryption subkey"])
+        + os.urandom(50)
+        + zstandard.ZstdCompressor().compress(f"{MARKERS['JSONL']} ".encode() * 1000)
     )
     found = {(f.secret, f.form) for f in scan(hub.data, leaks)}
     assert {
@@ -204,4 +207,5 @@ def test_hub_stores_no_plaintext_names_or_keys(hub: HubProc, tmp_path: Path) -> 
         ("SQLROW", "raw"),
         ("DIRNAME", "raw"),  # in a directory name
         ("metadata encryption subkey", "base64url/2"),
+        ("JSONL", "raw+zstd"),  # compressed, not encrypted
     } <= found, found

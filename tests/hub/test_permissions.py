@@ -60,6 +60,38 @@ async def hub_conn(hub: HubProc) -> Any:
     )
 
 
+def node_users(hub: HubProc) -> dict[str, dict[str, list[str]]]:
+    """Each node user's allowed publish and subscribe patterns, from the nats-server
+    config the hub generated (its users are a JSON list)."""
+    text = (hub.data / "nats" / "nats.conf").read_text()
+    at = text.index("users:") + len("users:")
+    users, _ = json.JSONDecoder().raw_decode(text[at:].lstrip())
+    return {
+        u["user"]: {
+            kind: list(u["permissions"].get(kind, {}).get("allow", []))
+            for kind in ("publish", "subscribe")
+        }
+        for u in users
+        if "permissions" in u
+    }
+
+
+def overlap(p: str, q: str) -> bool:
+    """Whether two NATS subject patterns can match a common subject."""
+    a, b = p.split("."), q.split(".")
+    for x, y in zip(a, b, strict=False):
+        if ">" in (x, y):
+            return True
+        if x != y and "*" not in (x, y):
+            return False
+    return len(a) == len(b)
+
+
+def concrete(pattern: str) -> str:
+    """A subject the pattern matches."""
+    return ".".join("x" if t in ("*", ">") else t for t in pattern.split("."))
+
+
 async def settle(nc: Any) -> None:
     """Let the server's asynchronous -ERR reach the error callback."""
     await nc.flush(timeout=5)
@@ -112,9 +144,7 @@ async def test_node_uses_its_own_subjects(hub: HubProc, enr: dict[str, dict[str,
                 )
             ),
         )
-        sub = await nc.subscribe("amber.v1.a1.cmd")  # its own commands: allowed
         await settle(nc)
-        await sub.unsubscribe()
         assert errors.seen == []
     finally:
         await nc.close()
@@ -236,8 +266,11 @@ async def test_cannot_subscribe_to_another_nodes_subjects(
 async def test_cannot_read_another_nodes_commands_or_replies(
     hub: HubProc, enr: dict[str, dict[str, Any]]
 ) -> None:
-    """Traffic that does flow to B (a command from the hub, an rpc reply to B's inbox)
-    never reaches A's refused subscriptions."""
+    """B's commands (its subject, and whatever JetStream subjects B's own user may use to
+    pull and acknowledge them) and B's rpc replies are out of A's reach: each attempt is
+    refused, and traffic that does flow to B never reaches A."""
+    b_user = node_users(hub)[enr["b1"]["user"]]
+    b_js = [p for p in b_user["publish"] if p.startswith("$JS.")]
     errors = Errors()
     a = await connect(enr["a1"], errors)
     b = await connect(enr["b1"])
@@ -245,12 +278,16 @@ async def test_cannot_read_another_nodes_commands_or_replies(
     try:
         cmd_sub = await a.subscribe("amber.v1.b1.cmd")
         inbox_sub = await a.subscribe(enr["b1"]["inbox_prefix"] + ".>")
+        tried = [concrete(p) for p in b_js] + [
+            "$JS.API.CONSUMER.CREATE.AMBER_CMD",
+            "$JS.API.CONSUMER.CREATE.AMBER_CMD.steal.amber.v1.b1.cmd",
+            "$JS.API.CONSUMER.DURABLE.CREATE.AMBER_CMD.steal",
+            "$JS.API.CONSUMER.MSG.NEXT.AMBER_CMD.steal",
+        ]
+        for subject in tried:
+            await a.publish(subject, b'{"batch": 1}', reply=a.new_inbox())
         await settle(a)
-        b_cmd = await b.subscribe("amber.v1.b1.cmd")
-        await b.flush()
         await h.publish("amber.v1.b1.cmd", b"order for b1")
-        await h.flush()
-        assert (await b_cmd.next_msg(timeout=5)).data == b"order for b1"  # B gets it
         reply = await rpc(b, "amber.v1.b1.rpc", wire.ChunkQuery(ids=(os.urandom(32),)))
         assert isinstance(reply, wire.ChunkQueryReply)  # B's reply came through B's inbox
         for sub in (cmd_sub, inbox_sub):
@@ -258,6 +295,8 @@ async def test_cannot_read_another_nodes_commands_or_replies(
                 await sub.next_msg(timeout=0.2)
         assert errors.violations("subscription", "amber.v1.b1.cmd")
         assert errors.violations("subscription", enr["b1"]["inbox_prefix"] + ".>")
+        for subject in tried:
+            assert errors.violations("publish", subject), (subject, errors.texts())
     finally:
         for nc in (a, b, h):
             await nc.close()
@@ -266,9 +305,7 @@ async def test_cannot_read_another_nodes_commands_or_replies(
 # --- the JetStream API -----------------------------------------------------------------
 
 
-async def test_cannot_call_the_jetstream_api(
-    hub: HubProc, enr: dict[str, dict[str, Any]]
-) -> None:
+async def test_cannot_call_the_jetstream_api(hub: HubProc, enr: dict[str, dict[str, Any]]) -> None:
     """Info, delete, purge, consumer deletion and stream creation are refused by the
     server, and the stream keeps its data: the hub is paused (SIGSTOP) so a message
     stays in the stream while A tries, and is ingested once the hub resumes."""
@@ -323,7 +360,7 @@ async def test_cannot_call_the_jetstream_api(
         )
         assert (await hjs.consumer_info(STREAM, DURABLE)).name == DURABLE
         names = [s.config.name for s in await hjs.streams_info()]
-        assert names == [STREAM]
+        assert STREAM in names and "STEAL" not in names
     finally:
         if paused:
             os.kill(hub.proc.pid, signal.SIGCONT)
@@ -357,7 +394,9 @@ async def test_cannot_list_another_nodes_checkpoints(
     a = await connect(enr["a1"])
     try:
         for after in (-1, 0, 10**6):
-            reply = await rpc(a, "amber.v1.a1.rpc", wire.ListCheckpoints(node="b1", after_seq=after))
+            reply = await rpc(
+                a, "amber.v1.a1.rpc", wire.ListCheckpoints(node="b1", after_seq=after)
+            )
             assert isinstance(reply, wire.ErrorReply), reply
             assert reply.code == "NotFoundError"
             assert "own" in reply.message
@@ -394,12 +433,26 @@ async def test_other_vault_is_unreachable(hub: HubProc, enr: dict[str, dict[str,
         await nc.close()
 
 
-async def test_enrolled_user_names_cannot_collide(hub: HubProc, tmp_path: Path) -> None:
-    """Node x-y of vault w and node y of vault w-x are different nodes with different
-    credentials, each confined to its own subjects."""
+async def test_enrolled_nodes_share_no_subjects(hub: HubProc, tmp_path: Path) -> None:
+    """Node x-y of vault w and node y of vault w-x are different nodes: different NATS
+    users, and no subject pattern one may publish or subscribe to overlaps the other's
+    (for every pair of enrolled nodes, read from the server's generated config)."""
     first = hub.enrol("w", "x-y", tmp_path / "first.json", cli=False)
     second = hub.enrol("w-x", "y", tmp_path / "second.json", cli=False)
     assert first["user"] != second["user"]
+    users = node_users(hub)
+    assert first["user"] in users and second["user"] in users
+    shared = [
+        (u1, u2, kind, p1, p2)
+        for u1, perm1 in users.items()
+        for u2, perm2 in users.items()
+        if u1 < u2
+        for kind in ("publish", "subscribe")
+        for p1 in perm1[kind]
+        for p2 in perm2[kind]
+        if overlap(p1, p2)
+    ]
+    assert not shared, shared
     for enr, own, other in (
         (first, "amber.w.x-y", "amber.w-x.y"),
         (second, "amber.w-x.y", "amber.w.x-y"),

@@ -18,6 +18,7 @@ from urllib.parse import urlencode
 from uuid import uuid4
 
 import pytest
+
 from amber.hub.store import ObjectInfo, ObjectStore, open_store
 from amber.protocol.errors import NotFoundError, ObjectLockedError, StoreError
 

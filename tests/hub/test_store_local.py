@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+
 from amber.hub.store import open_store
 from amber.hub.store_local import TEMP_PREFIX, LocalStore
 from amber.protocol.errors import ConfigError, ObjectLockedError, StoreError

@@ -10,10 +10,11 @@ from typing import Any
 from uuid import uuid4
 
 import pytest
-from amber.hub.store_s3 import S3Store
-from amber.protocol.errors import NotFoundError, ObjectLockedError, StoreError
 from botocore.config import Config
 from botocore.exceptions import ClientError
+
+from amber.hub.store_s3 import S3Store
+from amber.protocol.errors import NotFoundError, ObjectLockedError, StoreError
 
 
 def make_store(server: Any, bucket: str, **kwargs: Any) -> S3Store:

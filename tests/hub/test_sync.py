@@ -15,9 +15,6 @@ import signal
 import time
 from pathlib import Path
 
-from amber.agent.config import load_config
-from amber.agent.remote import heartbeat
-from amber.agent.runtime import AgentRuntime
 from hub_helpers import (
     Agent,
     HubProcess,
@@ -35,6 +32,10 @@ from hub_helpers import (
     wait_until,
     write,
 )
+
+from amber.agent.config import load_config
+from amber.agent.remote import heartbeat
+from amber.agent.runtime import AgentRuntime
 
 VAULT = "fleet"
 MiB = 1024 * 1024

@@ -213,8 +213,10 @@ class Flow:
 
     def spawn(self, tag: str, argv: list[str]) -> tuple[subprocess.Popen[bytes], Path]:
         log = self.tmp / f"{tag}.stderr"
-        with open(log, "wb") as fh:
-            proc = subprocess.Popen([PY, "-m", *argv], stdout=fh, stderr=fh, start_new_session=True)
+        with open(log, "wb") as err, open(self.tmp / f"{tag}.stdout", "wb") as out:
+            proc = subprocess.Popen(
+                [PY, "-m", *argv], stdout=out, stderr=err, start_new_session=True
+            )
         return proc, log
 
     def records(self, text: bytes) -> list[dict[str, Any]]:

@@ -1,0 +1,325 @@
+"""Executing the hub's restore orders on the node.
+
+A restore order: record the job (at most once per order id) → safety checkpoint of what
+is there → fetch only the chunks the journal lacks and verify every chunk and file into
+staging directories beside the sources → pre-restore hook → swap (previous content is
+kept aside, and the swap plan is journaled first) → post-restore hook → health command →
+``healthy``, or on any failure swap the previous content back → ``rolled_back``/``failed``.
+A rollback order returns the node to the safety checkpoint of the plan's restore.
+An agent killed mid-restore rolls back when it starts again (:meth:`recover`).
+Every step is reported to the hub; unreported states are re-sent when the link is up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+from amber.protocol import wire
+from amber.protocol.errors import AmberError, RestoreError
+
+from .config import SourceConfig
+from .hublink import HubLink
+from .inplace import SQLITE_KINDS, _fsync_dir
+from .jobs import RestoreJobs
+from .runtime import AgentRuntime
+
+log = logging.getLogger("amber.agent.orders")
+HOOK_TIMEOUT = 300.0
+
+
+class OrderExecutor:
+    def __init__(self, rt: AgentRuntime, link: HubLink | None) -> None:
+        self.rt, self.link = rt, link
+        self.jobs = RestoreJobs(rt.journal)
+
+    # --- reporting ------------------------------------------------------------------
+
+    async def report(self, job_id: str) -> bool:
+        """Send the job's current state; True if the hub wants the order carried on."""
+        job = await self.jobs.get(job_id)
+        if job is None or self.link is None:
+            return True
+        rep = wire.RestoreReport(
+            order_id=job.order_id,
+            plan_id=job.plan_id,
+            state=_wire_state(job.state),
+            detail=job.detail,
+            done=job.done,
+            total=job.total,
+            safety=job.safety,
+        )
+        try:
+            ack = await self.link.request(rep, wire.ReportAck)
+        except AmberError as exc:
+            log.info("restore report not delivered yet: %s", exc)
+            return True
+        await self.jobs.mark_reported(job.order_id, job.updated_us)
+        return bool(ack.ok)
+
+    async def flush_reports(self) -> None:
+        for job in await self.jobs.all():
+            if not job.reported:
+                await self.report(job.order_id)
+
+    async def set(self, job_id: str, **fields: Any) -> bool:
+        await self.jobs.update(job_id, **fields)
+        return await self.report(job_id)
+
+    # --- orders ---------------------------------------------------------------------
+
+    async def accept(self, order: wire.RestoreOrder) -> bool:
+        """Journal a new order; False if this order id was already seen."""
+        cfg = self.rt.cfg
+        if (order.vault, order.node) != (cfg.vault, cfg.node):
+            raise RestoreError(f"order {order.order_id} is for {order.vault}/{order.node}")
+        return await self.jobs.add(order.order_id, order.plan_id, order.action, order.checkpoint)
+
+    async def execute(self, order: wire.RestoreOrder) -> None:
+        job = order.order_id
+        if not await self.report(job):
+            await self.jobs.update(job, state="cancelled", detail="the plan no longer runs")
+            return
+        async with self.rt.writing():
+            if order.action == "rollback":
+                await self._rollback_plan(order)
+            else:
+                await self._restore(order)
+
+    async def _restore(self, order: wire.RestoreOrder) -> None:
+        job = order.order_id
+        swaps: list[dict[str, str]] = []
+        try:
+            restorer = self.rt.restorer(None, self.link)
+            _, manifests = await restorer.load(order.checkpoint)
+            chosen = {n: m for n, m in manifests.items() if not order.sources or n in order.sources}
+            targets = {n: self.rt.cfg.source(n) for n in chosen}
+            present = [n for n, s in targets.items() if s.path.exists()]
+            safety = b""
+            if present:
+                res = await self.rt.checkpointer().checkpoint(
+                    present,
+                    {"amber.safety_for": order.checkpoint.hex(), "amber.plan": order.plan_id},
+                    kind="safety",
+                )
+                safety = res.id
+            total = sum(len(e.chunks) for m in chosen.values() for e in m.entries)
+            if not await self.set(job, state="fetching", safety=safety, total=total):
+                raise RestoreError("the hub halted the plan")
+            staged = await self._stage(job, restorer, chosen, targets, total)
+            await self.set(job, state="verifying", done=total)
+            await _hook(self.rt.cfg.hooks.get("pre_restore"), "pre_restore hook")
+            swaps = [
+                {
+                    "source": n,
+                    "path": str(targets[n].path),
+                    "stage": str(stage),
+                    "old": str(_old_name(targets[n].path)),
+                    "existed": "1" if targets[n].path.exists() else "",
+                }
+                for n, stage in staged.items()
+            ]
+            await self.jobs.update(job, state="swapping", swaps=swaps)  # journaled first
+            for s in swaps:
+                swap_keep_old(
+                    targets[s["source"]],
+                    Path(s["stage"]),
+                    Path(s["old"]),
+                    bool(chosen[s["source"]].meta.get("root_is_dir", True)),
+                )
+            await self.set(job, state="swapped")
+            await _hook(self.rt.cfg.hooks.get("post_restore"), "post_restore hook")
+            await _hook(order.health_cmd, "health command")
+        except (AmberError, OSError) as exc:
+            await self._undo(job, swaps, f"{exc}")
+            return
+        for s in swaps:
+            _remove(Path(s["old"]))
+        await self.set(job, state="healthy", detail="restored and healthy")
+
+    async def _stage(
+        self,
+        job: str,
+        restorer: Any,
+        chosen: dict[str, Any],
+        targets: dict[str, SourceConfig],
+        total: int,
+    ) -> dict[str, Path]:
+        staged: dict[str, Path] = {}
+        stop = asyncio.Event()
+
+        async def progress() -> None:
+            while not stop.is_set():
+                await asyncio.sleep(1.0)
+                ok = await self.set(job, state="fetching", done=restorer.stats.chunks, total=total)
+                if not ok:
+                    raise RestoreError("the hub halted the plan")
+
+        ticker = asyncio.create_task(progress())
+        try:
+            for name, m in chosen.items():
+                parent = targets[name].path.parent
+                parent.mkdir(parents=True, exist_ok=True)
+                stage = parent / f".amber-restore-{name}-{uuid.uuid4().hex[:8]}"
+                staged[name] = stage
+                work = asyncio.create_task(restorer.materialize(m, stage))
+                done, _ = await asyncio.wait({work, ticker}, return_when=asyncio.FIRST_COMPLETED)
+                if ticker in done and not work.done():
+                    work.cancel()
+                    await asyncio.gather(work, return_exceptions=True)
+                    ticker.result()
+                await work
+        except BaseException:
+            for stage in staged.values():
+                shutil.rmtree(stage, ignore_errors=True)
+            raise
+        finally:
+            stop.set()
+            ticker.cancel()
+            await asyncio.gather(ticker, return_exceptions=True)
+        return staged
+
+    async def _undo(self, job: str, swaps: list[dict[str, str]], reason: str) -> None:
+        for s in reversed(swaps):
+            swap_back(self.rt.cfg.source(s["source"]), Path(s["old"]), bool(s["existed"]))
+            shutil.rmtree(s["stage"], ignore_errors=True)
+        _clean_stages(self.rt.cfg.sources)
+        log.warning(
+            "restore order %s failed: %s; the node stays on its previous state", job, reason
+        )
+        await self.set(job, state="failed", detail=f"{reason}; rolled back to the previous state")
+
+    async def _rollback_plan(self, order: wire.RestoreOrder) -> None:
+        """Return to the safety checkpoint the plan's restore took, if it changed anything."""
+        mine = [
+            j for j in await self.jobs.all() if j.plan_id == order.plan_id and j.action == "restore"
+        ]
+        for j in mine:
+            if j.state in ("swapped", "healthy", "swapping") and j.safety:
+                from .inplace import restore_in_place
+
+                await restore_in_place(
+                    self.rt.cfg,
+                    self.rt.restorer(None, self.link),
+                    self.rt.checkpointer(),
+                    j.safety,
+                    None,
+                )
+            if not j.finished or j.state == "healthy":
+                await self.jobs.update(
+                    j.order_id, state="rolled_back", detail="rolled back by the plan"
+                )
+        await self.set(
+            order.order_id,
+            state="rolled_back",
+            detail="returned to the safety checkpoint" if mine else "nothing to undo",
+        )
+
+    async def recover(self) -> None:
+        """After a crash: a restore that was not finished is rolled back."""
+        for job in await self.jobs.all():
+            if job.finished:
+                continue
+            async with self.rt.writing():
+                for s in reversed(job.swaps):
+                    try:
+                        swap_back(
+                            self.rt.cfg.source(s["source"]), Path(s["old"]), bool(s.get("existed"))
+                        )
+                    except (AmberError, OSError) as exc:
+                        log.error("rolling back %s: %s", s["path"], exc)
+                _clean_stages(self.rt.cfg.sources)
+            await self.set(
+                job.order_id,
+                state="rolled_back",
+                detail="interrupted (the agent stopped); rolled back to the previous state",
+            )
+
+
+def _wire_state(state: str) -> str:
+    return {"swapping": "verifying", "cancelled": "rolled_back"}.get(state, state)
+
+
+def _old_name(path: Path) -> Path:
+    return path.with_name(f".amber-old-{path.name}-{uuid.uuid4().hex[:8]}")
+
+
+def swap_keep_old(src: SourceConfig, stage: Path, old: Path, root_is_dir: bool) -> None:
+    """Swap the staged copy in; the previous content is moved to ``old``, not deleted."""
+    path = src.path
+    if path.exists():
+        os.rename(path, old)
+    if src.kind in SQLITE_KINDS:
+        for suffix in ("-wal", "-shm", "-journal"):
+            sidecar = path.with_name(path.name + suffix)
+            if sidecar.exists():
+                os.rename(sidecar, old.with_name(old.name + suffix))
+    if root_is_dir:
+        os.rename(stage, path)
+    else:
+        staged = stage / path.name
+        if not staged.exists():
+            staged = next(stage.iterdir())
+        os.rename(staged, path)
+        shutil.rmtree(stage, ignore_errors=True)
+    _fsync_dir(path.parent)
+
+
+def swap_back(src: SourceConfig, old: Path, existed: bool) -> None:
+    """Undo :func:`swap_keep_old` (idempotent: safe to repeat after a crash)."""
+    path = src.path
+    if not existed:
+        _remove(path)  # the source was absent before: absent again
+        _fsync_dir(path.parent)
+        return
+    if not old.exists() and not old.with_name(old.name + "-wal").exists():
+        return  # never swapped, or already swapped back
+    if path.exists() and old.exists():
+        _remove(path)
+    if old.exists():
+        os.rename(old, path)
+    for suffix in ("-wal", "-shm", "-journal"):
+        side_old = old.with_name(old.name + suffix)
+        side = path.with_name(path.name + suffix)
+        if side_old.exists():
+            side.unlink(missing_ok=True)
+            os.rename(side_old, side)
+    _fsync_dir(path.parent)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+    for suffix in ("-wal", "-shm", "-journal"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+
+
+def _clean_stages(sources: tuple[SourceConfig, ...]) -> None:
+    for s in sources:
+        parent = s.path.parent
+        if parent.is_dir():
+            for leftover in parent.glob(f".amber-restore-{s.name}-*"):
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
+async def _hook(cmd: str | None, what: str) -> None:
+    if not cmd:
+        return
+    proc = await asyncio.create_subprocess_shell(
+        cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    try:
+        output, _ = await asyncio.wait_for(proc.communicate(), HOOK_TIMEOUT)
+    except TimeoutError:
+        proc.kill()
+        raise RestoreError(f"{what} timed out after {HOOK_TIMEOUT:.0f}s") from None
+    if proc.returncode != 0:
+        tail = output.decode(errors="replace").strip()[-200:]
+        raise RestoreError(f"{what} exited {proc.returncode}: {tail}")

@@ -1,0 +1,547 @@
+"""Checkpoint + sync to a hub, against restic's S3 backup, and a fleet's network bytes
+(issue 4's targets).
+
+In one run, on the generated AI node (``ainode.py``, read-only: nothing is mutated):
+
+1. **hub in a box**: ``amber-hub serve`` with its embedded nats-server and local
+   object store; a fresh node checkpoints the whole node, then ``sync --once``. The
+   throughput is source MiB per wall-clock second of the two commands together (sync
+   only returns once the hub has confirmed every object durable in its store).
+2. **hub on S3**: the same, with the hub's store on a SeaweedFS S3 gateway
+   (``tests/servers.py``'s ``SeaweedS3``; bucket with Object Lock).
+3. **restic on S3**: ``restic backup`` of the same paths to the same SeaweedFS, in
+   another bucket. Target: Amber's checkpoint+sync to the S3 hub at least 2x restic.
+   With ``--runs 2`` or more the S3 runs alternate their order (fresh bucket each).
+4. **fleet of 10 nodes holding the same model**: ten nodes of one vault (one vault key
+   from ``amber-agent keygen``), each protecting the same ``models/`` folder and its
+   own copy of ``prompts/`` with one node-specific file. Every node checkpoints, then:
+   - *staggered*: node 1 syncs to an empty hub, then nodes 2..10 one after another;
+   - *simultaneous*: all ten sync at once to another empty hub (copies of the same
+     journals, so the same chunks).
+   Network bytes are the sum of the nodes' ``sync --once --json`` ``bytes_sent`` (chunk
+   blobs), and, as a cross-check, every byte on the wire in both directions, counted by
+   a TCP proxy (``tests/faultproxy.py``) between the agents and NATS. Target: ten nodes
+   at most 1.1x one node.
+
+The page cache is warmed by reading the node once before anything is timed. SeaweedFS
+runs on the same two cores (about 14 CPU-seconds per GiB ingested), so it taxes Amber
+and restic alike. The "other CPU" figures are CPU time other processes took meanwhile.
+
+    .venv/bin/python bench/bench_sync.py          # ~1 GiB node, fleet of 10; ~6 minutes
+    .venv/bin/python bench/bench_sync.py --quick  # 1/8 scale; about a minute
+    .venv/bin/python bench/bench_sync.py --json > sync.json   # table on stderr
+
+Everything is written under ``bench/.work/bench_sync/`` (removed at the start of a run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures as cf
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import ainode
+from ainode import DEFAULT_SEED, QUICK_SCALE, SOURCES, WORK_DIR, MiB
+from bench_agent import (
+    AmberNode,
+    Run,
+    environment,
+    fmt_bytes,
+    print_table,
+    run_timed,
+    tool,
+)
+from restic import Restic, find_restic, parse_backup_summary, restic_version
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from tests.faultproxy import FaultProxy  # noqa: E402
+from tests.servers import SeaweedS3  # noqa: E402
+
+TARGETS = {
+    "s3_throughput_ratio": (">=", 2.0),
+    "fleet_bytes_ratio": ("<=", 1.1),
+}
+VAULT = "bench"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def verdict(name: str, value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    op, bound = TARGETS[name]
+    return "PASS" if (value >= bound if op == ">=" else value <= bound) else "MISS"
+
+
+# --------------------------------------------------------------------------- the hub
+
+
+class HubProcess:
+    """``amber-hub serve`` on free ports with its own data directory."""
+
+    def __init__(self, data: Path, store: str | None = None, env: dict[str, str] | None = None):
+        self.data, self.store, self.env = data, store, env
+        self.bin = tool("amber-hub")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.info: dict[str, Any] = {}
+
+    def start(self, timeout: float = 60.0) -> HubProcess:
+        if self.data.exists():
+            shutil.rmtree(self.data)
+        self.data.mkdir(parents=True)
+        cmd = [self.bin, "--data", str(self.data), "serve"]
+        cmd += ["--nats-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]
+        if self.store:
+            cmd += ["--store", self.store]
+        self._log = open(self.data.parent / f"{self.data.name}.log", "ab")
+        self.proc = subprocess.Popen(
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+        )
+        deadline = time.monotonic() + timeout
+        runtime = self.data / "hub.json"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"amber-hub exited {self.proc.returncode}; see its log")
+            if runtime.exists():
+                try:
+                    self.info = json.loads(runtime.read_text())
+                    return self
+                except ValueError:
+                    pass
+            time.sleep(0.1)
+        raise RuntimeError("amber-hub did not start in time")
+
+    @property
+    def nats_port(self) -> int:
+        return int(self.info["nats_url"].rsplit(":", 1)[1].split(",")[0])
+
+    def add_node(self, node: str, out: Path, vault: str = VAULT) -> Path:
+        cmd = [self.bin, "--data", str(self.data), "node", "add", node]
+        run_timed([*cmd, "--vault", vault, "--out", str(out)], env=self.env)
+        return out
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.proc = None
+        if hasattr(self, "_log"):
+            self._log.close()
+
+
+def via_proxy(enrolment: Path, port: int) -> Path:
+    """Point an enrolment file at the byte-counting proxy instead of the hub's NATS."""
+    obj = json.loads(enrolment.read_text())
+    obj["nats_servers"] = [f"nats://127.0.0.1:{port}"]
+    enrolment.write_text(json.dumps(obj, indent=2))
+    os.chmod(enrolment, 0o600)
+    return enrolment
+
+
+class ProxyThread:
+    """A :class:`FaultProxy` on its own event loop in a thread, counting bytes."""
+
+    def __init__(self, port: int) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.proxy = FaultProxy("127.0.0.1", port)
+
+    def start(self) -> ProxyThread:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.proxy.start(), self.loop).result(10)
+        return self
+
+    @property
+    def port(self) -> int:
+        return self.proxy.port
+
+    def counts(self) -> tuple[int, int]:
+        return self.proxy.bytes_upstream, self.proxy.bytes_downstream
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.proxy.stop(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+# --------------------------------------------------------------------------- benches
+
+
+def warm(root: Path) -> float:
+    """Read every file once (page cache); return MiB read."""
+    n = 0
+    for p in root.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as f:
+                while block := f.read(8 * MiB):
+                    n += len(block)
+    return n / MiB
+
+
+def amber_to_hub(hub: HubProcess, work: Path, name: str, root: Path, total: int) -> dict[str, Any]:
+    enr = hub.add_node(name, work / f"{name}.enrolment.json")
+    node = AmberNode(work / f"amber-{name}", node=name, vault=VAULT)
+    node.init(enroll=enr)
+    node.add_node_sources(root)
+    ck, ck_res = node.checkpoint()
+    sy, sy_res = node.sync()
+    wall = ck.wall_s + sy.wall_s
+    log(
+        f"amber -> {name}: checkpoint {ck.wall_s:.1f} s + sync {sy.wall_s:.1f} s = "
+        f"{total / MiB / wall:.0f} MiB/s ({fmt_bytes(sy_res['bytes_sent'])} sent)"
+    )
+    shutil.rmtree(node.state)
+    return {
+        "mib_s": total / MiB / wall,
+        "wall_s": wall,
+        "checkpoint": {"run": ck.summary(), "res": ck_res},
+        "sync": {"run": sy.summary(), "res": sy_res},
+    }
+
+
+def restic_s3(s3: SeaweedS3, work: Path, paths: list[Path], total: int, tag: str) -> dict[str, Any]:
+    bucket = s3.make_bucket(f"restic-{tag}")
+    r = Restic(
+        f"s3:{s3.endpoint_url}/{bucket}",
+        work / f"restic-{tag}",
+        s3_keys=(s3.access_key, s3.secret_key),
+    )
+    r.init()
+    run = run_timed(r.backup_argv(paths), env=r.env())
+    summary = parse_backup_summary(run.stdout)
+    log(f"restic -> S3 ({tag}): {run.wall_s:.1f} s = {total / MiB / run.wall_s:.0f} MiB/s")
+    return {"mib_s": total / MiB / run.wall_s, "run": run.summary(), "summary": summary}
+
+
+def fleet_nodes(
+    work: Path, cache: Path, count: int, key: Path
+) -> tuple[list[AmberNode], list[dict[str, Any]]]:
+    """``count`` nodes of one vault: the same models/ folder, each its own prompts/."""
+    nodes, results = [], []
+    for i in range(1, count + 1):
+        name = f"fleet-{i:02d}"
+        data = work / "fleet-data" / name
+        if data.exists():
+            shutil.rmtree(data)
+        shutil.copytree(cache / "prompts", data / "prompts")
+        (data / "prompts" / "node.yaml").write_text(
+            f"node: {name}\nsite: plant-{i}\nescalation: oncall-{i}@example.com\n"
+        )
+        node = AmberNode(work / "fleet" / name, node=name, vault="fleet")
+        node.init(vault_key=key)
+        node.add_source("models", "model", cache / SOURCES["models"][1])
+        node.add_source("prompts", "files", data / "prompts")
+        run, res = node.checkpoint()
+        results.append({"node": name, "run": run.summary(), "res": res})
+        nodes.append(node)
+        log(f"{name}: checkpoint {run.wall_s:.1f} s, {fmt_bytes(res['new_bytes'])} new")
+    return nodes, results
+
+
+def fleet_sync(hub: HubProcess, nodes: list[AmberNode], work: Path) -> dict[str, Any]:
+    """Staggered: node 1 syncs to the empty hub, then the others one after another."""
+    proxy = ProxyThread(hub.nats_port).start()
+    try:
+        for n in nodes:
+            enr = hub.add_node(n.node, work / f"{n.node}.enrolment.json", vault="fleet")
+            run_timed(n.argv("enroll", str(via_proxy(enr, proxy.port))))
+        per_node: list[dict[str, Any]] = []
+        wire: list[int] = []
+        for n in nodes:
+            up0, down0 = proxy.counts()
+            run, res = n.sync()
+            up1, down1 = proxy.counts()
+            wire.append(up1 - up0 + down1 - down0)
+            per_node.append({"node": n.node, "wire_bytes": wire[-1], "run": run.summary(), **res})
+        one = {"bytes_sent": per_node[0]["bytes_sent"], "wire_bytes": wire[0]}
+        total_sent = sum(p["bytes_sent"] for p in per_node)
+        return {
+            "one": one,
+            "all": {"bytes_sent": total_sent, "wire_bytes": sum(wire)},
+            "ratio": total_sent / max(1, one["bytes_sent"]),
+            "wire_ratio": sum(wire) / max(1, one["wire_bytes"]),
+            "others_wall_s": sum(p["run"]["wall_s"] for p in per_node[1:]),
+            "per_node": per_node,
+        }
+    finally:
+        proxy.stop()
+
+
+def fleet_simultaneous(hub: HubProcess, nodes: list[AmberNode], work: Path) -> dict[str, Any]:
+    """All nodes sync at once to an empty hub; compared with one node alone."""
+    proxy = ProxyThread(hub.nats_port).start()
+    try:
+        for n in nodes:
+            enr = hub.add_node(n.node, work / f"{n.node}.enrolment-b.json", vault="fleet")
+            run_timed(n.argv("enroll", str(via_proxy(enr, proxy.port))))
+        up0, down0 = proxy.counts()
+        t0 = time.perf_counter()
+        with cf.ThreadPoolExecutor(len(nodes)) as pool:
+            outs = list(pool.map(lambda n: n.sync(), nodes))
+        elapsed = time.perf_counter() - t0
+        up1, down1 = proxy.counts()
+        per_node = [
+            {"node": n.node, "run": r.summary(), **s} for n, (r, s) in zip(nodes, outs, strict=True)
+        ]
+        return {
+            "all": {
+                "bytes_sent": sum(p["bytes_sent"] for p in per_node),
+                "wire_bytes": up1 - up0 + down1 - down0,
+            },
+            "wall_s": elapsed,
+            "per_node": per_node,
+        }
+    finally:
+        proxy.stop()
+
+
+def copy_states(nodes: list[AmberNode], dst: Path) -> list[AmberNode]:
+    out = []
+    for n in nodes:
+        target = ainode.working_copy(n.state, dst / n.node)
+        (target / "agent.lock").unlink(missing_ok=True)
+        out.append(AmberNode(target, node=n.node, vault=n.vault))
+    return out
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="1/8-scale node")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    p.add_argument("--scale", type=float, default=None, help="node size factor (default 1)")
+    p.add_argument("--runs", type=int, default=1, help="S3 rounds, alternating (default 1)")
+    p.add_argument("--fleet", type=int, default=10, help="fleet size (default 10)")
+    p.add_argument("--no-simultaneous", action="store_true", help="skip the simultaneous fleet")
+    p.add_argument("--json", action="store_true", help="JSON to stdout, table to stderr")
+    args = p.parse_args(argv)
+    scale = args.scale if args.scale is not None else (QUICK_SCALE if args.quick else 1.0)
+    out = sys.stderr if args.json else sys.stdout
+
+    env0 = environment()
+    rversion = restic_version(find_restic())
+    log(rversion)
+    cache = ainode.ensure_node(args.seed, scale)
+    stats = ainode.node_stats(cache)
+    total = stats["bytes"]
+    paths = [cache / rel for _kind, rel in SOURCES.values()]
+    work = WORK_DIR / "bench_sync"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    log(f"node: {total / MiB:.0f} MiB in {stats['files']} files; warmed {warm(cache):.0f} MiB")
+    doc: dict[str, Any] = {"bench": "bench_sync", "environment": env0, "restic": rversion}
+    doc["node"] = {"seed": args.seed, "scale": scale, **stats}
+    hubs: list[HubProcess] = []
+    s3 = SeaweedS3(work / "seaweed")
+    try:
+        # 1. hub in a box
+        box = HubProcess(work / "hub-box")
+        hubs.append(box.start())
+        doc["hub_box"] = amber_to_hub(box, work, "edge-box", cache, total)
+        box.stop()
+
+        # 2./3. hub on SeaweedFS S3 against restic on the same SeaweedFS
+        t0 = time.perf_counter()
+        s3.start()
+        log(f"SeaweedFS S3 up in {time.perf_counter() - t0:.1f} s at {s3.endpoint_url}")
+        s3_env = dict(
+            os.environ, AWS_ACCESS_KEY_ID=s3.access_key, AWS_SECRET_ACCESS_KEY=s3.secret_key
+        )
+        amber_s3: list[dict[str, Any]] = []
+        restic_runs: list[dict[str, Any]] = []
+        for i in range(args.runs):
+            order = ("amber", "restic") if i % 2 == 0 else ("restic", "amber")
+            for which in order:
+                if which == "restic":
+                    restic_runs.append(restic_s3(s3, work, paths, total, f"r{i}"))
+                    continue
+                bucket = s3.make_bucket(f"amber-hub-r{i}", object_lock=True)
+                url = f"s3://{bucket}/hub?endpoint={s3.endpoint_url}&region={s3.region}"
+                hub = HubProcess(work / f"hub-s3-r{i}", store=url, env=s3_env)
+                hubs.append(hub.start())
+                amber_s3.append(amber_to_hub(hub, work, f"edge-s3-r{i}", cache, total))
+                hub.stop()
+        a_best = max(amber_s3, key=lambda r: r["mib_s"])
+        r_best = max(restic_runs, key=lambda r: r["mib_s"])
+        doc["hub_s3"] = {"best": a_best, "runs": amber_s3}
+        doc["restic_s3"] = {"best": r_best, "runs": restic_runs}
+        doc["s3_ratio"] = a_best["mib_s"] / r_best["mib_s"]
+        s3.kill()  # its data is thrown away; a graceful stop takes ~27 s
+        shutil.rmtree(work / "seaweed", ignore_errors=True)
+
+        # 4. fleet
+        key = work / "fleet.key"
+        run_timed([tool("amber-agent"), "keygen", "--out", str(key)])
+        nodes, ck = fleet_nodes(work, cache, args.fleet, key)
+        copies = None if args.no_simultaneous else copy_states(nodes, work / "fleet-b")
+        hub_a = HubProcess(work / "hub-fleet")
+        hubs.append(hub_a.start())
+        staggered = fleet_sync(hub_a, nodes, work)
+        staggered["checkpoints"] = ck
+        hub_a.stop()
+        log(
+            f"fleet staggered: 1 node {fmt_bytes(staggered['one']['bytes_sent'])}, "
+            f"{args.fleet} nodes {fmt_bytes(staggered['all']['bytes_sent'])} "
+            f"({staggered['ratio']:.3f}x; wire {staggered['wire_ratio']:.3f}x)"
+        )
+        doc["fleet"] = {"size": args.fleet, "staggered": staggered}
+        for n in nodes:
+            shutil.rmtree(n.state)
+        if copies is not None:
+            hub_b = HubProcess(work / "hub-fleet-b")
+            hubs.append(hub_b.start())
+            sim = fleet_simultaneous(hub_b, copies, work)
+            hub_b.stop()
+            one = staggered["one"]
+            sim["ratio"] = sim["all"]["bytes_sent"] / max(1, one["bytes_sent"])
+            sim["wire_ratio"] = sim["all"]["wire_bytes"] / max(1, one["wire_bytes"])
+            doc["fleet"]["simultaneous"] = sim
+            log(
+                f"fleet simultaneous: {fmt_bytes(sim['all']['bytes_sent'])} "
+                f"({sim['ratio']:.3f}x; wire {sim['wire_ratio']:.3f}x) in {sim['wall_s']:.1f} s"
+            )
+            for n in copies:
+                shutil.rmtree(n.state)
+    finally:
+        for h in hubs:
+            h.stop()
+        s3.kill()
+
+    # --- verdicts and the table
+    fleet = doc["fleet"]
+    results = {
+        "s3_throughput_ratio": doc["s3_ratio"],
+        "fleet_bytes_ratio": fleet["staggered"]["ratio"],
+    }
+    doc["targets"] = {
+        k: {"value": v, "target": f"{TARGETS[k][0]} {TARGETS[k][1]}", "verdict": verdict(k, v)}
+        for k, v in results.items()
+    }
+    if "simultaneous" in fleet:
+        v = fleet["simultaneous"]["ratio"]
+        doc["targets"]["fleet_bytes_ratio_simultaneous"] = {
+            "value": v,
+            "target": "<= 1.1",
+            "verdict": verdict("fleet_bytes_ratio", v),
+        }
+    doc["environment"]["loadavg_end"] = os.getloadavg()
+
+    box, a3, r3 = doc["hub_box"], doc["hub_s3"]["best"], doc["restic_s3"]["best"]
+    rows = [["metric", "Amber", "restic", "ratio", "target", "verdict"]]
+    rows.append(["checkpoint+sync, hub in a box, MiB/s", f"{box['mib_s']:.0f}", "-", "", "", ""])
+    rows.append(
+        [
+            "checkpoint+sync vs backup, S3, MiB/s",
+            f"{a3['mib_s']:.0f}",
+            f"{r3['mib_s']:.0f}",
+            f"{doc['s3_ratio']:.2f}x",
+            ">= 2x",
+            doc["targets"]["s3_throughput_ratio"]["verdict"],
+        ]
+    )
+    st = fleet["staggered"]
+    rows.append(
+        [
+            f"fleet of {args.fleet}, staggered: bytes sent",
+            f"{fmt_bytes(st['all']['bytes_sent'])}",
+            f"1 node {fmt_bytes(st['one']['bytes_sent'])}",
+            f"{st['ratio']:.3f}x",
+            "<= 1.1x",
+            doc["targets"]["fleet_bytes_ratio"]["verdict"],
+        ]
+    )
+    rows.append(
+        [
+            "  same, all bytes on the wire",
+            f"{fmt_bytes(st['all']['wire_bytes'])}",
+            f"1 node {fmt_bytes(st['one']['wire_bytes'])}",
+            f"{st['wire_ratio']:.3f}x",
+            "",
+            "",
+        ]
+    )
+    if "simultaneous" in fleet:
+        sm = fleet["simultaneous"]
+        rows.append(
+            [
+                f"fleet of {args.fleet}, simultaneous: bytes sent",
+                f"{fmt_bytes(sm['all']['bytes_sent'])}",
+                f"1 node {fmt_bytes(st['one']['bytes_sent'])}",
+                f"{sm['ratio']:.3f}x",
+                "<= 1.1x",
+                doc["targets"]["fleet_bytes_ratio_simultaneous"]["verdict"],
+            ]
+        )
+        rows.append(
+            [
+                "  same, all bytes on the wire",
+                f"{fmt_bytes(sm['all']['wire_bytes'])}",
+                f"1 node {fmt_bytes(st['one']['wire_bytes'])}",
+                f"{sm['wire_ratio']:.3f}x",
+                "",
+                "",
+            ]
+        )
+    print(
+        f"\nAmber sync vs {rversion.split(' compiled')[0]} on the AI node (seed {args.seed}, "
+        f"scale {scale:g}: {total / MiB:,.0f} MiB in {stats['files']} files), "
+        f"{env0['cpus']} CPUs",
+        file=out,
+    )
+    print_table(rows, out)
+
+    def phase(r: dict[str, Any]) -> str:
+        c, s = r["checkpoint"]["run"], r["sync"]["run"]
+        return (
+            f"checkpoint {c['wall_s']:.1f} s ({c['cpu_s']:.1f} CPU s) + sync {s['wall_s']:.1f} s "
+            f"({s['cpu_s']:.1f} CPU s), {fmt_bytes(r['sync']['res']['bytes_sent'])} sent"
+        )
+
+    print(f"\nhub in a box: {phase(box)}", file=out)
+    print(f"hub on S3:    {phase(a3)}", file=out)
+    rr: Run | dict[str, Any] = r3["run"]
+    print(
+        f"restic S3:    {rr['wall_s']:.1f} s ({rr['cpu_s']:.1f} CPU s), data_added "
+        f"{fmt_bytes(r3['summary'].get('data_added', 0))}",
+        file=out,
+    )
+    others = [
+        x["run"]["other_cpu_s"]
+        for x in (box["checkpoint"], box["sync"], a3["checkpoint"], a3["sync"], r3)
+        if x["run"]["other_cpu_s"] is not None
+    ]
+    print(
+        f"other processes' CPU (incl. hub and SeaweedFS) during the timed commands: "
+        f"max {max(others):.1f} s; load average start {env0['loadavg_start'][0]:.2f}, "
+        f"end {doc['environment']['loadavg_end'][0]:.2f}",
+        file=out,
+    )
+    if args.json:
+        json.dump(doc, sys.stdout, indent=2, default=str)
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""Restore plans: which nodes get which checkpoint, in which wave, and their progress.
+
+A plan is created as a dry run (state ``draft``); ``start`` makes it ``running`` and
+the coordinator (coordinator.py) moves it along. Plans and their per-node rows live
+in the catalog database, so a restarted hub carries on where it was.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from amber.protocol.errors import NotFoundError, UsageError
+
+from .catalog import Catalog, CheckpointEntry, NodeRow, now_us
+
+PLAN_SCHEMA = """
+CREATE TABLE IF NOT EXISTS plans(
+    id TEXT PRIMARY KEY, created_us INTEGER NOT NULL, state TEXT NOT NULL,
+    spec TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '');
+CREATE TABLE IF NOT EXISTS plan_nodes(
+    plan TEXT NOT NULL, vault TEXT NOT NULL, node TEXT NOT NULL, wave INTEGER NOT NULL,
+    checkpoint BLOB NOT NULL, seq INTEGER NOT NULL, source_node TEXT NOT NULL,
+    state TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '', done INTEGER NOT NULL DEFAULT 0,
+    total INTEGER NOT NULL DEFAULT 0, order_id TEXT NOT NULL DEFAULT '',
+    updated_us INTEGER NOT NULL, PRIMARY KEY(plan, vault, node));
+"""
+PLAN_STATES = ("draft", "running", "halted", "done", "aborted")
+# per node: planned -> queued (order sent) -> fetching -> verifying -> swapped -> healthy,
+# or failed / rolled_back
+NODE_STATES = (
+    "planned",
+    "queued",
+    "fetching",
+    "verifying",
+    "swapped",
+    "healthy",
+    "failed",
+    "rolled_back",
+)
+
+
+@dataclass
+class PlanSpec:
+    vault: str
+    nodes: list[str] = field(default_factory=list)
+    selector: dict[str, str] = field(default_factory=dict)
+    point: str = "latest"
+    sources: list[str] = field(default_factory=list)
+    canary: int = 1
+    waves: list[int] = field(default_factory=lambda: [100])  # cumulative percentages
+    health_cmd: str = ""
+    to_node: str = ""  # restore nodes[0]'s checkpoint onto this node
+    rollback_on_failure: bool = True
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> PlanSpec:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(obj) - known
+        if unknown:
+            raise UsageError(f"unknown restore plan field(s): {', '.join(sorted(unknown))}")
+        return cls(**obj)
+
+
+def parse_waves(text: str) -> list[int]:
+    """ "10%,50%,100%" -> [10, 50, 100]; the last wave is always 100%."""
+    out = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        m = re.fullmatch(r"(\d{1,3})%?", part)
+        if not m or not 0 < int(m.group(1)) <= 100:
+            raise UsageError(f"wave {part!r} is not a percentage like 10%")
+        out.append(int(m.group(1)))
+    if out != sorted(out):
+        raise UsageError("waves must be increasing cumulative percentages, e.g. 10%,50%,100%")
+    if not out or out[-1] != 100:
+        out.append(100)
+    return out
+
+
+def assign_waves(nodes: list[str], canary: int, waves: list[int]) -> dict[str, int]:
+    """Wave 0 is the canary; then cumulative percentages of the remaining nodes."""
+    canary = max(0, min(canary, len(nodes)))
+    out = {n: 0 for n in nodes[:canary]}
+    rest = nodes[canary:]
+    done = 0
+    for i, pct in enumerate(waves, start=1):
+        upto = math.ceil(len(rest) * pct / 100)
+        for n in rest[done:upto]:
+            out[n] = i
+        done = max(done, upto)
+    return out
+
+
+def pick_checkpoint(rows: list[CheckpointEntry], point: str) -> CheckpointEntry:
+    """latest | <id hex prefix> | label:key=value | at:<ISO time or unix seconds>."""
+    regular = [r for r in rows if r.kind == "regular"] or rows
+    if not rows:
+        raise NotFoundError("the node has no checkpoints at the hub")
+    if point == "latest":
+        return regular[-1]
+    if point.startswith("label:"):
+        key, _, value = point[6:].partition("=")
+        hits = [r for r in rows if r.labels.get(key) == value]
+        if not hits:
+            raise NotFoundError(f"no checkpoint is labelled {key}={value}")
+        return hits[-1]
+    if point.startswith("at:"):
+        limit = _parse_time(point[3:])
+        hits = [r for r in regular if r.time_us <= limit]
+        if not hits:
+            raise NotFoundError(f"no checkpoint at or before {point[3:]}")
+        return hits[-1]
+    hits = [r for r in rows if r.id.hex().startswith(point.lower())] if len(point) >= 4 else []
+    if len(hits) != 1:
+        raise NotFoundError(f"checkpoint {point!r} is {'ambiguous' if hits else 'unknown'}")
+    return hits[0]
+
+
+def _parse_time(text: str) -> int:
+    try:
+        return int(float(text) * 1e6)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"{text!r} is not an ISO time or unix seconds") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1e6)
+
+
+def select_nodes(spec: PlanSpec, nodes: list[NodeRow]) -> list[str]:
+    in_vault = [n for n in nodes if n.vault == spec.vault]
+    if spec.nodes:
+        names = {n.node for n in in_vault}
+        unknown = [n for n in spec.nodes if n not in names]
+        if unknown:
+            raise NotFoundError(f"unknown node(s) in vault {spec.vault}: {', '.join(unknown)}")
+        return list(spec.nodes)
+    if spec.selector:
+        hits = [
+            n.node for n in in_vault if all(n.labels.get(k) == v for k, v in spec.selector.items())
+        ]
+        if not hits:
+            raise NotFoundError(f"no node matches {spec.selector}")
+        return hits
+    raise UsageError("a plan needs --nodes or --selector")
+
+
+class PlanBook:
+    """Plans in the catalog database."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    async def setup(self) -> None:
+        await self.catalog.db.executescript(PLAN_SCHEMA)
+
+    async def create(self, spec: PlanSpec) -> dict[str, Any]:
+        targets = select_nodes(spec, await self.catalog.nodes())
+        if spec.to_node:
+            if len(targets) != 1:
+                raise UsageError("--to-node restores exactly one node's checkpoint")
+            await self.catalog.node(spec.vault, spec.to_node)
+        rows = []
+        waves = assign_waves([spec.to_node] if spec.to_node else targets, spec.canary, spec.waves)
+        for target, wave in waves.items():
+            source_node = targets[0] if spec.to_node else target
+            cps = await self.catalog.checkpoints(spec.vault, source_node)
+            cp = pick_checkpoint(cps, spec.point)
+            missing = [s for s in spec.sources if s not in cp.manifests]
+            if missing:
+                raise NotFoundError(
+                    f"checkpoint {cp.id.hex()[:16]} of {source_node} has no "
+                    f"source(s) {', '.join(missing)}"
+                )
+            rows.append((target, wave, cp, source_node))
+        plan_id = "p-" + uuid.uuid4().hex[:10]
+        await self.catalog._exec(
+            "INSERT INTO plans VALUES(?,?,?,?,?)",
+            (plan_id, now_us(), "draft", json.dumps(spec.__dict__), ""),
+        )
+        await self.catalog._many(
+            "INSERT INTO plan_nodes(plan, vault, node, wave, checkpoint, seq, source_node, state,"
+            " updated_us) VALUES(?,?,?,?,?,?,?,?,?)",
+            [
+                (plan_id, spec.vault, t, w, cp.id, cp.seq, src, "planned", now_us())
+                for t, w, cp, src in rows
+            ],
+        )
+        return await self.get(plan_id)
+
+    async def get(self, plan_id: str) -> dict[str, Any]:
+        rows = await self.catalog._all("SELECT * FROM plans WHERE id = ?", (plan_id,))
+        if not rows:
+            raise NotFoundError(
+                f"no restore plan {plan_id!r}", hint="list them: amber-hub restore list"
+            )
+        pid, created, state, spec, reason = rows[0]
+        nodes = await self.catalog._all(
+            "SELECT vault, node, wave, checkpoint, seq, source_node, state, detail, done, total,"
+            " order_id, updated_us FROM plan_nodes WHERE plan = ? ORDER BY wave, node",
+            (pid,),
+        )
+        return {
+            "id": pid,
+            "created_us": created,
+            "state": state,
+            "reason": reason,
+            "spec": json.loads(spec),
+            "nodes": [
+                {
+                    "vault": r[0],
+                    "node": r[1],
+                    "wave": r[2],
+                    "checkpoint": r[3].hex(),
+                    "seq": r[4],
+                    "source_node": r[5],
+                    "state": r[6],
+                    "detail": r[7],
+                    "done": r[8],
+                    "total": r[9],
+                    "order_id": r[10],
+                    "updated_us": r[11],
+                }
+                for r in nodes
+            ],
+        }
+
+    async def list(self) -> list[dict[str, Any]]:
+        rows = await self.catalog._all("SELECT id FROM plans ORDER BY created_us")
+        return [await self.get(r[0]) for r in rows]
+
+    async def set_state(self, plan_id: str, state: str, reason: str = "") -> None:
+        await self.catalog._exec(
+            "UPDATE plans SET state = ?, reason = ? WHERE id = ?", (state, reason, plan_id)
+        )
+
+    async def set_node(self, plan_id: str, vault: str, node: str, **fields: Any) -> None:
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        await self.catalog._exec(
+            f"UPDATE plan_nodes SET {cols}, updated_us = ?"
+            " WHERE plan = ? AND vault = ? AND node = ?",
+            (*fields.values(), now_us(), plan_id, vault, node),
+        )
+
+    async def by_order(self, order_id: str) -> tuple[str, str, str] | None:
+        rows = await self.catalog._all(
+            "SELECT plan, vault, node FROM plan_nodes WHERE order_id = ?", (order_id,)
+        )
+        return (rows[0][0], rows[0][1], rows[0][2]) if rows else None
+
+
+def stamp() -> int:
+    return int(time.time() * 1e6)
