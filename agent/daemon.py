@@ -131,7 +131,7 @@ class AgentDaemon:
         executor = OrderExecutor(rt, link)
         await executor.flush_reports()
         psub = await link.js.pull_subscribe_bind(
-            durable=f"cmd-{enr.vault}-{enr.node}",
+            durable=f"cmd-{len(enr.vault)}-{enr.vault}-{enr.node}",  # hub's cmd_consumer()
             stream="AMBER_CMD",
             inbox_prefix=(enr.inbox_prefix + ".").encode(),
         )

@@ -144,6 +144,27 @@ async def test_node_uses_its_own_subjects(hub: HubProc, enr: dict[str, dict[str,
                 )
             ),
         )
+        # its own durable command consumer (named in its permissions): pull and ack
+        pulls = [
+            p
+            for p in node_users(hub)[enr["a1"]["user"]]["publish"]
+            if p.startswith("$JS.API.CONSUMER.MSG.NEXT.")
+        ]
+        assert len(pulls) == 1, pulls
+        stream, durable = pulls[0].split(".")[-2:]
+        psub = await js.pull_subscribe_bind(
+            durable=durable,
+            stream=stream,
+            inbox_prefix=(enr["a1"]["inbox_prefix"] + ".").encode(),
+        )
+        h = await hub_conn(hub)
+        try:
+            await h.jetstream(timeout=5).publish("amber.v1.a1.cmd", b"an order for a1")
+        finally:
+            await h.close()
+        (order,) = await psub.fetch(1, timeout=5)
+        assert order.data == b"an order for a1"
+        await order.ack()
         await settle(nc)
         assert errors.seen == []
     finally:

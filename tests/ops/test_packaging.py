@@ -174,8 +174,8 @@ def test_agent_sample_parses_as_is_and_with_every_option(tmp_path: Path) -> None
     assert full.vault_key_file == base.vault_key_file  # the commented values are defaults
     assert full.busy_timeout == base.busy_timeout
     assert full.compression_level == base.compression_level
-    if hasattr(full, "metrics_listen"):
-        assert full.metrics_listen == "127.0.0.1:9464"
+    assert full.metrics_listen == "127.0.0.1:9464"
+    assert set(full.hooks) == {"pre_restore", "post_restore"}
 
 
 def test_hub_sample_parses_as_is_and_with_every_option(tmp_path: Path) -> None:
@@ -190,8 +190,7 @@ def test_hub_sample_parses_as_is_and_with_every_option(tmp_path: Path) -> None:
     assert full.ingest_workers == base.ingest_workers
     assert full.nats_url and full.nats_user and full.nats_password and full.nats_advertise
     assert full.store_url and full.store_url.startswith("s3://")
-    if hasattr(full, "metrics_listen"):
-        assert full.metrics_listen == "127.0.0.1:9465"
+    assert full.metrics_listen == "127.0.0.1:9465"
 
 
 def _option_names(path: Path, functions: set[str]) -> set[str]:
@@ -203,6 +202,8 @@ def _option_names(path: Path, functions: set[str]) -> set[str]:
             body = ast.get_source_segment(source, node) or ""
             for a, b in re.findall(r'\.get\(\s*"([a-z_]+)"|\["([a-z_]+)"\]', body):
                 names.add(a or b)
+            for known in re.findall(r"known = \{([^}]*)\}", body):  # validated key sets
+                names |= set(re.findall(r'"([a-z_]+)"', known))
     return names
 
 
@@ -212,12 +213,12 @@ def _mentioned(sample: str, name: str) -> bool:
 
 def test_samples_list_every_option_the_code_reads() -> None:
     agent_names = _option_names(
-        ROOT / "agent" / "config.py", {"parse_config", "make_source", "_hub_options"}
+        ROOT / "agent" / "config.py", {"parse_config", "make_source", "_hub_options", "_hooks"}
     )
     for path in (ROOT / "agent").glob("*.py"):  # [hub] options read where they are used
         agent_names |= set(re.findall(r'\.hub\.get\(\s*"([a-z_]+)"', path.read_text()))
     hub_names = _option_names(ROOT / "hub" / "config.py", {"load_hub_config"})
-    assert {"node", "state_dir", "busy_timeout", "sync_interval"} <= agent_names
+    assert {"node", "state_dir", "busy_timeout", "sync_interval", "pre_restore"} <= agent_names
     assert {"data_dir", "listen", "advertise", "ingest_workers"} <= hub_names
     agent_sample, hub_sample = AGENT_SAMPLE.read_text(), HUB_SAMPLE.read_text()
     missing = sorted(n for n in agent_names if not _mentioned(agent_sample, n))
