@@ -144,7 +144,7 @@ class HubLink:
                 self.sent_bytes += len(payload)
                 return
             except (TimeoutError, NatsError, OSError) as exc:
-                if False and self.nc.is_closed:  # the client gave up reconnecting: no retry can land
+                if self.nc.is_closed:  # the client gave up reconnecting: no retry can land
                     raise HubUnavailableError(f"lost the connection to the hub: {exc}") from None
                 if time.monotonic() + delay > deadline:
                     raise HubUnavailableError(f"hub did not acknowledge an upload: {exc}") from None

@@ -27,6 +27,8 @@ from .config import SourceConfig
 from .hublink import HubLink
 from .inplace import SQLITE_KINDS, _fsync_dir
 from .jobs import RestoreJobs
+from .localchunks import LocalChunks
+from .restorer import ChainedChunks
 from .runtime import AgentRuntime
 
 log = logging.getLogger("amber.agent.orders")
@@ -108,6 +110,11 @@ class OrderExecutor:
                     kind="safety",
                 )
                 safety = res.id
+            local = await self._local_chunks(safety, targets)
+            hub = CountingChunks(self.link) if self.link is not None else None
+            restorer.chunks = ChainedChunks(
+                *(c for c in (self.rt.journal, local, hub) if c is not None)
+            )
             total = sum(len(e.chunks) for m in chosen.values() for e in m.entries)
             if not await self.set(job, state="fetching", safety=safety, total=total):
                 raise RestoreError("the hub halted the plan")
@@ -140,7 +147,24 @@ class OrderExecutor:
             return
         for s in swaps:
             _remove(Path(s["old"]))
-        await self.set(job, state="healthy", detail="restored and healthy")
+        fetched = hub.fetched if hub is not None else 0
+        await self.set(
+            job,
+            state="healthy",
+            detail=f"restored and healthy; {fetched} chunk(s) "
+            f"fetched from the hub, {local.hits} reused from local files",
+        )
+
+    async def _local_chunks(self, safety: bytes, targets: dict[str, SourceConfig]) -> LocalChunks:
+        """Index the chunks of the files on disk now (as the safety checkpoint saw them)."""
+        local = LocalChunks(self.rt.ident.keys, self.rt.pool)
+        if not safety:
+            return local
+        _, now = await self.rt.restorer().load(safety)
+        for name, m in now.items():
+            if name in targets:
+                local.add(targets[name], m)
+        return local
 
     async def _stage(
         self,
@@ -239,6 +263,18 @@ class OrderExecutor:
                 state="rolled_back",
                 detail="interrupted (the agent stopped); rolled back to the previous state",
             )
+
+
+class CountingChunks:
+    """The hub as a chunk source, counting what crossed the network."""
+
+    def __init__(self, link: HubLink) -> None:
+        self.link, self.fetched = link, 0
+
+    async def get_chunks(self, ids: Any) -> dict[bytes, bytes]:
+        found = await self.link.get_chunks(ids)
+        self.fetched += len(found)
+        return found
 
 
 def _wire_state(state: str) -> str:

@@ -205,7 +205,11 @@ class HubProcess:
 
     @property
     def objects_dir(self) -> Path:
-        return self.data / "objects"
+        """Where the default local store keeps object files (keys are paths below)."""
+        return self.data / "objects" / "objects"
+
+    def record_path(self, vault: str, rid: str) -> Path:
+        return self.objects_dir / vault / "records" / rid
 
     def nats_pid(self) -> int | None:
         """The pid in DATA/nats/nats-server.pid if that process is this hub's server."""
@@ -315,6 +319,17 @@ class HubProcess:
         assert res.code == 0, res
         return res
 
+    def admin_proc(self, *args: object, timeout: float = 60) -> Result:
+        """``amber-hub --data DATA ARGS`` as a real process (its own logging, exit code)."""
+        done = subprocess.run(
+            [PY, "-m", "amber.hub.cli", "--data", str(self.data), *map(str, args)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+        return Result(done.returncode, done.stdout, done.stderr)
+
     def enrol(self, node: str, vault: str, out: Path) -> Path:
         self.ok("node", "add", node, "--vault", vault, "--out", out)
         return out
@@ -375,6 +390,7 @@ class Agent:
         self.config = state / "agent.toml"
         self.log = state.parent / f"{state.name}-agent.log"
         self.init_output = ""
+        self.enrolment: Path | None = None
 
     @classmethod
     def init(
@@ -394,6 +410,7 @@ class Agent:
         assert res.code == 0, res
         agent = cls(state, node, vault)
         agent.init_output = res.out
+        agent.enrolment = enroll
         return agent
 
     @property
@@ -730,6 +747,9 @@ def new_agent(
     vault: str,
     vault_key: Path | None = None,
 ) -> Agent:
-    """Enrol ``node`` at the hub and initialise its agent in ``root/<node>-state``."""
-    enrolment = hub.enrol(node, vault, root / f"{node}.enrol.json")
-    return Agent.init(root / f"{node}-state", node, vault, vault_key, enroll=enrolment)
+    """Enrol ``node`` at the hub and initialise its agent in ``root/<vault>.<node>-state``
+    (its enrolment file, kept as a real node keeps it, is ``agent.enrolment``)."""
+    enrolment = hub.enrol(node, vault, root / f"{vault}.{node}.enrol.json")
+    agent = Agent.init(root / f"{vault}.{node}-state", node, vault, vault_key, enroll=enrolment)
+    agent.enrolment = enrolment
+    return agent

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgpack
+import nats
 import pytest
 from nats.errors import MaxPayloadError
 from security_helpers import HubProc, agent_ok, checkpoint_record, connect, wait_for
@@ -306,6 +307,16 @@ def rejection_lines(hub: HubProc) -> list[str]:
     ]
 
 
+async def ingest_stream_state(hub: HubProc) -> Any:
+    """The ingest stream's state, seen with the hub's own NATS user."""
+    password = json.loads((hub.data / "secrets.json").read_text())["nats_password"]
+    nc = await nats.connect([hub.nats_url], user="amber-hub", password=password)
+    try:
+        return (await nc.jetstream(timeout=5).stream_info("AMBER_INGEST")).state
+    finally:
+        await nc.close()
+
+
 async def publish(nc: Any, payload: bytes) -> None:
     """Into the node's own ingest stream: JetStream acknowledges it, so the hub gets it."""
     ack = await nc.jetstream(timeout=10).publish(INGEST, payload)
@@ -387,6 +398,9 @@ async def test_malformed_ingest_is_rejected(hub: HubProc, hostile: dict[str, Any
     assert hub.snapshot() == before
     assert "Traceback" not in hub.stderr()
     assert hub.running
+    # nothing is left in the ingest stream to be retried
+    stream = await ingest_stream_state(hub)
+    assert stream.messages == 0, stream
 
 
 async def test_chain_fork_is_rejected(hub: HubProc, hostile: dict[str, Any]) -> None:

@@ -213,9 +213,7 @@ def test_lost_disk_relists_restores_and_continues_the_chain(
     assert agent.sync()["checkpoints"] == 2
 
     shutil.rmtree(agent.state)  # the node's disk is lost; its vault key and enrolment kept
-    fresh = Agent.init(
-        tmp_path / "new-state", "edge1", VAULT, vault_key, enroll=tmp_path / "edge1.enrol.json"
-    )
+    fresh = Agent.init(tmp_path / "new-state", "edge1", VAULT, vault_key, enroll=agent.enrolment)
     assert "2 checkpoint(s) already at the hub" in fresh.init_output
     listed = fresh.checkpoints()
     assert [(c["seq"], c["id"], c["synced"]) for c in listed] == [
