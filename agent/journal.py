@@ -226,10 +226,6 @@ class Journal:
             [(cid, size, len(blob), now_us, blob) for cid, size, blob in rows],
         )
 
-    async def touch(self, ids: Sequence[bytes], now_us: int) -> None:
-        """Mark chunks as used now, so eviction keeps what recent checkpoints reuse."""
-        await self._write("UPDATE chunks SET used_us = ? WHERE id = ?", [(now_us, i) for i in ids])
-
     async def get_chunks(self, ids: Sequence[bytes]) -> dict[bytes, bytes]:
         """Blobs the journal still holds for ``ids`` (evicted or unknown ones are absent)."""
         out: dict[bytes, bytes] = {}
@@ -324,6 +320,10 @@ class Journal:
         await db.execute("CREATE TEMP TABLE IF NOT EXISTS ref(id BLOB PRIMARY KEY)")
         await db.execute("DELETE FROM temp.ref")
         await db.executemany("INSERT OR IGNORE INTO temp.ref VALUES(?)", ((r,) for r in referenced))
+        await db.execute(  # what the newest checkpoint uses stays longest in the cache (LRU)
+            "UPDATE chunks SET used_us = ? WHERE id IN (SELECT id FROM temp.ref)",
+            (cp.time_us,),
+        )
         await db.execute(
             "UPDATE chunks SET state = ? WHERE state = ? AND id IN (SELECT id FROM temp.ref)",
             (COMMITTED, TENTATIVE),

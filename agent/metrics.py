@@ -40,6 +40,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from amber import __version__
+from amber.protocol.errors import ConfigError
 
 from .config import AgentConfig
 from .sources import scanned_us
@@ -185,7 +186,13 @@ class AgentMetrics:
         """Serve /metrics on ``listen`` (host:port) from a thread; returns the URL."""
         host, _, port = listen.rpartition(":")
         host = host.strip("[]")
-        self._server, self._thread = start_http_server(int(port), host, self.registry)
+        try:
+            self._server, self._thread = start_http_server(int(port), host, self.registry)
+        except OSError as exc:
+            raise ConfigError(
+                f"metrics.listen: cannot serve metrics on {listen}: {exc.strerror or exc}",
+                hint="pick a free port in [metrics] listen, or remove it to turn metrics off",
+            ) from None
         bound = self._server.server_port
         shown = "127.0.0.1" if host in ("0.0.0.0", "") else (f"[{host}]" if ":" in host else host)
         self.url = f"http://{shown}:{bound}/metrics"

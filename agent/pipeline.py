@@ -104,8 +104,6 @@ class ChunkWriter:
         )
         fresh = list(dict.fromkeys(cid for cid in ids if cid not in self._seen))
         known = await self.journal.known_chunks(fresh) if fresh else set()
-        if known:  # reused: keep them in the local cache longer (eviction is LRU)
-            await self.journal.touch(sorted(known), time.time_ns() // 1000)
         todo = {
             cid: p for cid, p in zip(ids, window, strict=True) if cid in fresh and cid not in known
         }

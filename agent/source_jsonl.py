@@ -77,6 +77,9 @@ async def _scan_log(
         res = await ctx.writer.write_stream(cdc_pieces(fh, cdc), digest=digest and start == 0)
         size = start + res.size
         head, tail = _window_hashes(fh, size)
+    saved = {"size": size, "ino": st.st_ino, "head": head, "tail": tail}
+    if prev is not None and start > 0 and res.size == 0 and prev.mode == stat.S_IMODE(st.st_mode):
+        return prev, saved  # nothing appended: the same entry, so the manifest is reused
     entry = Entry(
         path=rel,
         type="f",
@@ -86,4 +89,4 @@ async def _scan_log(
         digest=res.digest if start == 0 else None,
         chunks=tuple(chunks + res.chunks),
     )
-    return entry, {"size": size, "ino": st.st_ino, "head": head, "tail": tail}
+    return entry, saved

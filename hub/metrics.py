@@ -14,7 +14,7 @@ hub whose loop is wedged stops answering scrapes, which is itself the alert.
     amber_hub_node_last_seen_timestamp_seconds{vault,node}
     amber_hub_node_last_checkpoint_timestamp_seconds{vault,node}
     amber_hub_store_errors_total           object store operations that failed
-    amber_hub_restore_plans{state}         staged restores by state (none yet: all 0)
+    amber_hub_restore_plans{state}         nodes of staged restores by state (all 0 for now)
     amber_hub_info{version} = 1
 
 Ingest rate: ``rate(amber_hub_ingested_bytes_total[5m])``.
@@ -39,7 +39,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from amber import __version__
-from amber.protocol.errors import NotFoundError, ObjectLockedError
+from amber.protocol.errors import ConfigError, NotFoundError, ObjectLockedError
 
 from .config import split_hostport
 from .store import ObjectInfo, ObjectStore
@@ -50,8 +50,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("amber.hub.metrics")
 T = TypeVar("T")
 
-# A staged restore's states (issue 5: queued, fetching, verifying, swapped, healthy,
-# failed, rolled back); exported now so dashboards and alerts can be built.
+# The states of a node in a staged restore (issue 5: queued, fetching, verifying,
+# swapped, healthy, failed, rolled back), all exported from the start so dashboards and
+# alerts can be built before any plan runs; the coordinator reports its counts through
+# HubMetrics.set_restore_states().
 RESTORE_STATES = (
     "queued",
     "fetching",
@@ -142,7 +144,10 @@ class HubMetrics:
             "amber_hub_store_errors", "Object store operations that failed", registry=r
         )
         self.restore_plans = Gauge(
-            "amber_hub_restore_plans", "Staged restores by state", ["state"], registry=r
+            "amber_hub_restore_plans",
+            "Nodes of staged restore plans, by state",
+            ["state"],
+            registry=r,
         )
         for state in RESTORE_STATES:
             self.restore_plans.labels(state=state).set(0)
@@ -153,6 +158,11 @@ class HubMetrics:
         r.register(_HubCollector(self))
         self.runner: web.AppRunner | None = None
         self.url: str | None = None
+
+    def set_restore_states(self, counts: dict[str, int]) -> None:
+        """Staged restores: how many plan nodes are in each state now (absent: 0)."""
+        for state in {*RESTORE_STATES, *counts}:
+            self.restore_plans.labels(state=state).set(counts.get(state, 0))
 
     def watch_store(self, store: ObjectStore) -> ObjectStore:
         """``store``, with its failures counted in amber_hub_store_errors_total."""
@@ -188,7 +198,14 @@ class HubMetrics:
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, host, port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self.stop()
+            raise ConfigError(
+                f"metrics.listen: cannot serve metrics on {listen}: {exc.strerror or exc}",
+                hint="pick a free port ([metrics] listen or --metrics-listen)",
+            ) from None
         bound = site._server.sockets[0].getsockname()[1] if port == 0 else port  # type: ignore[union-attr]
         shown = "127.0.0.1" if host in ("0.0.0.0", "") else (f"[{host}]" if ":" in host else host)
         self.url = f"http://{shown}:{bound}/metrics"

@@ -127,9 +127,7 @@ def tail(path: Path, lines: int = 40) -> str:
         return f"<cannot read {path}: {exc}>"
 
 
-def wait_until(
-    what: str, check: Callable[[], Any], timeout: float, interval: float = 0.1
-) -> Any:
+def wait_until(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.1) -> Any:
     """Poll ``check`` until it returns something truthy; fail after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while True:
@@ -437,7 +435,9 @@ class Agent:
                 stdin=subprocess.DEVNULL,
             )
         except subprocess.TimeoutExpired as exc:
-            raise AssertionError(f"amber-agent {args} ran over {timeout}s: {exc.stderr!r}") from None
+            raise AssertionError(
+                f"amber-agent {args} ran over {timeout}s: {exc.stderr!r}"
+            ) from None
         return Result(done.returncode, done.stdout, done.stderr)
 
     def popen(self, *args: object) -> subprocess.Popen[bytes]:
@@ -614,7 +614,9 @@ def make_memory(root: Path, seed: int = 1) -> Path:
     make_sqlite(root / "memory.db", seed=seed)
     write(
         root / "logs" / "conversation.jsonl",
-        "".join(json.dumps({"turn": i, "text": f"message {i} seed {seed}"}) + "\n" for i in range(300)),
+        "".join(
+            json.dumps({"turn": i, "text": f"message {i} seed {seed}"}) + "\n" for i in range(300)
+        ),
     )
     write(root / "prompts" / "system.txt", f"You are a careful assistant ({seed}).\n" * 50)
     write(root / "policies" / "allow.json", json.dumps({"allow": list(range(200))}))

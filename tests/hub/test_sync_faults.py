@@ -169,8 +169,10 @@ def test_link_cut_and_black_holed_during_daemon_sync(
         proxy.restore()
         wait_until(
             "every checkpoint synced and the journal trimmed",
-            lambda: all(s == 2 for _, _, s in agent.journal_checkpoints())
-            and agent.held_chunk_bytes() <= CACHE,
+            lambda: (
+                all(s == 2 for _, _, s in agent.journal_checkpoints())
+                and agent.held_chunk_bytes() <= CACHE
+            ),
             45,
         )
         assert proc.poll() is None, tail(agent.log)

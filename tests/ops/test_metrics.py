@@ -315,3 +315,54 @@ def _version() -> str:
     from amber import __version__
 
     return __version__
+
+
+def test_busy_metrics_port_is_a_config_error(tmp_path: Path) -> None:
+    """A taken port stops either daemon with the config exit code and a hint, no traceback."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = f"127.0.0.1:{taken.getsockname()[1]}"
+        state = tmp_path / "state"
+        run("-m", "amber.agent.cli", "init", "--dir", state, "--node", NODE, "--vault", VAULT)
+        cfg = load_config(state / "agent.toml")
+        save_config(dataclasses.replace(cfg, metrics_listen=busy))
+        agent = subprocess.run(
+            [PY, "-m", "amber.agent.cli", "--config", str(state / "agent.toml"), "run"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert agent.returncode == 3, agent.stderr
+        assert "metrics.listen" in agent.stderr and "hint:" in agent.stderr
+        assert "Traceback" not in agent.stderr
+        assert not (state / "agent.json").exists()
+        data = tmp_path / "hub"
+        try:
+            hub = subprocess.run(
+                [
+                    PY,
+                    "-m",
+                    "amber.hub.cli",
+                    "--data",
+                    str(data),
+                    "serve",
+                    "--nats-listen",
+                    "127.0.0.1:0",
+                    "--admin-listen",
+                    "127.0.0.1:0",
+                    "--metrics-listen",
+                    busy,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+        finally:
+            kill_nats(data)
+        assert hub.returncode == 3, hub.stderr
+        assert "metrics.listen" in hub.stderr and "Traceback" not in hub.stderr
