@@ -16,8 +16,9 @@ In one run, on the generated AI node (``ainode.py``, read-only: nothing is mutat
    from ``amber-agent keygen``), each protecting the same ``models/`` folder and its
    own copy of ``prompts/`` with one node-specific file. Every node checkpoints, then:
    - *staggered*: node 1 syncs to an empty hub, then nodes 2..10 one after another;
-   - *simultaneous*: all ten sync at once to another empty hub (copies of the same
-     journals, so the same chunks).
+   - *simultaneous* (``--simultaneous``; on by default only with ``--quick``): all of
+     them sync at once to another empty hub (copies of the same journals), as when a
+     model rolls out to a fleet at one time.
    Network bytes are the sum of the nodes' ``sync --once --json`` ``bytes_sent`` (chunk
    blobs), and, as a cross-check, every byte on the wire in both directions, counted by
    a TCP proxy (``tests/faultproxy.py``) between the agents and NATS. Target: ten nodes
@@ -27,8 +28,8 @@ The page cache is warmed by reading the node once before anything is timed. Seaw
 runs on the same two cores (about 14 CPU-seconds per GiB ingested), so it taxes Amber
 and restic alike. The "other CPU" figures are CPU time other processes took meanwhile.
 
-    .venv/bin/python bench/bench_sync.py          # ~1 GiB node, fleet of 10; ~6 minutes
-    .venv/bin/python bench/bench_sync.py --quick  # 1/8 scale; about a minute
+    .venv/bin/python bench/bench_sync.py          # ~1 GiB node, fleet of 10; ~8 minutes
+    .venv/bin/python bench/bench_sync.py --quick  # 1/8 scale, fleet of 4; ~2 minutes
     .venv/bin/python bench/bench_sync.py --json > sync.json   # table on stderr
 
 Everything is written under ``bench/.work/bench_sync/`` (removed at the start of a run).
@@ -332,12 +333,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
     p.add_argument("--scale", type=float, default=None, help="node size factor (default 1)")
     p.add_argument("--runs", type=int, default=1, help="S3 rounds, alternating (default 1)")
-    p.add_argument("--fleet", type=int, default=10, help="fleet size (default 10)")
-    p.add_argument("--no-simultaneous", action="store_true", help="skip the simultaneous fleet")
+    p.add_argument("--fleet", type=int, default=None, help="fleet size (default 10, quick 4)")
+    p.add_argument(
+        "--simultaneous",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also sync the whole fleet at once to an empty hub (default: only with --quick; "
+        "at full scale it pushes ~10x the model through the hub, several minutes)",
+    )
     p.add_argument("--json", action="store_true", help="JSON to stdout, table to stderr")
     args = p.parse_args(argv)
     scale = args.scale if args.scale is not None else (QUICK_SCALE if args.quick else 1.0)
     out = sys.stderr if args.json else sys.stdout
+    fleet_size = args.fleet or (4 if args.quick else 10)
+    simultaneous = args.quick if args.simultaneous is None else args.simultaneous
 
     env0 = environment()
     rversion = restic_version(find_restic())
@@ -393,8 +402,8 @@ def main(argv: list[str] | None = None) -> int:
         # 4. fleet
         key = work / "fleet.key"
         run_timed([tool("amber-agent"), "keygen", "--out", str(key)])
-        nodes, ck = fleet_nodes(work, cache, args.fleet, key)
-        copies = None if args.no_simultaneous else copy_states(nodes, work / "fleet-b")
+        nodes, ck = fleet_nodes(work, cache, fleet_size, key)
+        copies = copy_states(nodes, work / "fleet-b") if simultaneous else None
         hub_a = HubProcess(work / "hub-fleet")
         hubs.append(hub_a.start())
         staggered = fleet_sync(hub_a, nodes, work)
@@ -402,10 +411,10 @@ def main(argv: list[str] | None = None) -> int:
         hub_a.stop()
         log(
             f"fleet staggered: 1 node {fmt_bytes(staggered['one']['bytes_sent'])}, "
-            f"{args.fleet} nodes {fmt_bytes(staggered['all']['bytes_sent'])} "
+            f"{fleet_size} nodes {fmt_bytes(staggered['all']['bytes_sent'])} "
             f"({staggered['ratio']:.3f}x; wire {staggered['wire_ratio']:.3f}x)"
         )
-        doc["fleet"] = {"size": args.fleet, "staggered": staggered}
+        doc["fleet"] = {"size": fleet_size, "staggered": staggered}
         for n in nodes:
             shutil.rmtree(n.state)
         if copies is not None:
@@ -463,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     st = fleet["staggered"]
     rows.append(
         [
-            f"fleet of {args.fleet}, staggered: bytes sent",
+            f"fleet of {fleet_size}, staggered: bytes sent",
             f"{fmt_bytes(st['all']['bytes_sent'])}",
             f"1 node {fmt_bytes(st['one']['bytes_sent'])}",
             f"{st['ratio']:.3f}x",
@@ -485,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
         sm = fleet["simultaneous"]
         rows.append(
             [
-                f"fleet of {args.fleet}, simultaneous: bytes sent",
+                f"fleet of {fleet_size}, simultaneous: bytes sent",
                 f"{fmt_bytes(sm['all']['bytes_sent'])}",
                 f"1 node {fmt_bytes(st['one']['bytes_sent'])}",
                 f"{sm['ratio']:.3f}x",

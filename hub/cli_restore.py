@@ -79,13 +79,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     client = _client(args)
     while True:
         plan = client.call("GET", f"/api/v1/restores/{args.plan}")
-        if (
-            not args.wait
-            or (plan["state"] not in ("running", "draft")
+        if not args.wait or (
+            plan["state"] not in ("running", "draft")
             and all(
                 n["state"] not in ("queued", "fetching", "verifying", "swapped")
                 for n in plan["nodes"]
-            ))
+            )
         ):
             break
         time.sleep(0.5)

@@ -14,7 +14,11 @@ hub whose loop is wedged stops answering scrapes, which is itself the alert.
     amber_hub_node_last_seen_timestamp_seconds{vault,node}
     amber_hub_node_last_checkpoint_timestamp_seconds{vault,node}
     amber_hub_store_errors_total           object store operations that failed
-    amber_hub_restore_plans{state}         nodes of staged restores by state (all 0 for now)
+    amber_hub_restore_plans{state}         staged restore plans by state (draft, running,
+                                           halted, done, aborted)
+    amber_hub_restore_nodes{state}         nodes of running or halted plans by state
+                                           (planned, queued, fetching, verifying, swapped,
+                                           healthy, failed, rolled_back)
     amber_hub_info{version} = 1
 
 Ingest rate: ``rate(amber_hub_ingested_bytes_total[5m])``.
@@ -42,27 +46,18 @@ from amber import __version__
 from amber.protocol.errors import ConfigError, NotFoundError, ObjectLockedError
 
 from .config import split_hostport
+from .plans import NODE_STATES, PLAN_STATES
 from .store import ObjectInfo, ObjectStore
 
 if TYPE_CHECKING:
+    from .catalog import Catalog
     from .server import Hub
 
 log = logging.getLogger("amber.hub.metrics")
 T = TypeVar("T")
 
-# The states of a node in a staged restore (issue 5: queued, fetching, verifying,
-# swapped, healthy, failed, rolled back), all exported from the start so dashboards and
-# alerts can be built before any plan runs; the coordinator reports its counts through
-# HubMetrics.set_restore_states().
-RESTORE_STATES = (
-    "queued",
-    "fetching",
-    "verifying",
-    "swapped",
-    "healthy",
-    "failed",
-    "rolled_back",
-)
+# Every state is exported (0 when empty) so dashboards and alerts work before any plan.
+ACTIVE_PLAN_STATES = ("running", "halted")
 
 
 class _HubCollector(Collector):
@@ -144,13 +139,16 @@ class HubMetrics:
             "amber_hub_store_errors", "Object store operations that failed", registry=r
         )
         self.restore_plans = Gauge(
-            "amber_hub_restore_plans",
-            "Nodes of staged restore plans, by state",
+            "amber_hub_restore_plans", "Staged restore plans, by state", ["state"], registry=r
+        )
+        self.restore_nodes = Gauge(
+            "amber_hub_restore_nodes",
+            "Nodes of running or halted restore plans, by state",
             ["state"],
             registry=r,
         )
-        for state in RESTORE_STATES:
-            self.restore_plans.labels(state=state).set(0)
+        self._set_counts(self.restore_plans, PLAN_STATES, {})
+        self._set_counts(self.restore_nodes, NODE_STATES, {})
         info = Gauge("amber_hub_info", "The hub's version", ["version"], registry=r)
         info.labels(version=__version__).set(1)
         self.seen_us: dict[tuple[str, str], int | None] = {}
@@ -159,10 +157,10 @@ class HubMetrics:
         self.runner: web.AppRunner | None = None
         self.url: str | None = None
 
-    def set_restore_states(self, counts: dict[str, int]) -> None:
-        """Staged restores: how many plan nodes are in each state now (absent: 0)."""
-        for state in {*RESTORE_STATES, *counts}:
-            self.restore_plans.labels(state=state).set(counts.get(state, 0))
+    @staticmethod
+    def _set_counts(gauge: Gauge, known: tuple[str, ...], counts: dict[str, int]) -> None:
+        for state in (*known, *(s for s in counts if s not in known)):
+            gauge.labels(state=state).set(counts.get(state, 0))
 
     def watch_store(self, store: ObjectStore) -> ObjectStore:
         """``store``, with its failures counted in amber_hub_store_errors_total."""
@@ -181,6 +179,14 @@ class HubMetrics:
             return
         self.seen_us = {(n.vault, n.node): n.last_seen_us for n in nodes}
         self.checkpoint_us = heads
+        if getattr(self.hub, "plans", None) is not None:
+            try:
+                plans, nodes_by_state = await _restore_counts(catalog)
+            except Exception as exc:
+                log.warning("metrics: cannot read the restore plans: %s", exc)
+                return
+            self._set_counts(self.restore_plans, PLAN_STATES, plans)
+            self._set_counts(self.restore_nodes, NODE_STATES, nodes_by_state)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -215,6 +221,19 @@ class HubMetrics:
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
+
+
+async def _restore_counts(catalog: Catalog) -> tuple[dict[str, int], dict[str, int]]:
+    """(plans by state, nodes of running or halted plans by state), from the catalog
+    database where hub/plans.py keeps them."""
+    plans = await catalog._all("SELECT state, count(*) FROM plans GROUP BY state")
+    marks = ",".join("?" * len(ACTIVE_PLAN_STATES))
+    nodes = await catalog._all(
+        "SELECT n.state, count(*) FROM plan_nodes n JOIN plans p ON p.id = n.plan"
+        f" WHERE p.state IN ({marks}) GROUP BY n.state",
+        ACTIVE_PLAN_STATES,
+    )
+    return {r[0]: int(r[1]) for r in plans}, {r[0]: int(r[1]) for r in nodes}
 
 
 class CountingStore:

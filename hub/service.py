@@ -37,6 +37,15 @@ MAX_LIST = 256
 # worker tells JetStream every ACK_WAIT/3 that its batch is still in progress, so a slow
 # store never causes a redelivery, and a SIGKILLed hub stalls ingest only briefly.
 ACK_WAIT = 10.0
+RETRY_DELAY = 0.5  # a record whose prerequisites are still in flight is redelivered after
+MAX_RETRIES = 1200  # ... at most this many times (about 10 minutes), then dropped
+
+
+def _deliveries(m: Msg) -> int:
+    try:
+        return int(m.metadata.num_delivered)
+    except Exception:  # not a JetStream message (tests): no limit
+        return 0
 
 
 async def ensure_stream(js: Any) -> None:
@@ -101,7 +110,7 @@ class HubService:
     async def _ingest_loop(self, psub: Any) -> None:
         while True:
             try:
-                msgs = await psub.fetch(BATCH, timeout=1)
+                msgs = await psub.fetch(BATCH, timeout=0.25)
             except (FetchTimeoutError, TimeoutError):
                 continue
             except Exception as exc:
@@ -201,8 +210,21 @@ class HubService:
             )
             await m.nak(delay=2)
             return
-        if outcome == "retry":
-            await m.nak(delay=0.5)
+        if outcome == "retry" and _deliveries(m) >= MAX_RETRIES:
+            # its prerequisites never came: drop it (not a refusal: a later re-send that
+            # brings them is accepted); the node's receipt wait ends and its next pass
+            # sends again whatever the hub lacks
+            self.ingestor.reject(
+                vault,
+                node,
+                FormatError(
+                    f"record {msg.id.hex()[:16]} waited {MAX_RETRIES} deliveries for chunks, "
+                    "manifests or an earlier checkpoint that never arrived"
+                ),
+            )
+            await m.term()
+        elif outcome == "retry":
+            await m.nak(delay=RETRY_DELAY)
         else:
             await m.ack()
 

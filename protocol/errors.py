@@ -84,6 +84,13 @@ class ChainError(IntegrityError):
     default_hint = "history was altered or a checkpoint is missing; run verify and audit the node"
 
 
+class WrongTargetError(AmberError):
+    """Data addressed to another vault or node than the one reading it."""
+
+    exit_code = 15
+    default_hint = "check which vault and node it is for ('bundle inspect FILE') and use it there"
+
+
 class KeyFileError(AmberError):
     """A key file is missing, unreadable, has loose permissions or the wrong passphrase."""
 
@@ -185,6 +192,16 @@ class RestoreError(AmberError):
     default_hint = "read the reason, fix it, and run the restore again"
 
 
+class OrderReplayError(RestoreError):
+    """A restore order this node has already seen was presented again; it never runs twice."""
+
+    exit_code = 71
+    default_hint = (
+        "nothing was changed; for another restore, export a new bundle with a fresh order "
+        "('amber-hub bundle export --restore-order')"
+    )
+
+
 ALL_ERRORS: tuple[type[AmberError], ...] = (
     AmberError,
     UsageError,
@@ -194,6 +211,7 @@ ALL_ERRORS: tuple[type[AmberError], ...] = (
     IntegrityError,
     SignatureError,
     ChainError,
+    WrongTargetError,
     KeyFileError,
     WrongKeyError,
     SourceError,
@@ -208,4 +226,5 @@ ALL_ERRORS: tuple[type[AmberError], ...] = (
     ObjectLockedError,
     PermissionDeniedError,
     RestoreError,
+    OrderReplayError,
 )

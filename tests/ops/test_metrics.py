@@ -183,9 +183,11 @@ def test_agent_and_hub_metrics_over_http(tmp_path: Path) -> None:
         assert not hub_url.endswith(":0/metrics")
         before = scrape(hub_url)
         assert value(before, "amber_hub_ingested_bytes_total") == 0
-        for state in ("queued", "fetching", "verifying", "swapped", "healthy", "failed"):
+        for state in ("draft", "running", "halted", "done", "aborted"):
             assert value(before, "amber_hub_restore_plans", state=state) == 0
-        assert value(before, "amber_hub_restore_plans", state="rolled_back") == 0
+        for state in ("queued", "fetching", "verifying", "swapped", "healthy", "failed"):
+            assert value(before, "amber_hub_restore_nodes", state=state) == 0
+        assert value(before, "amber_hub_restore_nodes", state="rolled_back") == 0
         assert value(before, "amber_hub_store_errors_total") == 0
 
         enrol = tmp_path / "edge-1.enrol"
@@ -261,6 +263,10 @@ def test_agent_and_hub_metrics_over_http(tmp_path: Path) -> None:
             )
             assert stop(agent) == 0
         assert not (state / "agent.json").exists()  # removed on a clean stop
+        # A staged restore planned (a dry run) shows as a draft plan.
+        run("-m", "amber.hub.cli", "--data", hub_data, "restore", "plan", "--vault", VAULT,
+            "--nodes", NODE, "--point", "latest")  # fmt: skip
+        assert value(scrape(hub_url), "amber_hub_restore_plans", state="draft") == 1
         assert hub.poll() is None
 
 

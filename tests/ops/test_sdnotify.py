@@ -223,7 +223,7 @@ def _assert_watchdog_fed(listener: NotifyListener, since: float) -> None:
     gaps = [b - a for a, b in itertools.pairwise(pings)]
     # Every WATCHDOG_USEC/2 = 0.2 s; never anywhere near the 0.4 s deadline on average.
     assert sum(gaps) / len(gaps) < 0.3, gaps
-    assert max(gaps) < 1.0, gaps
+    assert max(gaps) < 1.5, gaps  # (slack for a loaded CI machine)
 
 
 def _stop(proc: subprocess.Popen[bytes], listener: NotifyListener) -> float:

@@ -314,6 +314,10 @@ class Fleet:
             if check(plan):
                 return plan
             if time.monotonic() > deadline:
+                import subprocess as _sp
+                for n in self.nodes.values():
+                    if n.proc is not None:
+                        _sp.run([".venv/bin/py-spy", "dump", "--pid", str(n.proc.pid)], stdout=open(f"/tmp/rx/spy-{n.name}.txt", "w"), stderr=_sp.STDOUT)
                 logs = "\n".join(
                     f"--- {n.name}\n{n.log_tail(15)}" for n in self.nodes.values()
                 )

@@ -9,8 +9,10 @@ replacement node; an operator's abort rolling back the nodes already restored.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+from hub_helpers import sqlite_dump, tree
 from restore_helpers import (
     Fleet,
     assert_restored,
@@ -87,8 +89,41 @@ def test_canary_then_two_waves_restore_every_node(fresh: Fleet) -> None:
     ]
     dest = fresh.root / "n2-safety"
     node.agent.ok("restore", safety_id, "--to", dest)
-    from hub_helpers import sqlite_dump, tree
-
     assert tree(dest / "files") == prep["n2"].b.files
     assert tree(dest / "model") == prep["n2"].b.model
     assert sqlite_dump(dest / "memory" / "memory.db") == prep["n2"].b.dump
+
+
+def test_failing_canary_halts_the_plan_and_touches_no_other_node(fresh: Fleet) -> None:
+    prep = fresh.prepare(ALL)
+    fresh["n3"].mark("unhealthy")  # the health command fails on the canary only
+    plan = fresh.plan("--nodes", "n3,n1,n2,n4", "--canary", "1", "--waves", "50%,100%")
+    assert waves_of(plan)["n3"] == 0
+    fresh.start_plan(plan["id"])
+    final = fresh.wait_settled(plan["id"])
+    assert final["state"] == "halted", final
+    assert "n3" in final["reason"] and "health command" in final["reason"], final
+    assert node_states(final) == {
+        "n3": "failed",
+        "n1": "planned",
+        "n2": "planned",
+        "n4": "planned",
+    }
+    canary = fresh["n3"]
+    assert "health command exited 1" in final["nodes"][0]["detail"], final
+    assert canary.hook_times("health"), "the canary never ran its health command"
+    # the canary swapped, failed its gate, and is back on its previous state, bit for bit
+    assert_untouched(canary, prep["n3"].b)
+    # no other node was touched: no order, no job, no hook, same bytes
+    for name in ("n1", "n2", "n4"):
+        node = fresh[name]
+        assert node.jobs(plan["id"]) == []
+        assert node.hook_times("pre") == []
+        assert_untouched(node, prep[name].b)
+    # a halted plan stays halted: nothing more is sent
+    fresh["n3"].unmark("unhealthy")
+    time.sleep(1.5)
+    again = fresh.status(plan["id"])
+    assert node_states(again) == node_states(final) and again["state"] == "halted"
+    for name in ("n1", "n2", "n4"):
+        assert fresh[name].jobs(plan["id"]) == []
