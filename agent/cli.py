@@ -16,6 +16,7 @@ from amber import __version__, logs
 from amber.protocol.errors import AmberError
 
 from . import commands as c
+from .cli_bundle import add_commands as add_bundle_commands
 from .config import CONFIG_ENV, DEFAULT_CONFIG
 
 EPILOG = (
@@ -112,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("run", help="the daemon: checkpoint on schedule until SIGTERM")
     s.set_defaults(func=c.cmd_run)
+    add_bundle_commands(sub)
     return p
 
 

@@ -143,16 +143,24 @@ class Coordinator:
             expires_us=now + ORDER_TTL_US,
         )
         signed = wire.sign_order(order, self.signer)
-        await ensure_node_consumer(self.js, n["vault"], n["node"])
-        await self.js.publish(
-            f"amber.{n['vault']}.{n['node']}.cmd",
-            wire.encode(signed),
-            headers={"Nats-Msg-Id": order.order_id},
-        )
+        # recorded before publishing: a node that is online reports on the order at once,
+        # and a report on an order id the plan does not know tells the node to stop
         fields: dict[str, Any] = {"order_id": order.order_id}
         if action == "restore":
             fields["state"] = "queued"
         await self.book.set_node(plan["id"], n["vault"], n["node"], **fields)
+        try:
+            await ensure_node_consumer(self.js, n["vault"], n["node"])
+            await self.js.publish(
+                f"amber.{n['vault']}.{n['node']}.cmd",
+                wire.encode(signed),
+                headers={"Nats-Msg-Id": order.order_id},
+            )
+        except Exception:  # not sent: the next step tries again
+            await self.book.set_node(
+                plan["id"], n["vault"], n["node"], order_id=n["order_id"], state=n["state"]
+            )
+            raise
         log.info(
             "sent %s order %s to %s/%s (plan %s)",
             action,

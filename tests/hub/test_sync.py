@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import signal
 import time
 from pathlib import Path
 
@@ -98,8 +97,9 @@ def test_status_shows_last_checkpoint_and_backlog_from_heartbeats(
     add_memory_sources(agent, data, "hot")
     cp0 = agent.checkpoint()
     agent.sync()  # sends a heartbeat after the pass
-    node = wait_until("a heartbeat", lambda: hub.node_status("edge1")["last_seen_us"], 10)
-    node = hub.node_status("edge1")
+    node = wait_until(
+        "a heartbeat", lambda: (n := hub.node_status("edge1"))["agent_version"] and n, 10
+    )
     assert node["last_seq"] == 0 and node["last_checkpoint_us"] == cp0["time_us"]
     assert (node["backlog_bytes"], node["backlog_chunks"]) == (0, 0)
     assert node["rpo_seconds"] == load_config(agent.config).tiers["hot"].rpo
@@ -262,7 +262,6 @@ def test_the_daemon_checkpoints_and_syncs_by_itself(hub: HubProcess, tmp_path: P
     finally:
         code = stop_proc(proc, grace=15)
     assert code == 0, f"the daemon exited with {code} on SIGTERM"
-    assert proc.returncode == 0 or proc.returncode == -signal.SIGTERM
     agent.sync()  # what it checkpointed after its last pass
     assert_exactly_once_at_hub(hub, agent)
     assert hub.node_status("edge1")["last_seen_us"] is not None

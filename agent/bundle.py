@@ -1,0 +1,492 @@
+"""Bundles on the node: import a hub's bundle (and run the restore order it carries),
+export checkpoints for a hub the node cannot reach, and sign receipts.
+
+Import verifies everything before anything becomes visible: every member is streamed
+into a staging directory (``<state_dir>/bundle-staging/<bundle id>``) after its own
+checks (chunks decrypted and hashed back to their ids, records decrypted under the
+vault key), then the index and the signature by a trusted hub key, the completeness of
+every checkpoint and the hash chain against the journal. Only then does one journal
+transaction add the chunks and records and index the checkpoints. A carried order then
+runs through :class:`OrderExecutor` exactly like an online order (safety checkpoint,
+hooks, health command, rollback), with no link: chunks come from the journal.
+Importing again adds nothing; an order runs at most once (``restore_jobs``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import shutil
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from amber.bundlefile import BundleStream, BundleWriter, open_input
+from amber.protocol import bundle as b
+from amber.protocol import wire
+from amber.protocol.chunk import decode_chunk
+from amber.protocol.errors import (
+    AmberError,
+    ConfigError,
+    DiskFullError,
+    FormatError,
+    IntegrityError,
+    JournalError,
+    NotFoundError,
+    OrderReplayError,
+    RestoreError,
+    SignatureError,
+    UsageError,
+    WrongTargetError,
+)
+from amber.protocol.keys import parse_public_key
+from amber.protocol.records import (
+    KIND_CHECKPOINT,
+    KIND_MANIFEST,
+    Checkpoint,
+    checkpoint_public,
+    decode_checkpoint,
+    decode_manifest,
+    manifest_public,
+)
+
+from .config import AgentConfig
+from .enrolment import load_installed
+from .jobs import Job
+from .journal import DURABLE, _db_error
+from .orders import OrderExecutor
+from .runtime import AgentRuntime
+
+STAGING = "bundle-staging"
+STALE_STAGING_S = 86400.0
+BATCH = 64
+T = TypeVar("T")
+
+
+@dataclass
+class ImportState:
+    """What an import learnt so far (also when it fails: the receipt says it)."""
+
+    bundle_id: bytes = b""
+    header: b.BundleHeader | None = None
+    checkpoints: dict[bytes, Checkpoint] = field(default_factory=dict)
+    manifests: dict[bytes, list[bytes]] = field(default_factory=dict)  # id -> chunk ids
+    chunks: dict[bytes, int] = field(default_factory=dict)  # id -> plaintext size
+    order: wire.RestoreOrder | None = None
+    accepted: list[tuple[bytes, Checkpoint]] = field(default_factory=list)
+    conflicts: list[int] = field(default_factory=list)
+    new_chunks: int = 0
+    outcome: str = "imported"
+    job: Job | None = None
+
+
+def trusted_hub_keys(cfg: AgentConfig, explicit: str | None) -> set[bytes]:
+    """``--hub-key``, else agent.toml ``[hub] key``, else the enrolment's ``hub_key``."""
+    text = explicit or (str(cfg.hub["key"]) if cfg.hub.get("key") else None)
+    if text is not None:
+        try:
+            return {parse_public_key(text)}
+        except FormatError as exc:
+            raise UsageError(f"hub key: {exc}", hint="give the 64 hex digits of the key") from None
+    enr = load_installed(cfg.state_dir)
+    if enr is not None and enr.hub_key:
+        return {enr.hub_key}
+    raise ConfigError(
+        "no hub key is known to check the bundle's signature",
+        hint="pass --hub-key HEX (the 'hub_key' of the node's enrolment file), set "
+        "[hub] key in agent.toml, or install the enrolment file with 'amber-agent enroll'",
+    )
+
+
+# --- import -------------------------------------------------------------------------
+
+
+async def import_bundle(rt: AgentRuntime, path: str, trusted: set[bytes], st: ImportState) -> None:
+    """Verify, stage and commit a hub-export bundle; then run the order it carries."""
+    staging = None
+    try:
+        with open_input(path) as fh:
+            stream = BundleStream(fh)
+            st.header = stream.header()
+            st.bundle_id = stream.bundle_id
+            _check_header(rt.cfg, st.header, trusted)
+            staging = _staging_dir(rt.cfg, st.bundle_id)
+            await _stage(rt, stream, staging, st)
+        await _check_chain(rt, st)
+        await _check_order(rt, st)
+        async with rt.writing():
+            await _commit(rt, staging, st)
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+    if st.order is not None:
+        await _execute(rt, st)
+
+
+def _check_header(cfg: AgentConfig, h: b.BundleHeader, trusted: set[bytes]) -> None:
+    if h.kind != b.HUB_EXPORT:
+        raise WrongTargetError(
+            f"this is a {h.kind} bundle made by a node; a node imports only bundles a hub made",
+            hint="import node exports and receipts on the hub: 'amber-hub bundle import FILE'",
+        )
+    if (h.vault, h.node) != (cfg.vault, cfg.node):
+        raise WrongTargetError(
+            f"the bundle is for {h.vault}/{h.node}, this node is {cfg.vault}/{cfg.node}"
+        )
+    if h.signer not in trusted:
+        raise SignatureError(
+            f"the bundle is signed by {h.signer.hex()[:16]}, which is not this node's hub key",
+            hint="check where the bundle came from; pass the right --hub-key if the hub's "
+            "key really changed",
+        )
+
+
+def _staging_dir(cfg: AgentConfig, bundle_id: bytes) -> Path:
+    root = cfg.state_dir / STAGING
+    if root.is_dir():  # leftovers of imports killed long ago
+        for old in root.iterdir():
+            if time.time() - old.stat().st_mtime > STALE_STAGING_S:
+                shutil.rmtree(old, ignore_errors=True)
+    path = root / bundle_id.hex()
+    for sub in ("records", "chunks"):
+        (path / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+async def _stage(rt: AgentRuntime, stream: BundleStream, staging: Path, st: ImportState) -> None:
+    loop = asyncio.get_running_loop()
+    keys = rt.ident.keys
+    for m in stream.members():
+        try:
+            if m.role == "chunk":
+                plain = await loop.run_in_executor(rt.pool, decode_chunk, keys, m.id, m.data)
+                st.chunks[m.id] = len(plain)
+            elif m.checkpoint is not None:
+                st.checkpoints[m.id] = decode_checkpoint(m.data, keys)
+            elif m.manifest is not None:
+                st.manifests[m.id] = decode_manifest(m.data, keys).chunk_ids()
+            elif m.order is not None:
+                st.order = m.order
+        except (IntegrityError, FormatError) as exc:
+            raise type(exc)(f"bundle member {m.name}: {exc}", hint=exc.hint) from None
+        _write(staging / m.name, m.data)
+    stream.finish()
+
+
+def _write(path: Path, data: bytes) -> None:
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise DiskFullError(
+                f"no space left for the bundle's staging area {path.parent}"
+            ) from None
+        raise JournalError(f"cannot write the bundle's staging area: {exc}") from None
+
+
+async def _check_chain(rt: AgentRuntime, st: ImportState) -> None:
+    """Every checkpoint is complete; decide which ones extend the journal's index."""
+    ids = {r.seq: r.id for r in await rt.journal.checkpoints()}
+    present = set(st.manifests) | set(await rt.journal.record_states(_all_manifests(st)))
+    for cid, cp in sorted(st.checkpoints.items(), key=lambda kv: kv[1].seq):
+        lacking = [m for m in cp.manifests.values() if m not in present]
+        if lacking:
+            raise IntegrityError(
+                f"the bundle lacks manifest {lacking[0].hex()[:16]} of checkpoint seq {cp.seq}",
+                hint="export the bundle again from the hub",
+            )
+        if ids.get(cp.seq) == cid:
+            continue
+        if cp.seq in ids or not await _fits(rt, ids, cid, cp):
+            st.conflicts.append(cp.seq)  # a fork: its records are kept, not indexed
+            continue
+        ids[cp.seq] = cid
+        st.accepted.append((cid, cp))
+
+
+def _all_manifests(st: ImportState) -> list[bytes]:
+    return sorted({m for cp in st.checkpoints.values() for m in cp.manifests.values()})
+
+
+async def _fits(rt: AgentRuntime, ids: dict[int, bytes], cid: bytes, cp: Checkpoint) -> bool:
+    """Whether ``cp`` links to its neighbours in the index (if they are there)."""
+    before = ids.get(cp.seq - 1)
+    if before is not None and cp.prev != before:
+        return False
+    after = ids.get(cp.seq + 1)
+    if after is None:
+        return True
+    data = await rt.journal.record(after)
+    return data is not None and checkpoint_public(data).prev == cid
+
+
+async def _check_order(rt: AgentRuntime, st: ImportState) -> None:
+    order = st.order
+    if order is None:
+        return
+    ex = OrderExecutor(rt, None)
+    await ex.jobs.setup()
+    job = await ex.jobs.get(order.order_id)
+    if job is not None:
+        if not job.finished:
+            await ex.recover()  # cut short by a crash: rolled back, as at the daemon's start
+            job = await ex.jobs.get(order.order_id)
+        st.outcome, st.job = "replayed", job
+        raise OrderReplayError(
+            f"restore order {order.order_id} (plan {order.plan_id}) was already run on this "
+            f"node: {job.state if job else '?'}; it never runs twice"
+        )
+    if order.expires_us < time.time_ns() // 1000:
+        raise RestoreError(
+            f"restore order {order.order_id} expired at {_when(order.expires_us)}",
+            hint="export a new bundle with a fresh order: amber-hub bundle export --restore-order",
+        )
+    await _check_order_chunks(rt, st, order)
+
+
+async def _check_order_chunks(rt: AgentRuntime, st: ImportState, order: wire.RestoreOrder) -> None:
+    cp = st.checkpoints.get(order.checkpoint)
+    if cp is None:
+        data = await rt.journal.record(order.checkpoint)
+        if data is None:
+            raise IntegrityError(
+                f"the order's checkpoint {order.checkpoint.hex()[:16]} is neither in the "
+                "bundle nor in the journal",
+                hint="export the bundle again from the hub",
+            )
+        cp = decode_checkpoint(data, rt.ident.keys)
+    needed: set[bytes] = set()
+    for name, mid in cp.manifests.items():
+        if order.sources and name not in order.sources:
+            continue
+        if mid not in st.manifests:
+            data = await rt.journal.record(mid)
+            assert data is not None  # _check_chain saw every manifest
+            st.manifests[mid] = manifest_public(data)["chunks"]
+        needed.update(st.manifests[mid])
+    lacking = needed - set(st.chunks) - await _held(rt, sorted(needed - set(st.chunks)))
+    if lacking:
+        raise IntegrityError(
+            f"the bundle lacks {len(lacking)} chunk(s) the restore needs and the journal "
+            "does not hold",
+            hint="export the bundle again from the hub",
+        )
+
+
+async def _held(rt: AgentRuntime, ids: list[bytes]) -> set[bytes]:
+    found: set[bytes] = set()
+    for i in range(0, len(ids), 500):
+        part = ids[i : i + 500]
+        sql = (
+            f"SELECT id FROM chunks WHERE blob IS NOT NULL AND id IN ({','.join('?' * len(part))})"
+        )
+        found.update(r[0] for r in await rt.journal._all(sql, part))
+    return found
+
+
+async def _commit(rt: AgentRuntime, staging: Path | None, st: ImportState) -> None:
+    """One transaction: chunks, records and the new index rows, or nothing."""
+    assert staging is not None
+    j = rt.journal
+    st.new_chunks = len(st.chunks) - len(await j.known_chunks(sorted(st.chunks)))
+    async with j._tx_lock:
+        try:
+            await j.db.execute("BEGIN IMMEDIATE")
+            try:
+                await _commit_body(rt, staging, st)
+                await j._check_bound(rt.cfg.journal_max_bytes)
+                await j.db.execute("COMMIT")
+            except BaseException:
+                await j._rollback()
+                raise
+        except sqlite3.Error as exc:
+            raise _db_error(exc, j.path) from None
+
+
+async def _commit_body(rt: AgentRuntime, staging: Path, st: ImportState) -> None:
+    db, now = rt.journal.db, time.time_ns() // 1000
+    for batch in _batches(sorted(st.chunks)):
+        rows = [
+            (cid, st.chunks[cid], (staging / f"chunks/{cid.hex()}").read_bytes()) for cid in batch
+        ]
+        await db.executemany(
+            "INSERT OR IGNORE INTO chunks(id, size, stored, state, used_us, blob) "
+            "VALUES(?,?,?,?,?,?)",
+            [(cid, n, len(blob), DURABLE, now, blob) for cid, n, blob in rows],
+        )
+        await db.executemany(  # a chunk the journal evicted gets its blob back
+            "UPDATE chunks SET blob = ?, stored = ? WHERE id = ? AND blob IS NULL",
+            [(blob, len(blob), cid) for cid, _, blob in rows],
+        )
+    for batch in _batches(sorted(p.name for p in (staging / "records").iterdir())):
+        rows = []
+        for name in batch:
+            rid = bytes.fromhex(name)
+            kind = KIND_CHECKPOINT if rid in st.checkpoints else KIND_MANIFEST
+            rows.append((rid, kind, DURABLE, (staging / "records" / name).read_bytes()))
+        await db.executemany(
+            "INSERT OR IGNORE INTO records(id, kind, state, data) VALUES(?,?,?,?)", rows
+        )
+    await db.executemany(
+        "INSERT INTO checkpoints VALUES(?,?,?,?,?,?,?)",
+        [
+            (
+                cp.seq,
+                cid,
+                cp.time_us,
+                cp.kind,
+                json.dumps(cp.labels),
+                json.dumps(sorted(cp.manifests)),
+                DURABLE,
+            )
+            for cid, cp in st.accepted
+        ],
+    )
+
+
+def _batches(ids: list[T]) -> Iterator[list[T]]:
+    for i in range(0, len(ids), BATCH):
+        yield ids[i : i + BATCH]
+
+
+async def _execute(rt: AgentRuntime, st: ImportState) -> None:
+    order = st.order
+    assert order is not None
+    ex = OrderExecutor(rt, None)  # reports stay queued in restore_jobs; the receipt carries them
+    if not await ex.accept(order):
+        st.outcome, st.job = "replayed", await ex.jobs.get(order.order_id)
+        raise OrderReplayError(f"restore order {order.order_id} was already run on this node")
+    st.outcome = "executed"
+    try:
+        await ex.execute(order)
+    finally:
+        st.job = await ex.jobs.get(order.order_id)
+
+
+def _when(us: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(us / 1e6))
+
+
+# --- receipts -----------------------------------------------------------------------
+
+
+def make_receipt(st: ImportState, error: AmberError | None) -> b.BundleReceipt:
+    job, order = st.job, st.order
+    outcome = st.outcome if error is None or isinstance(error, OrderReplayError) else "refused"
+    if error is not None and st.outcome == "executed":
+        outcome = "executed"  # the order ran; its job row says how it ended
+    return b.BundleReceipt(
+        bundle=st.bundle_id,
+        outcome=outcome,
+        order_id=order.order_id if order else "",
+        plan_id=order.plan_id if order else "",
+        state=job.state if job is not None else "",
+        detail=job.detail if job is not None and job.detail else (str(error) if error else ""),
+        safety=job.safety if job is not None else b"",
+        checkpoint=order.checkpoint if order else b"",
+        added=len(st.accepted),
+        error=type(error).__name__ if error is not None else "",
+        exit_code=error.exit_code if error is not None else 0,
+        time_us=time.time_ns() // 1000,
+    )
+
+
+def write_receipt(rt: AgentRuntime, out: str, receipt: b.BundleReceipt) -> None:
+    header = b.BundleHeader(
+        b.RECEIPT, rt.cfg.vault, rt.cfg.node, time.time_ns() // 1000, rt.ident.signer.public
+    )
+    with BundleWriter(out, header) as w:
+        w.add(b.RECEIPT_NAME, receipt.encode())
+        w.finish(rt.ident.signer)
+
+
+# --- export -------------------------------------------------------------------------
+
+
+@dataclass
+class ExportStats:
+    checkpoints: int = 0
+    manifests: int = 0
+    chunks: int = 0
+    bytes: int = 0
+    first_seq: int = -1
+    last_seq: int = -1
+
+
+async def export_bundle(rt: AgentRuntime, out: str, since: str | None) -> ExportStats:
+    """Checkpoints after ``since`` (all with None), their manifests, and the chunks the
+    hub may lack (held and not yet durable there), signed by the node key."""
+    j, stats = rt.journal, ExportStats()
+    rows = await j.checkpoints()
+    if since is not None:
+        base = await j.resolve(since)
+        rows = [r for r in rows if r.seq > base.seq]
+    if not rows:
+        raise NotFoundError(
+            "no checkpoints to export" + (f" after {since}" if since else ""),
+            hint="take a checkpoint first, or give an older --since",
+        )
+    header = b.BundleHeader(
+        b.NODE_EXPORT, rt.cfg.vault, rt.cfg.node, time.time_ns() // 1000, rt.ident.signer.public
+    )
+    with BundleWriter(out, header) as w:
+        wanted = await _export_records(rt, w, [r.id for r in rows], stats)
+        for batch in _batches(await _exportable_chunks(rt, wanted)):
+            blobs = await j.get_chunks(batch)
+            for cid in batch:
+                w.add(f"{b.CHUNK_DIR}{cid.hex()}", blobs[cid])
+                stats.chunks += 1
+        w.finish(rt.ident.signer)
+        stats.bytes = w.bytes
+    stats.first_seq, stats.last_seq = rows[0].seq, rows[-1].seq
+    return stats
+
+
+async def _export_records(
+    rt: AgentRuntime, w: BundleWriter, cp_ids: list[bytes], stats: ExportStats
+) -> dict[bytes, bool]:
+    """Write the checkpoints and their manifests; returns chunk id -> must be held."""
+    j, seen, wanted = rt.journal, set(), {}
+    for cid in cp_ids:
+        data = await j.record(cid)
+        if data is None:
+            raise JournalError(f"checkpoint {cid.hex()[:16]} is indexed but its record is gone")
+        for mid in checkpoint_public(data).manifests.values():
+            if mid in seen:
+                continue
+            seen.add(mid)
+            mdata = await j.record(mid)
+            if mdata is None:
+                raise JournalError(f"manifest {mid.hex()[:16]} is missing from the journal")
+            durable = (await j.record_states([mid])).get(mid) == DURABLE
+            for chunk in manifest_public(mdata)["chunks"]:
+                wanted[chunk] = wanted.get(chunk, False) or not durable
+            w.add(f"{b.RECORD_DIR}{mid.hex()}", mdata)
+            stats.manifests += 1
+        w.add(f"{b.RECORD_DIR}{cid.hex()}", data)
+        stats.checkpoints += 1
+    return wanted
+
+
+async def _exportable_chunks(rt: AgentRuntime, wanted: dict[bytes, bool]) -> list[bytes]:
+    ids, out = sorted(wanted), []
+    for i in range(0, len(ids), 500):
+        part = ids[i : i + 500]
+        marks = ",".join("?" * len(part))
+        sql = f"SELECT id, state, blob IS NOT NULL FROM chunks WHERE id IN ({marks})"
+        rows = {r[0]: (r[1], bool(r[2])) for r in await rt.journal._all(sql, part)}
+        for cid in part:
+            state, held = rows.get(cid, (None, False))
+            if state == DURABLE:
+                continue  # the hub has it
+            if held:
+                out.append(cid)
+            elif wanted[cid]:
+                raise JournalError(
+                    f"chunk {cid.hex()[:16]} of a checkpoint the hub lacks is not in the journal"
+                )
+    return out

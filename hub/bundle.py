@@ -1,0 +1,508 @@
+"""Bundles at the hub: export a node's restore points for an air-gapped site, import what
+such a node sends back (its checkpoints, and receipts of restore orders).
+
+These run beside a serving hub (or without one) on its data directory: the catalog is
+SQLite in WAL mode and objects are immutable, so both processes may work at once.
+
+- **Export**: the chosen checkpoint(s), all their manifests and only the chunks of the
+  chosen sources, read from the store as they are (still encrypted), signed with the
+  hub key; with a restore order, a plan ``bundle-<id>`` in state ``exported`` whose node
+  row waits for the receipt (the coordinator leaves such plans alone).
+- **Import**: every member is checked and staged (``DATA/bundle-staging/<id>``) and the
+  signature checked against the node's signer key before anything is stored; then the
+  chunks and records go through :class:`Ingestor` exactly as NATS ingest sends them.
+- **Receipts** update the plan's node row and state and are kept in ``bundle_receipts``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from amber.bundlefile import BundleStream, BundleWriter, open_input
+from amber.protocol import bundle as b
+from amber.protocol import wire
+from amber.protocol.errors import (
+    AmberError,
+    ChainError,
+    ConfigError,
+    IntegrityError,
+    NotFoundError,
+    SignatureError,
+    StoreError,
+    WrongTargetError,
+)
+from amber.protocol.keys import SigningKey
+from amber.protocol.records import (
+    KIND_CHECKPOINT,
+    KIND_MANIFEST,
+    Checkpoint,
+    manifest_public,
+    record_id,
+)
+
+from .catalog import CHUNK, RECORD, Catalog, CheckpointEntry, now_us
+from .config import HubConfig, load_hub_key
+from .coordinator import ORDER_TTL_US
+from .ingest import Ingestor
+from .layout import object_key
+from .plans import PlanBook, PlanSpec, pick_checkpoint
+from .store import ObjectStore, open_store
+
+STAGING = "bundle-staging"
+BATCH = 64
+BUNDLE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS bundle_exports(
+    bundle BLOB PRIMARY KEY, vault TEXT NOT NULL, node TEXT NOT NULL, created_us INTEGER NOT NULL,
+    checkpoints INTEGER NOT NULL, chunks INTEGER NOT NULL, bytes INTEGER NOT NULL,
+    order_id TEXT NOT NULL, plan_id TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS bundle_imports(
+    bundle BLOB PRIMARY KEY, kind TEXT NOT NULL, vault TEXT NOT NULL, node TEXT NOT NULL,
+    checkpoints INTEGER NOT NULL, new_checkpoints INTEGER NOT NULL, chunks INTEGER NOT NULL,
+    imported_us INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS bundle_receipts(
+    receipt BLOB PRIMARY KEY, bundle BLOB NOT NULL, vault TEXT NOT NULL, node TEXT NOT NULL,
+    order_id TEXT NOT NULL, plan_id TEXT NOT NULL, outcome TEXT NOT NULL, state TEXT NOT NULL,
+    detail TEXT NOT NULL, safety BLOB NOT NULL, error TEXT NOT NULL, received_us INTEGER NOT NULL);
+"""
+RECEIPT_COLS = (
+    "receipt, bundle, vault, node, order_id, plan_id, outcome, state, detail, safety, error, "
+    "received_us"
+)
+
+
+@dataclass
+class HubData:
+    cfg: HubConfig
+    catalog: Catalog
+    store: ObjectStore
+    plans: PlanBook
+    signer: SigningKey
+
+    @property
+    def ingestor(self) -> Ingestor:
+        return Ingestor(self.store, self.catalog, self.cfg.retention)
+
+
+@contextlib.asynccontextmanager
+async def open_hub_data(cfg: HubConfig) -> AsyncIterator[HubData]:
+    """The hub's catalog, store and key, opened from its data directory."""
+    if not cfg.catalog_path.exists():
+        raise ConfigError(
+            f"no hub data in {cfg.data_dir}",
+            hint="pass the hub's data directory with --data (and its --config)",
+        )
+    catalog = await Catalog.open(cfg.catalog_path)
+    store = open_store(cfg.store())
+    try:
+        plans = PlanBook(catalog)
+        await plans.setup()
+        async with catalog.lock:
+            await catalog.db.executescript(BUNDLE_SCHEMA)
+        yield HubData(cfg, catalog, store, plans, load_hub_key(cfg.data_dir))
+    finally:
+        await store.close()
+        await catalog.close()
+
+
+# --- export -------------------------------------------------------------------------
+
+
+@dataclass
+class ExportRequest:
+    vault: str
+    node: str
+    point: str = "latest"
+    sources: list[str] = field(default_factory=list)
+    all: bool = False
+    restore_order: bool = False
+    health_cmd: str = ""
+
+
+async def export_bundle(hd: HubData, req: ExportRequest, out: str) -> dict[str, Any]:
+    rows = await hd.catalog.checkpoints(req.vault, req.node)
+    if not rows:
+        raise NotFoundError(f"the hub holds no checkpoints of {req.vault}/{req.node}")
+    point = pick_checkpoint(rows, req.point)
+    unknown = [s for s in req.sources if s not in point.manifests]
+    if unknown:
+        raise NotFoundError(
+            f"checkpoint {point.id.hex()[:16]} has no source(s) {', '.join(unknown)}",
+            hint=f"it holds: {', '.join(sorted(point.manifests))}",
+        )
+    chosen = rows if req.all else [point]
+    header = b.BundleHeader(b.HUB_EXPORT, req.vault, req.node, now_us(), hd.signer.public)
+    with BundleWriter(out, header) as w:
+        chunks = await _write_records(hd, w, chosen, req.sources)
+        await _write_chunks(hd, w, req.vault, chunks)
+        order = _order(hd, req, point, w.bundle_id) if req.restore_order else None
+        if order is not None:
+            w.add(b.ORDER_NAME, wire.encode(wire.sign_order(order, hd.signer)))
+        w.finish(hd.signer)
+        await _record_export(hd, req, w, point, order, len(chosen), len(chunks))
+    return {
+        "bundle": w.bundle_id.hex(),
+        "checkpoints": len(chosen),
+        "chunks": len(chunks),
+        "bytes": w.bytes,
+        "order": order.order_id if order else None,
+        "plan": order.plan_id if order else None,
+    }
+
+
+async def _get(hd: HubData, vault: str, oid: bytes, kind: str) -> bytes:
+    return await hd.store.get(object_key(vault, oid, kind))
+
+
+async def _write_records(
+    hd: HubData, w: BundleWriter, chosen: list[CheckpointEntry], sources: list[str]
+) -> list[bytes]:
+    """Write the checkpoints and all their manifests; returns the chunk ids needed."""
+    lists: dict[bytes, list[bytes]] = {}  # manifest id -> its chunk ids
+    chunks: set[bytes] = set()
+    for row in chosen:
+        for name, mid_hex in sorted(row.manifests.items()):
+            mid = bytes.fromhex(mid_hex)
+            if mid not in lists:
+                data = _checked(await _get(hd, row.vault, mid, RECORD), mid)
+                lists[mid] = manifest_public(data)["chunks"]
+                w.add(f"{b.RECORD_DIR}{mid_hex}", data)
+            if not sources or name in sources:
+                chunks.update(lists[mid])
+        data = await _get(hd, row.vault, row.id, RECORD)
+        w.add(f"{b.RECORD_DIR}{row.id.hex()}", _checked(data, row.id))
+    return sorted(chunks)
+
+
+def _checked(data: bytes, oid: bytes) -> bytes:
+    if record_id(data) != oid:
+        raise IntegrityError(f"stored record {oid.hex()[:16]} is damaged", hint="run verify")
+    return data
+
+
+async def _write_chunks(hd: HubData, w: BundleWriter, vault: str, ids: list[bytes]) -> None:
+    have = await hd.catalog.present(vault, ids)
+    missing = [i for i in ids if i not in have]
+    if missing:
+        raise NotFoundError(
+            f"the hub lacks {len(missing)} chunk(s) of the chosen checkpoint(s), "
+            f"e.g. {missing[0].hex()[:16]}",
+            hint="the checkpoint is not restorable from this hub; choose another point",
+        )
+    for cid in ids:
+        w.add(f"{b.CHUNK_DIR}{cid.hex()}", await _get(hd, vault, cid, CHUNK))
+
+
+def _order(
+    hd: HubData, req: ExportRequest, point: CheckpointEntry, bundle_id: bytes
+) -> wire.RestoreOrder:
+    now = int(time.time() * 1e6)
+    return wire.RestoreOrder(
+        order_id=f"o-{uuid.uuid4().hex[:12]}",
+        plan_id=b.plan_id_for(bundle_id),
+        vault=req.vault,
+        node=req.node,
+        action="restore",
+        checkpoint=point.id,
+        source_node=req.node,
+        sources=tuple(req.sources),
+        health_cmd=req.health_cmd,
+        issued_us=now,
+        expires_us=now + ORDER_TTL_US,
+    )
+
+
+async def _record_export(
+    hd: HubData,
+    req: ExportRequest,
+    w: BundleWriter,
+    point: CheckpointEntry,
+    order: wire.RestoreOrder | None,
+    checkpoints: int,
+    chunks: int,
+) -> None:
+    cat = hd.catalog
+    row = (w.bundle_id, req.vault, req.node, w.header.created_us, checkpoints, chunks, w.bytes)
+    ids = (order.order_id, order.plan_id) if order else ("", "")
+    await cat._exec("INSERT INTO bundle_exports VALUES(?,?,?,?,?,?,?,?,?)", (*row, *ids))
+    if order is None:
+        return
+    spec = PlanSpec(
+        vault=req.vault,
+        nodes=[req.node],
+        point=req.point,
+        sources=list(req.sources),
+        health_cmd=req.health_cmd,
+        rollback_on_failure=False,  # no link to send a rollback on: the node rolls back itself
+    )
+    reason = f"carried by bundle {w.bundle_id.hex()[:16]}; waiting for the node's receipt"
+    await cat._exec(
+        "INSERT INTO plans VALUES(?,?,?,?,?)",
+        (order.plan_id, now_us(), "exported", json.dumps(spec.__dict__), reason),
+    )
+    await cat._exec(
+        "INSERT INTO plan_nodes(plan, vault, node, wave, checkpoint, seq, source_node, state,"
+        " order_id, updated_us) VALUES(?,?,?,?,?,?,?,?,?,?)",
+        (
+            order.plan_id,
+            req.vault,
+            req.node,
+            0,
+            point.id,
+            point.seq,
+            req.node,
+            "queued",
+            order.order_id,
+            now_us(),
+        ),
+    )
+
+
+# --- import -------------------------------------------------------------------------
+
+
+@dataclass
+class Staged:
+    header: b.BundleHeader
+    bundle_id: bytes
+    root: Path
+    checkpoints: dict[bytes, Checkpoint] = field(default_factory=dict)
+    manifests: dict[bytes, list[bytes]] = field(default_factory=dict)  # id -> chunk ids
+    chunks: list[bytes] = field(default_factory=list)
+    receipt: b.BundleReceipt | None = None
+
+    def read(self, role: str, oid: bytes) -> bytes:
+        return (self.root / f"{role}s" / oid.hex()).read_bytes()
+
+
+async def import_bundle(hd: HubData, path: str) -> dict[str, Any]:
+    """A node's export (ingested like NATS ingest) or a receipt (into restore status)."""
+    staged = None
+    try:
+        with open_input(path) as fh:
+            stream = BundleStream(fh)
+            header = stream.header()
+            pin = await _check_signer(hd, header)
+            staged = Staged(header, stream.bundle_id, _staging(hd, stream.bundle_id))
+            for m in stream.members():
+                _stage(staged, m)
+            stream.finish()
+        if pin:
+            await hd.catalog.seen(header.vault, header.node, header.signer)
+        if header.kind == b.RECEIPT:
+            return await apply_receipt(hd, staged)
+        return await _ingest(hd, staged)
+    finally:
+        if staged is not None:
+            shutil.rmtree(staged.root, ignore_errors=True)
+
+
+async def _check_signer(hd: HubData, h: b.BundleHeader) -> bool:
+    """Whether the bundle's key must be pinned as the node's (it has none yet)."""
+    if h.kind == b.HUB_EXPORT:
+        raise WrongTargetError(
+            f"this bundle was made by a hub for node {h.vault}/{h.node}",
+            hint="import it on that node: amber-agent bundle import FILE",
+        )
+    node = await hd.catalog.node(h.vault, h.node)
+    if node.signer is None:
+        return True
+    if node.signer != h.signer:
+        raise SignatureError(
+            f"the bundle is signed by {h.signer.hex()[:16]}, but {h.vault}/{h.node} signs "
+            f"with {node.signer.hex()[:16]}",
+            hint="do not import it; if the node really got a new key, sync it once online",
+        )
+    return False
+
+
+def _staging(hd: HubData, bundle_id: bytes) -> Path:
+    root = hd.cfg.data_dir / STAGING / bundle_id.hex()
+    for sub in ("records", "chunks"):
+        (root / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+    return root
+
+
+def _stage(st: Staged, m: b.Member) -> None:
+    if m.role == "receipt":
+        st.receipt = m.receipt
+        return
+    if m.checkpoint is not None:
+        st.checkpoints[m.id] = m.checkpoint
+    elif m.manifest is not None:
+        st.manifests[m.id] = list(m.manifest["chunks"])
+    else:
+        st.chunks.append(m.id)
+    try:
+        (st.root / f"{m.role}s" / m.id.hex()).write_bytes(m.data)
+    except OSError as exc:
+        raise StoreError(f"cannot stage the bundle under {st.root}: {exc}") from None
+
+
+async def _ingest(hd: HubData, st: Staged) -> dict[str, Any]:
+    h = st.header
+    new = await _plan_chain(hd, st)
+    ing, stored = hd.ingestor, 0
+    for i in range(0, len(st.chunks), BATCH):
+        rows = []
+        for cid in st.chunks[i : i + BATCH]:
+            blob = st.read("chunk", cid)
+            outcome, _ = await ing.put_chunk(h.vault, wire.ChunkPut(id=cid, blob=blob))
+            if outcome == "stored":
+                rows.append((cid, CHUNK, len(blob)))
+        await hd.catalog.add_objects(h.vault, rows)  # as the NATS worker does, then acks
+        stored += len(rows)
+    for mid in st.manifests:
+        await _put_record(hd, st, mid, KIND_MANIFEST)
+    for cid, _ in sorted(st.checkpoints.items(), key=lambda kv: kv[1].seq):
+        await _put_record(hd, st, cid, KIND_CHECKPOINT)
+    await hd.catalog._exec(
+        "INSERT OR IGNORE INTO bundle_imports VALUES(?,?,?,?,?,?,?,?)",
+        (st.bundle_id, h.kind, h.vault, h.node, len(st.checkpoints), new, len(st.chunks), now_us()),
+    )
+    return {
+        "bundle": st.bundle_id.hex(),
+        "kind": h.kind,
+        "vault": h.vault,
+        "node": h.node,
+        "checkpoints": len(st.checkpoints),
+        "new_checkpoints": new,
+        "chunks": len(st.chunks),
+        "new_chunks": stored,
+    }
+
+
+async def _plan_chain(hd: HubData, st: Staged) -> int:
+    """Refuse a bundle that would fork or skip the node's chain, before storing anything."""
+    h = st.header
+    have = {e.seq: e.id for e in await hd.catalog.checkpoints(h.vault, h.node)}
+    head = max(have) if have else -1
+    new = 0
+    for cid, cp in sorted(st.checkpoints.items(), key=lambda kv: kv[1].seq):
+        if have.get(cp.seq) == cid:
+            continue
+        if cp.seq in have:
+            raise ChainError(
+                f"checkpoint seq {cp.seq} of {h.vault}/{h.node} forks its chain at the hub"
+            )
+        if cp.seq != head + 1 or cp.prev != have.get(head):
+            raise ChainError(
+                f"checkpoint seq {cp.seq} does not follow the hub's head (seq {head})",
+                hint="export from the node with --since the hub's newest checkpoint (or --all)",
+            )
+        await _check_complete(hd, st, cp)
+        have[cp.seq], head, new = cid, cp.seq, new + 1
+    return new
+
+
+async def _check_complete(hd: HubData, st: Staged, cp: Checkpoint) -> None:
+    vault = st.header.vault
+    mids = list(cp.manifests.values())
+    held = set(st.manifests) | set(await hd.catalog.present(vault, mids))
+    if any(m not in held for m in mids):
+        raise NotFoundError(f"the bundle lacks a manifest of checkpoint seq {cp.seq}")
+    needed = sorted({c for m in mids if m in st.manifests for c in st.manifests[m]})
+    have = set(st.chunks) | set(await hd.catalog.present(vault, needed))
+    lacking = [c for c in needed if c not in have]
+    if lacking:
+        raise NotFoundError(
+            f"the bundle lacks {len(lacking)} chunk(s) of checkpoint seq {cp.seq} that the "
+            "hub does not hold",
+            hint="export again from the node; chunks it evicted were already at the hub",
+        )
+
+
+async def _put_record(hd: HubData, st: Staged, rid: bytes, kind: int) -> None:
+    h, data = st.header, st.read("record", rid)
+    try:
+        outcome = await hd.ingestor.put_record(
+            h.vault, h.node, wire.RecordPut(id=rid, kind=kind, data=data)
+        )
+    except StoreError:
+        raise
+    except AmberError as exc:
+        await hd.catalog.refuse(h.vault, rid, str(exc))  # as NATS ingest remembers it
+        raise
+    if outcome == "retry":  # only a missing prerequisite makes ingest wait
+        raise ChainError(f"record {rid.hex()[:16]} lacks what it builds on at the hub")
+
+
+# --- receipts -----------------------------------------------------------------------
+
+
+async def apply_receipt(hd: HubData, st: Staged) -> dict[str, Any]:
+    r, h = st.receipt, st.header
+    assert r is not None
+    cat = hd.catalog
+    rows = await cat._all(
+        "SELECT plan_id FROM bundle_exports WHERE vault=? AND node=? AND "
+        "((order_id != '' AND order_id=?) OR bundle=?)",
+        (h.vault, h.node, r.order_id, r.bundle),
+    )
+    plan_id = rows[0][0] if rows else ""
+    fresh = not await cat._all("SELECT 1 FROM bundle_receipts WHERE receipt=?", (st.bundle_id,))
+    await cat._exec(
+        f"INSERT OR IGNORE INTO bundle_receipts({RECEIPT_COLS}) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)",
+        (
+            st.bundle_id,
+            r.bundle,
+            h.vault,
+            h.node,
+            r.order_id,
+            plan_id,
+            r.outcome,
+            r.state,
+            r.detail[:500],
+            r.safety,
+            r.error,
+            now_us(),
+        ),
+    )
+    if plan_id and fresh:
+        await _update_plan(hd, plan_id, h, r)
+    return {"receipt": st.bundle_id.hex(), "plan": plan_id or None, "new": fresh, **receipt_view(r)}
+
+
+async def _update_plan(hd: HubData, plan_id: str, h: b.BundleHeader, r: b.BundleReceipt) -> None:
+    state = {"cancelled": "rolled_back", "swapping": "verifying"}.get(r.state, r.state)
+    if r.outcome == "refused" or not state:
+        state = "failed"
+    detail = r.detail if r.outcome != "refused" else f"refused on the node ({r.error}): {r.detail}"
+    await hd.plans.set_node(plan_id, h.vault, h.node, state=state, detail=detail[:500])
+    if state == "healthy":
+        await hd.plans.set_state(plan_id, "done")
+    elif state in ("failed", "rolled_back"):
+        await hd.plans.set_state(plan_id, "halted", f"{h.node} {state}: {detail}"[:500])
+
+
+def receipt_view(r: b.BundleReceipt) -> dict[str, Any]:
+    return {
+        "bundle": r.bundle.hex(),
+        "outcome": r.outcome,
+        "order_id": r.order_id,
+        "plan_id": r.plan_id,
+        "state": r.state,
+        "detail": r.detail,
+        "safety": r.safety.hex(),
+        "error": r.error,
+        "exit_code": r.exit_code,
+    }
+
+
+async def list_receipts(hd: HubData) -> list[dict[str, Any]]:
+    rows = await hd.catalog._all(f"SELECT {RECEIPT_COLS} FROM bundle_receipts ORDER BY received_us")
+    keys = [c.strip() for c in RECEIPT_COLS.split(",")]
+    out = []
+    for row in rows:
+        d = dict(zip(keys, row, strict=True))
+        for k in ("receipt", "bundle", "safety"):
+            d[k] = d[k].hex()
+        out.append(d)
+    return out
