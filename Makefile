@@ -23,6 +23,8 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/primitives.py
+	$(BIN)/python bench/bench_agent.py
+	$(BIN)/python bench/bench_sync.py
 
 # dist/: the wheel (with its extras) and dist/amber-agent.pyz, the agent as one
 # file for edge devices (packaging/build_zipapp.py; same Python minor version and platform).

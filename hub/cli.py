@@ -23,6 +23,7 @@ from amber.protocol.errors import AmberError
 from amber.secretfile import write_secret
 
 from .catalog import Catalog
+from .cli_bundle import add_commands as add_bundle_commands
 from .cli_restore import add_commands as add_restore_commands
 from .client import AdminClient
 from .config import load_hub_config
@@ -198,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = cat.add_parser("rebuild", help="recreate the catalog from the store (hub stopped)")
     s.set_defaults(func=cmd_catalog_rebuild)
     add_restore_commands(sub)
+    add_bundle_commands(sub)
     return p
 
 
