@@ -36,7 +36,6 @@ from amber.protocol.errors import (
     FormatError,
     IntegrityError,
     JournalError,
-    NotFoundError,
     OrderReplayError,
     RestoreError,
     SignatureError,
@@ -116,9 +115,10 @@ async def import_bundle(rt: AgentRuntime, path: str, trusted: set[bytes], st: Im
             _check_header(rt.cfg, st.header, trusted)
             staging = _staging_dir(rt.cfg, st.bundle_id)
             await _stage(rt, stream, staging, st)
-        await _check_chain(rt, st)
+        await _check_complete(rt, st)
         await _check_order(rt, st)
         async with rt.writing():
+            await _plan_index(rt, st)
             await _commit(rt, staging, st)
     finally:
         if staging is not None:
@@ -188,17 +188,22 @@ def _write(path: Path, data: bytes) -> None:
         raise JournalError(f"cannot write the bundle's staging area: {exc}") from None
 
 
-async def _check_chain(rt: AgentRuntime, st: ImportState) -> None:
-    """Every checkpoint is complete; decide which ones extend the journal's index."""
-    ids = {r.seq: r.id for r in await rt.journal.checkpoints()}
+async def _check_complete(rt: AgentRuntime, st: ImportState) -> None:
+    """Every manifest of every checkpoint is in the bundle or in the journal."""
     present = set(st.manifests) | set(await rt.journal.record_states(_all_manifests(st)))
-    for cid, cp in sorted(st.checkpoints.items(), key=lambda kv: kv[1].seq):
+    for cp in st.checkpoints.values():
         lacking = [m for m in cp.manifests.values() if m not in present]
         if lacking:
             raise IntegrityError(
                 f"the bundle lacks manifest {lacking[0].hex()[:16]} of checkpoint seq {cp.seq}",
                 hint="export the bundle again from the hub",
             )
+
+
+async def _plan_index(rt: AgentRuntime, st: ImportState) -> None:
+    """Which checkpoints extend the journal's index (run under the write lock)."""
+    ids = {r.seq: r.id for r in await rt.journal.checkpoints()}
+    for cid, cp in sorted(st.checkpoints.items(), key=lambda kv: kv[1].seq):
         if ids.get(cp.seq) == cid:
             continue
         if cp.seq in ids or not await _fits(rt, ids, cid, cp):
@@ -265,7 +270,7 @@ async def _check_order_chunks(rt: AgentRuntime, st: ImportState, order: wire.Res
             continue
         if mid not in st.manifests:
             data = await rt.journal.record(mid)
-            assert data is not None  # _check_chain saw every manifest
+            assert data is not None  # _check_complete saw every manifest
             st.manifests[mid] = manifest_public(data)["chunks"]
         needed.update(st.manifests[mid])
     lacking = needed - set(st.chunks) - await _held(rt, sorted(needed - set(st.chunks)))
@@ -309,7 +314,7 @@ async def _commit(rt: AgentRuntime, staging: Path | None, st: ImportState) -> No
 
 async def _commit_body(rt: AgentRuntime, staging: Path, st: ImportState) -> None:
     db, now = rt.journal.db, time.time_ns() // 1000
-    for batch in _batches(sorted(st.chunks)):
+    for batch in batches(sorted(st.chunks)):
         rows = [
             (cid, st.chunks[cid], (staging / f"chunks/{cid.hex()}").read_bytes()) for cid in batch
         ]
@@ -322,7 +327,7 @@ async def _commit_body(rt: AgentRuntime, staging: Path, st: ImportState) -> None
             "UPDATE chunks SET blob = ?, stored = ? WHERE id = ? AND blob IS NULL",
             [(blob, len(blob), cid) for cid, _, blob in rows],
         )
-    for batch in _batches(sorted(p.name for p in (staging / "records").iterdir())):
+    for batch in batches(sorted(p.name for p in (staging / "records").iterdir())):
         rows = []
         for name in batch:
             rid = bytes.fromhex(name)
@@ -348,7 +353,7 @@ async def _commit_body(rt: AgentRuntime, staging: Path, st: ImportState) -> None
     )
 
 
-def _batches(ids: list[T]) -> Iterator[list[T]]:
+def batches(ids: list[T]) -> Iterator[list[T]]:
     for i in range(0, len(ids), BATCH):
         yield ids[i : i + BATCH]
 
@@ -402,91 +407,3 @@ def write_receipt(rt: AgentRuntime, out: str, receipt: b.BundleReceipt) -> None:
     with BundleWriter(out, header) as w:
         w.add(b.RECEIPT_NAME, receipt.encode())
         w.finish(rt.ident.signer)
-
-
-# --- export -------------------------------------------------------------------------
-
-
-@dataclass
-class ExportStats:
-    checkpoints: int = 0
-    manifests: int = 0
-    chunks: int = 0
-    bytes: int = 0
-    first_seq: int = -1
-    last_seq: int = -1
-
-
-async def export_bundle(rt: AgentRuntime, out: str, since: str | None) -> ExportStats:
-    """Checkpoints after ``since`` (all with None), their manifests, and the chunks the
-    hub may lack (held and not yet durable there), signed by the node key."""
-    j, stats = rt.journal, ExportStats()
-    rows = await j.checkpoints()
-    if since is not None:
-        base = await j.resolve(since)
-        rows = [r for r in rows if r.seq > base.seq]
-    if not rows:
-        raise NotFoundError(
-            "no checkpoints to export" + (f" after {since}" if since else ""),
-            hint="take a checkpoint first, or give an older --since",
-        )
-    header = b.BundleHeader(
-        b.NODE_EXPORT, rt.cfg.vault, rt.cfg.node, time.time_ns() // 1000, rt.ident.signer.public
-    )
-    with BundleWriter(out, header) as w:
-        wanted = await _export_records(rt, w, [r.id for r in rows], stats)
-        for batch in _batches(await _exportable_chunks(rt, wanted)):
-            blobs = await j.get_chunks(batch)
-            for cid in batch:
-                w.add(f"{b.CHUNK_DIR}{cid.hex()}", blobs[cid])
-                stats.chunks += 1
-        w.finish(rt.ident.signer)
-        stats.bytes = w.bytes
-    stats.first_seq, stats.last_seq = rows[0].seq, rows[-1].seq
-    return stats
-
-
-async def _export_records(
-    rt: AgentRuntime, w: BundleWriter, cp_ids: list[bytes], stats: ExportStats
-) -> dict[bytes, bool]:
-    """Write the checkpoints and their manifests; returns chunk id -> must be held."""
-    j, seen, wanted = rt.journal, set(), {}
-    for cid in cp_ids:
-        data = await j.record(cid)
-        if data is None:
-            raise JournalError(f"checkpoint {cid.hex()[:16]} is indexed but its record is gone")
-        for mid in checkpoint_public(data).manifests.values():
-            if mid in seen:
-                continue
-            seen.add(mid)
-            mdata = await j.record(mid)
-            if mdata is None:
-                raise JournalError(f"manifest {mid.hex()[:16]} is missing from the journal")
-            durable = (await j.record_states([mid])).get(mid) == DURABLE
-            for chunk in manifest_public(mdata)["chunks"]:
-                wanted[chunk] = wanted.get(chunk, False) or not durable
-            w.add(f"{b.RECORD_DIR}{mid.hex()}", mdata)
-            stats.manifests += 1
-        w.add(f"{b.RECORD_DIR}{cid.hex()}", data)
-        stats.checkpoints += 1
-    return wanted
-
-
-async def _exportable_chunks(rt: AgentRuntime, wanted: dict[bytes, bool]) -> list[bytes]:
-    ids, out = sorted(wanted), []
-    for i in range(0, len(ids), 500):
-        part = ids[i : i + 500]
-        marks = ",".join("?" * len(part))
-        sql = f"SELECT id, state, blob IS NOT NULL FROM chunks WHERE id IN ({marks})"
-        rows = {r[0]: (r[1], bool(r[2])) for r in await rt.journal._all(sql, part)}
-        for cid in part:
-            state, held = rows.get(cid, (None, False))
-            if state == DURABLE:
-                continue  # the hub has it
-            if held:
-                out.append(cid)
-            elif wanted[cid]:
-                raise JournalError(
-                    f"chunk {cid.hex()[:16]} of a checkpoint the hub lacks is not in the journal"
-                )
-    return out

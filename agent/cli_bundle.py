@@ -16,22 +16,27 @@ import argparse
 import asyncio
 import json
 import sys
+import time
+from dataclasses import dataclass
 from typing import Any
 
-from amber.bundlefile import BundleStream, open_input, render_summary, summarize
-from amber.protocol.errors import AmberError, RestoreError
+from amber.bundlefile import BundleStream, BundleWriter, open_input, render_summary, summarize
+from amber.protocol import bundle as b
+from amber.protocol.errors import AmberError, JournalError, NotFoundError, RestoreError
 from amber.protocol.keys import SigningKey
+from amber.protocol.records import checkpoint_public, manifest_public
 from amber.secretfile import read_secret
 
 from .bundle import (
     ImportState,
-    export_bundle,
+    batches,
     import_bundle,
     make_receipt,
     trusted_hub_keys,
     write_receipt,
 )
 from .config import config_path, load_config
+from .journal import DURABLE
 from .runtime import AgentRuntime
 
 EPILOG = (
@@ -108,6 +113,94 @@ def _report_import(args: argparse.Namespace, st: ImportState) -> None:
             out(f"safety checkpoint {job.safety.hex()} holds what was there before")
     if args.receipt:
         out(f"receipt written to {args.receipt}")
+
+
+# --- export -------------------------------------------------------------------------
+
+
+@dataclass
+class ExportStats:
+    checkpoints: int = 0
+    manifests: int = 0
+    chunks: int = 0
+    bytes: int = 0
+    first_seq: int = -1
+    last_seq: int = -1
+
+
+async def export_bundle(rt: AgentRuntime, out: str, since: str | None) -> ExportStats:
+    """Checkpoints after ``since`` (all with None), their manifests, and the chunks the
+    hub may lack (held and not yet durable there), signed by the node key."""
+    j, stats = rt.journal, ExportStats()
+    rows = await j.checkpoints()
+    if since is not None:
+        base = await j.resolve(since)
+        rows = [r for r in rows if r.seq > base.seq]
+    if not rows:
+        raise NotFoundError(
+            "no checkpoints to export" + (f" after {since}" if since else ""),
+            hint="take a checkpoint first, or give an older --since",
+        )
+    header = b.BundleHeader(
+        b.NODE_EXPORT, rt.cfg.vault, rt.cfg.node, time.time_ns() // 1000, rt.ident.signer.public
+    )
+    with BundleWriter(out, header) as w:
+        wanted = await _export_records(rt, w, [r.id for r in rows], stats)
+        for batch in batches(await _exportable_chunks(rt, wanted)):
+            blobs = await j.get_chunks(batch)
+            for cid in batch:
+                w.add(f"{b.CHUNK_DIR}{cid.hex()}", blobs[cid])
+                stats.chunks += 1
+        w.finish(rt.ident.signer)
+        stats.bytes = w.bytes
+    stats.first_seq, stats.last_seq = rows[0].seq, rows[-1].seq
+    return stats
+
+
+async def _export_records(
+    rt: AgentRuntime, w: BundleWriter, cp_ids: list[bytes], stats: ExportStats
+) -> dict[bytes, bool]:
+    """Write the checkpoints and their manifests; returns chunk id -> must be held."""
+    j, seen, wanted = rt.journal, set(), {}
+    for cid in cp_ids:
+        data = await j.record(cid)
+        if data is None:
+            raise JournalError(f"checkpoint {cid.hex()[:16]} is indexed but its record is gone")
+        for mid in checkpoint_public(data).manifests.values():
+            if mid in seen:
+                continue
+            seen.add(mid)
+            mdata = await j.record(mid)
+            if mdata is None:
+                raise JournalError(f"manifest {mid.hex()[:16]} is missing from the journal")
+            durable = (await j.record_states([mid])).get(mid) == DURABLE
+            for chunk in manifest_public(mdata)["chunks"]:
+                wanted[chunk] = wanted.get(chunk, False) or not durable
+            w.add(f"{b.RECORD_DIR}{mid.hex()}", mdata)
+            stats.manifests += 1
+        w.add(f"{b.RECORD_DIR}{cid.hex()}", data)
+        stats.checkpoints += 1
+    return wanted
+
+
+async def _exportable_chunks(rt: AgentRuntime, wanted: dict[bytes, bool]) -> list[bytes]:
+    ids, out = sorted(wanted), []
+    for i in range(0, len(ids), 500):
+        part = ids[i : i + 500]
+        marks = ",".join("?" * len(part))
+        sql = f"SELECT id, state, blob IS NOT NULL FROM chunks WHERE id IN ({marks})"
+        rows = {r[0]: (r[1], bool(r[2])) for r in await rt.journal._all(sql, part)}
+        for cid in part:
+            state, held = rows.get(cid, (None, False))
+            if state == DURABLE:
+                continue  # the hub has it
+            if held:
+                out.append(cid)
+            elif wanted[cid]:
+                raise JournalError(
+                    f"chunk {cid.hex()[:16]} of a checkpoint the hub lacks is not in the journal"
+                )
+    return out
 
 
 def cmd_export(args: argparse.Namespace) -> int:

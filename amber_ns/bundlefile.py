@@ -16,6 +16,7 @@ import io
 import os
 import sys
 import tarfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -143,9 +144,15 @@ class BundleWriter:
                 + ("; the partial file was removed" if self._tmp is not None else ""),
                 hint="free space on that disk (or write the bundle to a larger one) and retry",
             )
-        return UsageError(f"cannot {action} the bundle {where}: {exc.strerror or exc}")
+        return UsageError(
+            f"cannot {action} the bundle {where}: {exc.strerror or exc}",
+            hint="check that the directory exists and that this user may write there",
+        )
 
     def _discard(self) -> None:
+        if self._tar is not None:  # never flush what is left into a failed file
+            self._tar.closed = True
+            self._tar.fileobj.closed = True  # type: ignore[union-attr]
         if self._tmp is None:
             return
         with contextlib.suppress(OSError):
@@ -370,11 +377,16 @@ def receipt_json(r: b.BundleReceipt) -> dict[str, Any]:
     return {k: (v.hex() if isinstance(v, bytes) else v) for k, v in r.__dict__.items()}
 
 
+def iso(us: int) -> str:
+    """A time in microseconds as ISO 8601 UTC, to the second."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(us / 1e6))
+
+
 def render_summary(s: dict[str, Any], trust: str) -> list[str]:
     """Lines for ``bundle inspect`` (agent and hub)."""
     lines = [
         f"bundle {s['bundle'][:16]}: {s['kind']} for {s['vault']}/{s['node']} "
-        f"(made by the {s['producer']}, {s['created_us']} us)",
+        f"(made by the {s['producer']} at {iso(s['created_us'])})",
         f"signature: {s['signature']}, key {s['signer']}; {trust}",
         f"records: {len(s['checkpoints'])} checkpoint(s), {s['manifests']} manifest(s), "
         f"{s['record_bytes']:,} bytes; chunks: {s['chunks']}, {s['chunk_bytes']:,} bytes "
@@ -383,7 +395,7 @@ def render_summary(s: dict[str, Any], trust: str) -> list[str]:
     for c in s["checkpoints"]:
         labels = " ".join(f"{k}={v}" for k, v in c["labels"].items())
         lines.append(
-            f"  {c['id'][:16]}  seq {c['seq']:<5} {c['time_us']}  {c['kind']:<7} "
+            f"  {c['id'][:16]}  seq {c['seq']:<5} {iso(c['time_us'])}  {c['kind']:<7} "
             f"{','.join(c['sources'])}  {labels}".rstrip()
         )
     if s["order"]:
@@ -391,7 +403,7 @@ def render_summary(s: dict[str, Any], trust: str) -> list[str]:
         lines.append(
             f"order {o['order_id']} (plan {o['plan_id']}): {o['action']} checkpoint "
             f"{o['checkpoint'][:16]} sources {','.join(o['sources']) or 'all'}, "
-            f"expires {o['expires_us']} us"
+            f"expires {iso(o['expires_us'])}"
         )
     if s["receipt"]:
         r = s["receipt"]

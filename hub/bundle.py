@@ -17,23 +17,19 @@ SQLite in WAL mode and objects are immutable, so both processes may work at once
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
-import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from amber.bundlefile import BundleStream, BundleWriter, open_input
+from amber.bundlefile import BundleStream, open_input
 from amber.protocol import bundle as b
 from amber.protocol import wire
 from amber.protocol.errors import (
     AmberError,
     ChainError,
     ConfigError,
-    IntegrityError,
     NotFoundError,
     SignatureError,
     StoreError,
@@ -44,16 +40,12 @@ from amber.protocol.records import (
     KIND_CHECKPOINT,
     KIND_MANIFEST,
     Checkpoint,
-    manifest_public,
-    record_id,
 )
 
-from .catalog import CHUNK, RECORD, Catalog, CheckpointEntry, now_us
+from .catalog import CHUNK, Catalog, now_us
 from .config import HubConfig, load_hub_key
-from .coordinator import ORDER_TTL_US
 from .ingest import Ingestor
-from .layout import object_key
-from .plans import PlanBook, PlanSpec, pick_checkpoint
+from .plans import PlanBook
 from .store import ObjectStore, open_store
 
 STAGING = "bundle-staging"
@@ -110,159 +102,6 @@ async def open_hub_data(cfg: HubConfig) -> AsyncIterator[HubData]:
     finally:
         await store.close()
         await catalog.close()
-
-
-# --- export -------------------------------------------------------------------------
-
-
-@dataclass
-class ExportRequest:
-    vault: str
-    node: str
-    point: str = "latest"
-    sources: list[str] = field(default_factory=list)
-    all: bool = False
-    restore_order: bool = False
-    health_cmd: str = ""
-
-
-async def export_bundle(hd: HubData, req: ExportRequest, out: str) -> dict[str, Any]:
-    rows = await hd.catalog.checkpoints(req.vault, req.node)
-    if not rows:
-        raise NotFoundError(f"the hub holds no checkpoints of {req.vault}/{req.node}")
-    point = pick_checkpoint(rows, req.point)
-    unknown = [s for s in req.sources if s not in point.manifests]
-    if unknown:
-        raise NotFoundError(
-            f"checkpoint {point.id.hex()[:16]} has no source(s) {', '.join(unknown)}",
-            hint=f"it holds: {', '.join(sorted(point.manifests))}",
-        )
-    chosen = rows if req.all else [point]
-    header = b.BundleHeader(b.HUB_EXPORT, req.vault, req.node, now_us(), hd.signer.public)
-    with BundleWriter(out, header) as w:
-        chunks = await _write_records(hd, w, chosen, req.sources)
-        await _write_chunks(hd, w, req.vault, chunks)
-        order = _order(hd, req, point, w.bundle_id) if req.restore_order else None
-        if order is not None:
-            w.add(b.ORDER_NAME, wire.encode(wire.sign_order(order, hd.signer)))
-        w.finish(hd.signer)
-        await _record_export(hd, req, w, point, order, len(chosen), len(chunks))
-    return {
-        "bundle": w.bundle_id.hex(),
-        "checkpoints": len(chosen),
-        "chunks": len(chunks),
-        "bytes": w.bytes,
-        "order": order.order_id if order else None,
-        "plan": order.plan_id if order else None,
-    }
-
-
-async def _get(hd: HubData, vault: str, oid: bytes, kind: str) -> bytes:
-    return await hd.store.get(object_key(vault, oid, kind))
-
-
-async def _write_records(
-    hd: HubData, w: BundleWriter, chosen: list[CheckpointEntry], sources: list[str]
-) -> list[bytes]:
-    """Write the checkpoints and all their manifests; returns the chunk ids needed."""
-    lists: dict[bytes, list[bytes]] = {}  # manifest id -> its chunk ids
-    chunks: set[bytes] = set()
-    for row in chosen:
-        for name, mid_hex in sorted(row.manifests.items()):
-            mid = bytes.fromhex(mid_hex)
-            if mid not in lists:
-                data = _checked(await _get(hd, row.vault, mid, RECORD), mid)
-                lists[mid] = manifest_public(data)["chunks"]
-                w.add(f"{b.RECORD_DIR}{mid_hex}", data)
-            if not sources or name in sources:
-                chunks.update(lists[mid])
-        data = await _get(hd, row.vault, row.id, RECORD)
-        w.add(f"{b.RECORD_DIR}{row.id.hex()}", _checked(data, row.id))
-    return sorted(chunks)
-
-
-def _checked(data: bytes, oid: bytes) -> bytes:
-    if record_id(data) != oid:
-        raise IntegrityError(f"stored record {oid.hex()[:16]} is damaged", hint="run verify")
-    return data
-
-
-async def _write_chunks(hd: HubData, w: BundleWriter, vault: str, ids: list[bytes]) -> None:
-    have = await hd.catalog.present(vault, ids)
-    missing = [i for i in ids if i not in have]
-    if missing:
-        raise NotFoundError(
-            f"the hub lacks {len(missing)} chunk(s) of the chosen checkpoint(s), "
-            f"e.g. {missing[0].hex()[:16]}",
-            hint="the checkpoint is not restorable from this hub; choose another point",
-        )
-    for cid in ids:
-        w.add(f"{b.CHUNK_DIR}{cid.hex()}", await _get(hd, vault, cid, CHUNK))
-
-
-def _order(
-    hd: HubData, req: ExportRequest, point: CheckpointEntry, bundle_id: bytes
-) -> wire.RestoreOrder:
-    now = int(time.time() * 1e6)
-    return wire.RestoreOrder(
-        order_id=f"o-{uuid.uuid4().hex[:12]}",
-        plan_id=b.plan_id_for(bundle_id),
-        vault=req.vault,
-        node=req.node,
-        action="restore",
-        checkpoint=point.id,
-        source_node=req.node,
-        sources=tuple(req.sources),
-        health_cmd=req.health_cmd,
-        issued_us=now,
-        expires_us=now + ORDER_TTL_US,
-    )
-
-
-async def _record_export(
-    hd: HubData,
-    req: ExportRequest,
-    w: BundleWriter,
-    point: CheckpointEntry,
-    order: wire.RestoreOrder | None,
-    checkpoints: int,
-    chunks: int,
-) -> None:
-    cat = hd.catalog
-    row = (w.bundle_id, req.vault, req.node, w.header.created_us, checkpoints, chunks, w.bytes)
-    ids = (order.order_id, order.plan_id) if order else ("", "")
-    await cat._exec("INSERT INTO bundle_exports VALUES(?,?,?,?,?,?,?,?,?)", (*row, *ids))
-    if order is None:
-        return
-    spec = PlanSpec(
-        vault=req.vault,
-        nodes=[req.node],
-        point=req.point,
-        sources=list(req.sources),
-        health_cmd=req.health_cmd,
-        rollback_on_failure=False,  # no link to send a rollback on: the node rolls back itself
-    )
-    reason = f"carried by bundle {w.bundle_id.hex()[:16]}; waiting for the node's receipt"
-    await cat._exec(
-        "INSERT INTO plans VALUES(?,?,?,?,?)",
-        (order.plan_id, now_us(), "exported", json.dumps(spec.__dict__), reason),
-    )
-    await cat._exec(
-        "INSERT INTO plan_nodes(plan, vault, node, wave, checkpoint, seq, source_node, state,"
-        " order_id, updated_us) VALUES(?,?,?,?,?,?,?,?,?,?)",
-        (
-            order.plan_id,
-            req.vault,
-            req.node,
-            0,
-            point.id,
-            point.seq,
-            req.node,
-            "queued",
-            order.order_id,
-            now_us(),
-        ),
-    )
 
 
 # --- import -------------------------------------------------------------------------

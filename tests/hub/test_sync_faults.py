@@ -54,33 +54,37 @@ def proxy(hub: HubProcess) -> Iterator[ThreadedProxy]:
         p.close()
 
 
-def loaded_node(hub: HubProcess, root: Path, model_size: int = MODEL) -> tuple[Agent, Snapshot]:
-    """A node with agent memory and a model, two checkpoints taken, nothing synced."""
+def loaded_node(
+    hub: HubProcess, root: Path, model_size: int = MODEL
+) -> tuple[Agent, list[Snapshot]]:
+    """A node with agent memory and a model, two checkpoints taken, nothing synced; the
+    snapshots are what each checkpoint must restore to."""
     agent = new_agent(hub, root, "edge1", VAULT)
     agent.configure(journal_cache_bytes=CACHE)
     data = make_memory(root / "data")
     add_memory_sources(agent, data)
     agent.add("model", "model", make_model(root / "model", model_size))
+    sources = {"logs": data / "logs", "prompts": data / "prompts", "model": root / "model"}
+    snaps = []
     agent.checkpoint()
+    snaps.append(snapshot(sources, data / "memory.db"))
     grow_memory(data)
     write(root / "model" / "adapter.bin", b"\x01" * 300_000)
     agent.checkpoint()
-    snap = snapshot(
-        {"logs": data / "logs", "prompts": data / "prompts", "model": root / "model"},
-        data / "memory.db",
-    )
-    return agent, snap
+    snaps.append(snapshot(sources, data / "memory.db"))
+    return agent, snaps
 
 
-def check_guarantees(hub: HubProcess, agent: Agent, root: Path, snap: Snapshot) -> None:
+def check_guarantees(hub: HubProcess, agent: Agent, root: Path, snaps: list[Snapshot]) -> None:
     remote = assert_exactly_once_at_hub(hub, agent)
-    assert len(remote) == 2
+    assert len(remote) == len(snaps)
     assert assert_evicted_only_durable(hub, agent) > 0
     final = agent.sync()  # nothing left to send, nothing re-sent
     assert (final["checkpoints"], final["chunks_sent"]) == (0, 0)
-    dest = root / f"restored-{time.monotonic_ns()}"
-    agent.restore_to("latest", dest)
-    assert_restored(dest, snap, db_source="memory")
+    for seq, snap in enumerate(snaps):  # evicted chunks come back from the hub
+        dest = root / f"restored-{seq}-{time.monotonic_ns()}"
+        agent.restore_to(f"seq:{seq}", dest)
+        assert_restored(dest, snap, db_source="memory")
 
 
 def sync_until_done(
@@ -123,7 +127,7 @@ def sync_until_done(
 def test_link_cut_repeatedly_during_sync_once(
     hub: HubProcess, proxy: ThreadedProxy, tmp_path: Path
 ) -> None:
-    agent, snap = loaded_node(hub, tmp_path)
+    agent, snaps = loaded_node(hub, tmp_path)
     agent.point_at(proxy.url)
     proxy.set_bandwidth(LINK)
     # two short cuts the client rides out by reconnecting, then one that lasts until the
@@ -152,7 +156,7 @@ def test_link_cut_repeatedly_during_sync_once(
     codes = [r.code for r in results]
     assert codes[-1] == 0 and 50 in codes, results
     assert any("cannot reach the hub" in r.out or "lost the connection" in r.out for r in results)
-    check_guarantees(hub, agent, tmp_path, snap)
+    check_guarantees(hub, agent, tmp_path, snaps)
     # re-sends after the cuts cost at most the chunks in flight, not the whole model
     assert proxy.bytes_upstream < 2 * MODEL
 
@@ -160,7 +164,7 @@ def test_link_cut_repeatedly_during_sync_once(
 def test_link_cut_and_black_holed_during_daemon_sync(
     hub: HubProcess, proxy: ThreadedProxy, tmp_path: Path
 ) -> None:
-    agent, snap = loaded_node(hub, tmp_path)
+    agent, snaps = loaded_node(hub, tmp_path)
     agent.point_at(proxy.url)
     agent.set_hub(sync_interval=1)  # the daemon only syncs: no source is due yet
     proxy.set_bandwidth(LINK)
@@ -188,7 +192,7 @@ def test_link_cut_and_black_holed_during_daemon_sync(
     finally:
         code = stop_proc(proc, grace=15)
     assert code == 0, tail(agent.log)
-    check_guarantees(hub, agent, tmp_path, snap)
+    check_guarantees(hub, agent, tmp_path, snaps)
 
 
 @pytest.mark.parametrize("agent_limit", [None, 460 * 1024], ids=["unpaced", "paced"])
@@ -198,7 +202,7 @@ def test_slow_link_still_completes(
     """A slow, far link completes. Paced by the agent's own `bandwidth_limit` just under
     the link's speed, nothing queues up long enough for a publish to time out and be
     sent twice; unpaced, some may be (the bytes are bounded, not exact)."""
-    agent, snap = loaded_node(hub, tmp_path, model_size=4 * MiB)
+    agent, snaps = loaded_node(hub, tmp_path, model_size=4 * MiB)
     agent.point_at(proxy.url)
     proxy.set_latency(0.1)  # +200 ms per round trip
     if agent_limit is None:
@@ -214,13 +218,13 @@ def test_slow_link_still_completes(
     assert wire_bytes < (1.1 if agent_limit else 2.0) * stats["bytes_sent"]
     proxy.set_latency(0)
     proxy.set_bandwidth(None)
-    check_guarantees(hub, agent, tmp_path, snap)
+    check_guarantees(hub, agent, tmp_path, snaps)
 
 
 def test_hub_killed_mid_sync_and_restarted(
     hub: HubProcess, proxy: ThreadedProxy, tmp_path: Path
 ) -> None:
-    agent, snap = loaded_node(hub, tmp_path)
+    agent, snaps = loaded_node(hub, tmp_path)
     agent.point_at(proxy.url)
     proxy.set_bandwidth(LINK)
     nats_before = hub.nats_pid()
@@ -236,13 +240,13 @@ def test_hub_killed_mid_sync_and_restarted(
     results = sync_until_done(agent, kill_hub_once)
     assert killed, results
     assert hub.nats_pid() == nats_before  # the restarted hub adopted it
-    check_guarantees(hub, agent, tmp_path, snap)
+    check_guarantees(hub, agent, tmp_path, snaps)
 
 
 def test_nats_server_killed_mid_sync_and_hub_restarted(
     hub: HubProcess, proxy: ThreadedProxy, tmp_path: Path
 ) -> None:
-    agent, snap = loaded_node(hub, tmp_path)
+    agent, snaps = loaded_node(hub, tmp_path)
     agent.point_at(proxy.url)
     proxy.set_bandwidth(LINK)
     nats_before = hub.nats_pid()
@@ -256,4 +260,4 @@ def test_nats_server_killed_mid_sync_and_hub_restarted(
 
     results = sync_until_done(agent, kill_nats_once)
     assert killed, results
-    check_guarantees(hub, agent, tmp_path, snap)
+    check_guarantees(hub, agent, tmp_path, snaps)

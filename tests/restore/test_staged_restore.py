@@ -10,14 +10,16 @@ replacement node; an operator's abort rolling back the nodes already restored.
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any
 
-from hub_helpers import sqlite_dump, tree
+from hub_helpers import integrity, sqlite_dump, tree
 from restore_helpers import (
     Fleet,
     assert_restored,
     assert_untouched,
     node_states,
+    settled,
     waves_of,
 )
 
@@ -127,3 +129,132 @@ def test_failing_canary_halts_the_plan_and_touches_no_other_node(fresh: Fleet) -
     assert node_states(again) == node_states(final) and again["state"] == "halted"
     for name in ("n1", "n2", "n4"):
         assert fresh[name].jobs(plan["id"]) == []
+
+
+def at_or_before(rows: list[dict[str, Any]], node: str, limit_us: int) -> str:
+    """What the hub's catalog says a point in time means for ``node``: its last regular
+    checkpoint at or before the limit."""
+    mine = [
+        r
+        for r in rows
+        if r["node"] == node and r["kind"] == "regular" and r["time_us"] <= limit_us
+    ]
+    return max(mine, key=lambda r: r["time_us"])["id"]
+
+
+def test_point_in_time_labels_and_selectors_choose_checkpoints_and_nodes(fresh: Fleet) -> None:
+    # three rounds of checkpoints, the second labelled; t_mid falls inside the first round
+    ids: dict[str, list[str]] = {n: [] for n in ALL}
+    states: dict[str, list[Any]] = {n: [] for n in ALL}
+    t_mid = t_round1 = 0.0
+    for rnd in range(3):
+        for name in ALL:
+            states[name].append(fresh[name].write_state(fresh.next_seed()))
+            labels = ("release=r2",) if rnd == 1 else ()
+            ids[name].append(fresh[name].checkpoint(*labels)["id"])
+            if rnd == 0 and name == "n2":
+                t_mid = time.time()
+        if rnd == 0:
+            t_round1 = time.time()
+    rows = fresh.wait_at_hub({i for v in ids.values() for i in v})
+    rows = [r for r in rows if r["vault"] == "fleet"]
+
+    def chosen(plan: dict[str, Any]) -> dict[str, str]:
+        return {n["node"]: n["checkpoint"] for n in plan["nodes"]}
+
+    # at: a time between checkpoint 1 and 2 of every node (unix seconds and ISO)
+    for point in (f"at:{t_round1:.6f}", "at:" + datetime.fromtimestamp(t_round1, UTC).isoformat()):
+        plan = fresh.plan("--nodes", ",".join(ALL), "--point", point)
+        assert chosen(plan) == {n: ids[n][0] for n in ALL}, point
+    # per node: a time after n1's and n2's first checkpoint, before n3's and n4's
+    plan = fresh.plan("--nodes", ",".join(ALL), "--point", f"at:{t_mid:.6f}")
+    limit = int(t_mid * 1e6)
+    assert chosen(plan) == {n: at_or_before(rows, n, limit) for n in ALL}
+    assert chosen(plan)["n2"] == ids["n2"][0]
+    assert chosen(plan)["n3"] not in ids["n3"]  # its last checkpoint before this test
+    # no checkpoint that early: refused, nothing planned
+    res = fresh.hub.admin(
+        "restore", "plan", "--vault", "fleet", "--nodes", "n1", "--point", "at:1000000000"
+    )
+    assert res.code != 0 and "no checkpoint at or before" in res.err, res
+    # an id prefix
+    plan = fresh.plan("--nodes", "n3", "--point", ids["n3"][0][:12])
+    assert chosen(plan) == {"n3": ids["n3"][0]}
+    # selectors over the enrolment labels; label: picks the labelled checkpoints
+    plan = fresh.plan("--selector", "site=south,role=edge", "--point", "label:release=r2")
+    assert chosen(plan) == {"n3": ids["n3"][1], "n4": ids["n4"][1]}
+    plan = fresh.plan(
+        "--selector", "site=north", "--point", "label:release=r2", "--sources", "files"
+    )
+    assert chosen(plan) == {"n1": ids["n1"][1], "n2": ids["n2"][1]}
+    before = {n: fresh[n].capture() for n in ("n1", "n2")}
+    fresh.start_plan(plan["id"])
+    final = fresh.wait_settled(plan["id"])
+    assert final["state"] == "done", final
+    for name in ("n1", "n2"):
+        node = fresh[name]
+        assert tree(node.data / "files") == states[name][1].files  # the labelled state
+        assert tree(node.data / "model") == before[name].model  # not among --sources
+        assert sqlite_dump(node.db) == before[name].dump
+        assert node.leftovers() == []
+    for name in ("n3", "n4"):  # not selected
+        assert fresh[name].jobs(plan["id"]) == []
+        assert_untouched(fresh[name], states[name][2])
+
+
+def test_to_node_restores_one_nodes_checkpoint_onto_a_replacement(fresh: Fleet) -> None:
+    prep = fresh.prepare(["n1"])
+    spare = fresh.add_node("n5", ("site=spare",), data=False)  # new hardware, nothing on it
+    spare.start()
+    assert not spare.data.exists()
+    plan = fresh.plan("--nodes", "n1", "--to-node", "n5", "--point", "latest")
+    assert [(n["node"], n["source_node"], n["checkpoint"]) for n in plan["nodes"]] == [
+        ("n5", "n1", prep["n1"].cp)
+    ]
+    fresh.start_plan(plan["id"])
+    final = fresh.wait_settled(plan["id"])
+    assert final["state"] == "done" and node_states(final) == {"n5": "healthy"}, final
+    assert_restored(spare, prep["n1"].a)
+    assert_untouched(fresh["n1"], prep["n1"].b)  # the source node is not touched
+    assert fresh["n1"].jobs(plan["id"]) == []
+    assert [j[1:] for j in spare.jobs(plan["id"])] == [("restore", "healthy")]
+
+
+def test_abort_rolls_back_the_nodes_already_restored(fresh: Fleet) -> None:
+    prep = fresh.prepare(ALL)
+    fresh["n3"].mark("hold-pre")  # n3 (wave 1) waits in its pre_restore hook
+    plan = fresh.plan("--nodes", ",".join(ALL), "--canary", "1", "--waves", "50%,100%")
+    assert waves_of(plan) == {"n1": 0, "n2": 1, "n3": 1, "n4": 2}
+    fresh.start_plan(plan["id"])
+    fresh.wait_plan(
+        plan["id"],
+        lambda p: node_states(p)["n2"] == "healthy" and fresh["n3"].hook_times("pre"),
+        "n1 and n2 restored, n3 in its pre_restore hook",
+    )
+    assert_restored(fresh["n1"], prep["n1"].a)
+    assert_restored(fresh["n2"], prep["n2"].a)
+    res = fresh.hub.ok("restore", "abort", plan["id"])
+    assert "aborted" in res.out
+    fresh["n3"].unmark("hold-pre")
+    final = fresh.wait_plan(
+        plan["id"],
+        lambda p: settled(p) and node_states(p)["n3"] != "healthy",
+        "the rollbacks",
+    )
+    assert final["state"] == "aborted" and "operator" in final["reason"], final
+    assert node_states(final) == {
+        "n1": "rolled_back",
+        "n2": "rolled_back",
+        "n3": "rolled_back",
+        "n4": "planned",
+    }, final
+    for name in ("n1", "n2", "n3"):
+        node = fresh[name]
+        b = prep[name].b
+        assert node.leftovers() == []
+        assert tree(node.data / "files") == b.files, name
+        assert tree(node.data / "model") == b.model, name
+        assert sqlite_dump(node.db) == b.dump, name
+        assert integrity(node.db) == "ok"
+    assert fresh["n4"].jobs(plan["id"]) == []
+    assert_untouched(fresh["n4"], prep["n4"].b)
