@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from amber.bundlefile import BundleStream, BundleWriter, open_input
+from amber.bundlefile import BundleStream, BundleWriter, iso, open_input
 from amber.protocol import bundle as b
 from amber.protocol import wire
 from amber.protocol.chunk import decode_chunk
@@ -71,13 +71,13 @@ class ImportState:
     """What an import learnt so far (also when it fails: the receipt says it)."""
 
     bundle_id: bytes = b""
-    header: b.BundleHeader | None = None
     checkpoints: dict[bytes, Checkpoint] = field(default_factory=dict)
     manifests: dict[bytes, list[bytes]] = field(default_factory=dict)  # id -> chunk ids
     chunks: dict[bytes, int] = field(default_factory=dict)  # id -> plaintext size
     order: wire.RestoreOrder | None = None
     accepted: list[tuple[bytes, Checkpoint]] = field(default_factory=list)
     conflicts: list[int] = field(default_factory=list)
+    added: int = 0  # checkpoints committed to the journal's index
     new_chunks: int = 0
     outcome: str = "imported"
     job: Job | None = None
@@ -110,9 +110,9 @@ async def import_bundle(rt: AgentRuntime, path: str, trusted: set[bytes], st: Im
     try:
         with open_input(path) as fh:
             stream = BundleStream(fh)
-            st.header = stream.header()
+            header = stream.header()
             st.bundle_id = stream.bundle_id
-            _check_header(rt.cfg, st.header, trusted)
+            _check_header(rt.cfg, header, trusted)
             staging = _staging_dir(rt.cfg, st.bundle_id)
             await _stage(rt, stream, staging, st)
         await _check_complete(rt, st)
@@ -190,7 +190,8 @@ def _write(path: Path, data: bytes) -> None:
 
 async def _check_complete(rt: AgentRuntime, st: ImportState) -> None:
     """Every manifest of every checkpoint is in the bundle or in the journal."""
-    present = set(st.manifests) | set(await rt.journal.record_states(_all_manifests(st)))
+    named = sorted({m for cp in st.checkpoints.values() for m in cp.manifests.values()})
+    present = set(st.manifests) | set(await rt.journal.record_states(named))
     for cp in st.checkpoints.values():
         lacking = [m for m in cp.manifests.values() if m not in present]
         if lacking:
@@ -211,10 +212,6 @@ async def _plan_index(rt: AgentRuntime, st: ImportState) -> None:
             continue
         ids[cp.seq] = cid
         st.accepted.append((cid, cp))
-
-
-def _all_manifests(st: ImportState) -> list[bytes]:
-    return sorted({m for cp in st.checkpoints.values() for m in cp.manifests.values()})
 
 
 async def _fits(rt: AgentRuntime, ids: dict[int, bytes], cid: bytes, cp: Checkpoint) -> bool:
@@ -247,7 +244,7 @@ async def _check_order(rt: AgentRuntime, st: ImportState) -> None:
         )
     if order.expires_us < time.time_ns() // 1000:
         raise RestoreError(
-            f"restore order {order.order_id} expired at {_when(order.expires_us)}",
+            f"restore order {order.order_id} expired at {iso(order.expires_us)}",
             hint="export a new bundle with a fresh order: amber-hub bundle export --restore-order",
         )
     await _check_order_chunks(rt, st, order)
@@ -310,6 +307,9 @@ async def _commit(rt: AgentRuntime, staging: Path | None, st: ImportState) -> No
                 raise
         except sqlite3.Error as exc:
             raise _db_error(exc, j.path) from None
+        except OSError as exc:  # the staging area went away (another import of it ended)
+            raise JournalError(f"cannot read the bundle's staging area: {exc}") from None
+    st.added = len(st.accepted)
 
 
 async def _commit_body(rt: AgentRuntime, staging: Path, st: ImportState) -> None:
@@ -372,10 +372,6 @@ async def _execute(rt: AgentRuntime, st: ImportState) -> None:
         st.job = await ex.jobs.get(order.order_id)
 
 
-def _when(us: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(us / 1e6))
-
-
 # --- receipts -----------------------------------------------------------------------
 
 
@@ -393,7 +389,7 @@ def make_receipt(st: ImportState, error: AmberError | None) -> b.BundleReceipt:
         detail=job.detail if job is not None and job.detail else (str(error) if error else ""),
         safety=job.safety if job is not None else b"",
         checkpoint=order.checkpoint if order else b"",
-        added=len(st.accepted),
+        added=st.added,
         error=type(error).__name__ if error is not None else "",
         exit_code=error.exit_code if error is not None else 0,
         time_us=time.time_ns() // 1000,

@@ -86,7 +86,7 @@ def _report_import(args: argparse.Namespace, st: ImportState) -> None:
     summary: dict[str, Any] = {
         "bundle": st.bundle_id.hex(),
         "checkpoints": len(st.checkpoints),
-        "added": len(st.accepted),
+        "added": st.added,
         "conflicts": st.conflicts,
         "chunks": len(st.chunks),
         "new_chunks": st.new_chunks,
@@ -129,13 +129,17 @@ class ExportStats:
 
 
 async def export_bundle(rt: AgentRuntime, out: str, since: str | None) -> ExportStats:
-    """Checkpoints after ``since`` (all with None), their manifests, and the chunks the
-    hub may lack (held and not yet durable there), signed by the node key."""
+    """Checkpoints after ``since`` (all with None) and their manifests, signed by the node
+    key, with the chunks the hub may lack: not those of the ``since`` checkpoint (the hub
+    holds it, so it holds them) nor those the hub acknowledged (journal state durable)."""
     j, stats = rt.journal, ExportStats()
     rows = await j.checkpoints()
+    at_hub: dict[bytes, bytes] = {}  # manifests the hub holds -> their record
     if since is not None:
         base = await j.resolve(since)
         rows = [r for r in rows if r.seq > base.seq]
+        for mid in checkpoint_public(await _record(rt, base.id)).manifests.values():
+            at_hub[mid] = await _record(rt, mid)
     if not rows:
         raise NotFoundError(
             "no checkpoints to export" + (f" after {since}" if since else ""),
@@ -145,10 +149,12 @@ async def export_bundle(rt: AgentRuntime, out: str, since: str | None) -> Export
         b.NODE_EXPORT, rt.cfg.vault, rt.cfg.node, time.time_ns() // 1000, rt.ident.signer.public
     )
     with BundleWriter(out, header) as w:
-        wanted = await _export_records(rt, w, [r.id for r in rows], stats)
+        wanted = await _export_records(rt, w, [r.id for r in rows], at_hub, stats)
         for batch in batches(await _exportable_chunks(rt, wanted)):
             blobs = await j.get_chunks(batch)
             for cid in batch:
+                if cid not in blobs:
+                    raise JournalError(f"chunk {cid.hex()[:16]} left the journal during export")
                 w.add(f"{b.CHUNK_DIR}{cid.hex()}", blobs[cid])
                 stats.chunks += 1
         w.finish(rt.ident.signer)
@@ -157,25 +163,35 @@ async def export_bundle(rt: AgentRuntime, out: str, since: str | None) -> Export
     return stats
 
 
+async def _record(rt: AgentRuntime, rid: bytes) -> bytes:
+    data = await rt.journal.record(rid)
+    if data is None:
+        raise JournalError(f"record {rid.hex()[:16]} is indexed but missing from the journal")
+    return data
+
+
 async def _export_records(
-    rt: AgentRuntime, w: BundleWriter, cp_ids: list[bytes], stats: ExportStats
+    rt: AgentRuntime,
+    w: BundleWriter,
+    cp_ids: list[bytes],
+    at_hub: dict[bytes, bytes],
+    stats: ExportStats,
 ) -> dict[bytes, bool]:
-    """Write the checkpoints and their manifests; returns chunk id -> must be held."""
-    j, seen, wanted = rt.journal, set(), {}
+    """Write the checkpoints and the manifests the hub lacks; returns the chunk ids to
+    send, each with whether the journal must still hold it."""
+    known = {c for data in at_hub.values() for c in manifest_public(data)["chunks"]}
+    seen, wanted = set(at_hub), {}
     for cid in cp_ids:
-        data = await j.record(cid)
-        if data is None:
-            raise JournalError(f"checkpoint {cid.hex()[:16]} is indexed but its record is gone")
+        data = await _record(rt, cid)
         for mid in checkpoint_public(data).manifests.values():
             if mid in seen:
                 continue
             seen.add(mid)
-            mdata = await j.record(mid)
-            if mdata is None:
-                raise JournalError(f"manifest {mid.hex()[:16]} is missing from the journal")
-            durable = (await j.record_states([mid])).get(mid) == DURABLE
+            mdata = await _record(rt, mid)
+            durable = (await rt.journal.record_states([mid])).get(mid) == DURABLE
             for chunk in manifest_public(mdata)["chunks"]:
-                wanted[chunk] = wanted.get(chunk, False) or not durable
+                if chunk not in known:
+                    wanted[chunk] = wanted.get(chunk, False) or not durable
             w.add(f"{b.RECORD_DIR}{mid.hex()}", mdata)
             stats.manifests += 1
         w.add(f"{b.RECORD_DIR}{cid.hex()}", data)
@@ -193,7 +209,7 @@ async def _exportable_chunks(rt: AgentRuntime, wanted: dict[bytes, bool]) -> lis
         for cid in part:
             state, held = rows.get(cid, (None, False))
             if state == DURABLE:
-                continue  # the hub has it
+                continue  # the hub acknowledged it
             if held:
                 out.append(cid)
             elif wanted[cid]:

@@ -84,7 +84,9 @@ class OrderExecutor:
 
     async def execute(self, order: wire.RestoreOrder) -> None:
         job = order.order_id
-        if not await self.report(job):
+        # a rollback is sent because the plan halted or was aborted: it never waits for
+        # the hub's go-ahead (the hub answers "stop" for every plan that is not running)
+        if not await self.report(job) and order.action != "rollback":
             await self.jobs.update(job, state="cancelled", detail="the plan no longer runs")
             return
         async with self.rt.writing():

@@ -11,6 +11,7 @@ reads front to back with memory bounded by the largest member, so both work on p
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import io
 import os
@@ -338,9 +339,9 @@ def summarize(stream: BundleStream) -> dict[str, Any]:
             counts["chunks"] += 1
             counts["chunk_bytes"] += len(m.data)
         elif m.order is not None:
-            order = order_json(m.order)
+            order = jsonable(m.order)
         elif m.receipt is not None:
-            receipt = receipt_json(m.receipt)
+            receipt = jsonable(m.receipt)
     index = stream.finish()
     return {
         "bundle": stream.bundle_id.hex(),
@@ -359,22 +360,13 @@ def summarize(stream: BundleStream) -> dict[str, Any]:
     }
 
 
-def order_json(order: Any) -> dict[str, Any]:
-    return {
-        "order_id": order.order_id,
-        "plan_id": order.plan_id,
-        "action": order.action,
-        "checkpoint": order.checkpoint.hex(),
-        "source_node": order.source_node,
-        "sources": list(order.sources),
-        "health_cmd": order.health_cmd,
-        "issued_us": order.issued_us,
-        "expires_us": order.expires_us,
-    }
-
-
-def receipt_json(r: b.BundleReceipt) -> dict[str, Any]:
-    return {k: (v.hex() if isinstance(v, bytes) else v) for k, v in r.__dict__.items()}
+def jsonable(value: Any) -> dict[str, Any]:
+    """A decoded order or receipt as JSON: bytes as hex, tuples as lists."""
+    out = {}
+    for f in dataclasses.fields(value):
+        v = getattr(value, f.name)
+        out[f.name] = v.hex() if isinstance(v, bytes) else list(v) if isinstance(v, tuple) else v
+    return out
 
 
 def iso(us: int) -> str:

@@ -17,7 +17,9 @@ SQLite in WAL mode and objects are immutable, so both processes may work at once
 from __future__ import annotations
 
 import contextlib
+import errno
 import shutil
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,8 @@ from amber.protocol.errors import (
     AmberError,
     ChainError,
     ConfigError,
+    DiskFullError,
+    JournalError,
     NotFoundError,
     SignatureError,
     StoreError,
@@ -50,6 +54,7 @@ from .store import ObjectStore, open_store
 
 STAGING = "bundle-staging"
 BATCH = 64
+FINAL = ("healthy", "failed", "rolled_back")
 BUNDLE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS bundle_exports(
     bundle BLOB PRIMARY KEY, vault TEXT NOT NULL, node TEXT NOT NULL, created_us INTEGER NOT NULL,
@@ -102,6 +107,22 @@ async def open_hub_data(cfg: HubConfig) -> AsyncIterator[HubData]:
     finally:
         await store.close()
         await catalog.close()
+
+
+async def write_rows(cat: Catalog, rows: list[tuple[str, tuple[Any, ...]]]) -> None:
+    """Several catalog writes in one transaction."""
+    async with cat.lock:
+        try:
+            await cat.db.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, args in rows:
+                    await cat.db.execute(sql, args)
+                await cat.db.execute("COMMIT")
+            except BaseException:
+                await cat.db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise JournalError(f"hub catalog {cat.path}: {exc}") from None
 
 
 # --- import -------------------------------------------------------------------------
@@ -182,6 +203,8 @@ def _stage(st: Staged, m: b.Member) -> None:
     try:
         (st.root / f"{m.role}s" / m.id.hex()).write_bytes(m.data)
     except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise DiskFullError(f"no space left to stage the bundle under {st.root}") from None
         raise StoreError(f"cannot stage the bundle under {st.root}: {exc}") from None
 
 
@@ -287,6 +310,8 @@ async def apply_receipt(hd: HubData, st: Staged) -> dict[str, Any]:
     )
     plan_id = rows[0][0] if rows else ""
     fresh = not await cat._all("SELECT 1 FROM bundle_receipts WHERE receipt=?", (st.bundle_id,))
+    if plan_id and fresh:  # the plan first: a receipt row means it was applied
+        await _update_plan(hd, plan_id, h, r)
     await cat._exec(
         f"INSERT OR IGNORE INTO bundle_receipts({RECEIPT_COLS}) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)",
         (
@@ -304,14 +329,15 @@ async def apply_receipt(hd: HubData, st: Staged) -> dict[str, Any]:
             now_us(),
         ),
     )
-    if plan_id and fresh:
-        await _update_plan(hd, plan_id, h, r)
     return {"receipt": st.bundle_id.hex(), "plan": plan_id or None, "new": fresh, **receipt_view(r)}
 
 
 async def _update_plan(hd: HubData, plan_id: str, h: b.BundleHeader, r: b.BundleReceipt) -> None:
     state = {"cancelled": "rolled_back", "swapping": "verifying"}.get(r.state, r.state)
     if r.outcome == "refused" or not state:
+        plan = await hd.plans.get(plan_id)
+        if any(n["state"] in FINAL for n in plan["nodes"] if n["node"] == h.node):
+            return  # a refused copy does not undo what the order already did
         state = "failed"
     detail = r.detail if r.outcome != "refused" else f"refused on the node ({r.error}): {r.detail}"
     await hd.plans.set_node(plan_id, h.vault, h.node, state=state, detail=detail[:500])

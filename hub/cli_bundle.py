@@ -28,7 +28,7 @@ from amber.protocol.keys import SigningKey
 from amber.protocol.records import manifest_public, record_id
 from amber.secretfile import read_secret
 
-from .bundle import HubData, import_bundle, list_receipts, open_hub_data
+from .bundle import HubData, import_bundle, list_receipts, open_hub_data, write_rows
 from .catalog import CHUNK, RECORD, Catalog, CheckpointEntry, now_us
 from .config import load_hub_config
 from .coordinator import ORDER_TTL_US
@@ -90,7 +90,7 @@ async def export_bundle(hd: HubData, req: ExportRequest, out: str) -> dict[str, 
     with BundleWriter(out, header) as w:
         chunks = await _write_records(hd, w, chosen, req.sources)
         await _write_chunks(hd, w, req.vault, chunks)
-        order = _order(hd, req, point, w.bundle_id) if req.restore_order else None
+        order = _order(req, point, w.bundle_id) if req.restore_order else None
         if order is not None:
             w.add(b.ORDER_NAME, wire.encode(wire.sign_order(order, hd.signer)))
         w.finish(hd.signer)
@@ -148,9 +148,7 @@ async def _write_chunks(hd: HubData, w: BundleWriter, vault: str, ids: list[byte
         w.add(f"{b.CHUNK_DIR}{cid.hex()}", await _get(hd, vault, cid, CHUNK))
 
 
-def _order(
-    hd: HubData, req: ExportRequest, point: CheckpointEntry, bundle_id: bytes
-) -> wire.RestoreOrder:
+def _order(req: ExportRequest, point: CheckpointEntry, bundle_id: bytes) -> wire.RestoreOrder:
     now = int(time.time() * 1e6)
     return wire.RestoreOrder(
         order_id=f"o-{uuid.uuid4().hex[:12]}",
@@ -176,41 +174,33 @@ async def _record_export(
     checkpoints: int,
     chunks: int,
 ) -> None:
-    cat = hd.catalog
+    """The export, and the plan of its order, in one catalog transaction."""
     row = (w.bundle_id, req.vault, req.node, w.header.created_us, checkpoints, chunks, w.bytes)
     ids = (order.order_id, order.plan_id) if order else ("", "")
-    await cat._exec("INSERT INTO bundle_exports VALUES(?,?,?,?,?,?,?,?,?)", (*row, *ids))
-    if order is None:
-        return
-    spec = PlanSpec(
-        vault=req.vault,
-        nodes=[req.node],
-        point=req.point,
-        sources=list(req.sources),
-        health_cmd=req.health_cmd,
-        rollback_on_failure=False,  # no link to send a rollback on: the node rolls back itself
-    )
-    reason = f"carried by bundle {w.bundle_id.hex()[:16]}; waiting for the node's receipt"
-    await cat._exec(
-        "INSERT INTO plans VALUES(?,?,?,?,?)",
-        (order.plan_id, now_us(), "exported", json.dumps(spec.__dict__), reason),
-    )
-    await cat._exec(
-        "INSERT INTO plan_nodes(plan, vault, node, wave, checkpoint, seq, source_node, state,"
-        " order_id, updated_us) VALUES(?,?,?,?,?,?,?,?,?,?)",
-        (
-            order.plan_id,
-            req.vault,
-            req.node,
-            0,
-            point.id,
-            point.seq,
-            req.node,
-            "queued",
-            order.order_id,
-            now_us(),
-        ),
-    )
+    rows: list[tuple[str, tuple[Any, ...]]] = [
+        ("INSERT INTO bundle_exports VALUES(?,?,?,?,?,?,?,?,?)", (*row, *ids))
+    ]
+    if order is not None:
+        spec = PlanSpec(
+            vault=req.vault,
+            nodes=[req.node],
+            point=req.point,
+            sources=list(req.sources),
+            health_cmd=req.health_cmd,
+            rollback_on_failure=False,  # no link to send a rollback on: the node rolls back
+        )
+        reason = f"carried by bundle {w.bundle_id.hex()[:16]}; waiting for the node's receipt"
+        plan = (order.plan_id, now_us(), "exported", json.dumps(spec.__dict__), reason)
+        node = (order.plan_id, req.vault, req.node, 0, point.id, point.seq, req.node)
+        rows += [
+            ("INSERT INTO plans VALUES(?,?,?,?,?)", plan),
+            (
+                "INSERT INTO plan_nodes(plan, vault, node, wave, checkpoint, seq, source_node,"
+                " state, order_id, updated_us) VALUES(?,?,?,?,?,?,?,?,?,?)",
+                (*node, "queued", order.order_id, now_us()),
+            ),
+        ]
+    await write_rows(hd.catalog, rows)
 
 
 def cmd_export(args: argparse.Namespace) -> int:

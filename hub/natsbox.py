@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from amber.protocol.errors import ConfigError, HubUnavailableError
@@ -22,6 +24,7 @@ from amber.protocol.errors import ConfigError, HubUnavailableError
 from .catalog import NodeRow
 
 HUB_USER = "amber-hub"
+log = logging.getLogger("amber.hub.nats")
 
 
 def find_nats_server() -> str:
@@ -149,6 +152,29 @@ class EmbeddedNats:
             self.proc.send_signal(signal.SIGHUP)
         elif self.adopted is not None:
             os.kill(self.adopted, signal.SIGHUP)
+
+    def alive(self) -> bool:
+        if self.proc is not None:
+            return self.proc.poll() is None
+        if self.adopted is not None:
+            try:
+                stat = Path(f"/proc/{self.adopted}/stat").read_text()
+            except OSError:
+                return False
+            return stat.split(") ", 1)[-1][:1] != "Z"
+        return False
+
+    async def supervise(self, nodes: Callable[[], Awaitable[list[NodeRow]]]) -> None:
+        """Restart the server (same port, config and JetStream store) if it dies."""
+        while True:
+            await asyncio.sleep(1.0)
+            if not self.alive():
+                log.warning("the embedded nats-server died; restarting it")
+                self.proc, self.adopted = None, None
+                try:
+                    await self.start(await nodes())
+                except Exception as exc:
+                    log.error("could not restart nats-server: %s", exc)
 
     async def stop(self) -> None:
         if self.adopted is not None:

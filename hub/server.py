@@ -109,6 +109,9 @@ class Hub:
                 cfg.data_dir / "nats", host, port, self.secrets.nats_password
             )
             await self.embedded.start(await self.catalog.nodes())
+            self.nats_watch = asyncio.create_task(
+                self.embedded.supervise(self.catalog.nodes), name="nats-supervisor"
+            )
             self.nats_url = self.embedded.url
             user, password = HUB_USER, self.secrets.nats_password
         try:
@@ -180,10 +183,11 @@ class Hub:
         await self.stopping.wait()
 
     async def close(self) -> None:
-        task = getattr(self, "coordinator_task", None)
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        for name in ("coordinator_task", "nats_watch"):
+            task = getattr(self, name, None)
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if getattr(self, "service", None) is not None:
             await self.service.stop()
         if self.nc is not None:

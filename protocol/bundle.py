@@ -9,8 +9,10 @@ container is :mod:`amber.bundlefile`'s job. Layout in docs/FORMAT.md ("Bundle").
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,31 +59,18 @@ MAX_CHUNK_MEMBER = MAX_CHUNK_SIZE + 64 * 1024  # a zstd frame may outgrow its pl
 MAX_MEMBERS = 1_000_000
 MAX_INDEX_SIZE = 192 * 1024 * 1024
 OUTCOMES = ("imported", "executed", "replayed", "refused")
+JOB_STATES = (*wire.REPORT_STATES, "swapping", "cancelled")  # agent/jobs.py's states
 INT64_MAX = 2**63 - 1
 
 # role of a member -> its size limit in bytes
-LIMITS = {
-    "header": MAX_HEADER_SIZE,
-    "record": MAX_RECORD_SIZE,
-    "chunk": MAX_CHUNK_MEMBER,
-    "order": MAX_ORDER_SIZE,
-    "receipt": MAX_RECEIPT_SIZE,
-    "index": MAX_INDEX_SIZE,
-    "signature": MAX_SIGNATURE_SIZE,
-}
+LIMITS = {"header": MAX_HEADER_SIZE, "record": MAX_RECORD_SIZE, "chunk": MAX_CHUNK_MEMBER}
+LIMITS |= {"order": MAX_ORDER_SIZE, "receipt": MAX_RECEIPT_SIZE}
+LIMITS |= {"index": MAX_INDEX_SIZE, "signature": MAX_SIGNATURE_SIZE}
 # which content members each kind of bundle may hold
-ALLOWED = {
-    HUB_EXPORT: ("record", "chunk", "order"),
-    NODE_EXPORT: ("record", "chunk"),
-    RECEIPT: ("receipt",),
-}
-_FIXED = {
-    HEADER_NAME: "header",
-    INDEX_NAME: "index",
-    SIGNATURE_NAME: "signature",
-    ORDER_NAME: "order",
-    RECEIPT_NAME: "receipt",
-}
+ALLOWED = {HUB_EXPORT: ("record", "chunk", "order"), NODE_EXPORT: ("record", "chunk")}
+ALLOWED[RECEIPT] = ("receipt",)
+_FIXED = {HEADER_NAME: "header", INDEX_NAME: "index", SIGNATURE_NAME: "signature"}
+_FIXED |= {ORDER_NAME: "order", RECEIPT_NAME: "receipt"}
 _HEX_ID = re.compile(r"[0-9a-f]{64}")
 
 
@@ -153,6 +142,10 @@ def dump_json(fmt: str, fields: dict[str, Any]) -> bytes:
     return (json.dumps(obj, separators=(",", ":"), ensure_ascii=True) + "\n").encode()
 
 
+def _plain(value: Any) -> Any:
+    return value.hex() if isinstance(value, bytes) else value
+
+
 def _hex(value: str, what: str, size: int | None = 32) -> bytes:
     if value == "" and size is None:
         return b""
@@ -182,27 +175,11 @@ class BundleHeader:
         return PRODUCERS[self.kind]
 
     def encode(self) -> bytes:
-        return dump_json(
-            BUNDLE_FORMAT,
-            {
-                "kind": self.kind,
-                "vault": self.vault,
-                "node": self.node,
-                "created_us": self.created_us,
-                "producer": self.producer,
-                "signer": self.signer.hex(),
-            },
-        )
+        return dump_json(BUNDLE_FORMAT, {k: _plain(getattr(self, k)) for k in _HEADER_FIELDS})
 
 
-_HEADER_FIELDS = {
-    "kind": str,
-    "vault": str,
-    "node": str,
-    "created_us": int,
-    "producer": str,
-    "signer": str,
-}
+_HEADER_FIELDS = {"kind": str, "vault": str, "node": str, "created_us": int}
+_HEADER_FIELDS |= {"producer": str, "signer": str}
 
 
 def decode_header(data: bytes) -> BundleHeader:
@@ -257,14 +234,8 @@ def decode_index(data: bytes) -> BundleIndex:
 
 
 def encode_signature(signer: SigningKey, index_bytes: bytes) -> bytes:
-    return dump_json(
-        SIGNATURE_FORMAT,
-        {
-            "algorithm": "ed25519",
-            "signer": signer.public.hex(),
-            "signature": signer.sign(index_bytes).hex(),
-        },
-    )
+    sig = {"signer": signer.public.hex(), "signature": signer.sign(index_bytes).hex()}
+    return dump_json(SIGNATURE_FORMAT, {"algorithm": "ed25519", **sig})
 
 
 def decode_signature(data: bytes) -> tuple[bytes, bytes]:
@@ -297,34 +268,19 @@ class BundleReceipt:
     time_us: int
 
     def encode(self) -> bytes:
-        values: dict[str, Any] = {}
-        for key in _RECEIPT_FIELDS:
-            value = getattr(self, key)
-            values[key] = value.hex() if isinstance(value, bytes) else value
-        return dump_json(RECEIPT_FORMAT, values)
+        return dump_json(RECEIPT_FORMAT, {k: _plain(getattr(self, k)) for k in _RECEIPT_FIELDS})
 
 
-_RECEIPT_FIELDS: dict[str, type] = {
-    "bundle": str,
-    "outcome": str,
-    "order_id": str,
-    "plan_id": str,
-    "state": str,
-    "detail": str,
-    "safety": str,
-    "checkpoint": str,
-    "added": int,
-    "error": str,
-    "exit_code": int,
-    "time_us": int,
-}
+_RECEIPT_FIELDS = dict.fromkeys(("bundle", "outcome", "order_id", "plan_id", "state"), str)
+_RECEIPT_FIELDS |= {"detail": str, "safety": str, "checkpoint": str, "added": int}
+_RECEIPT_FIELDS |= {"error": str, "exit_code": int, "time_us": int}
 
 
 def decode_receipt(data: bytes) -> BundleReceipt:
     obj = load_json(data, "bundle receipt", RECEIPT_FORMAT, _RECEIPT_FIELDS)
     if obj["outcome"] not in OUTCOMES:
         raise FormatError(f"receipt outcome {obj['outcome']!r} is unknown")
-    if obj["state"] and obj["state"] not in (*wire.REPORT_STATES, "cancelled"):
+    if obj["state"] and obj["state"] not in JOB_STATES:
         raise FormatError(f"receipt state {obj['state']!r} is unknown")
     for key in ("bundle", "safety", "checkpoint"):
         obj[key] = _hex(obj[key], f"receipt {key}", None)
@@ -420,12 +376,8 @@ class BundleVerifier:
             raise FormatError(f"a {self.header.kind} bundle cannot hold member {name}")
         if self._phase == "tail":
             raise FormatError(f"bundle member {name} follows the {ORDER_NAME}/{RECEIPT_NAME}")
-        try:
-            member = _check_content(self.header, role, oid, name, data)
-        except UnknownVersionError:
-            raise
-        except (FormatError, ProtocolError) as exc:
-            raise IntegrityError(f"bundle member {name} is damaged: {exc}") from None
+        with _damaged(f"bundle member {name}"):
+            member = _check_content(self.header, self.bundle_id, role, oid, name, data)
         self._keep(name, data)
         if role in ("order", "receipt"):
             self._phase = "tail"
@@ -435,12 +387,8 @@ class BundleVerifier:
         assert self.header is not None
         if self.header.kind == RECEIPT and RECEIPT_NAME not in self._names:
             raise FormatError(f"a receipt bundle lacks its {RECEIPT_NAME}")
-        try:
+        with _damaged("the bundle INDEX"):
             index = decode_index(data)
-        except UnknownVersionError:
-            raise
-        except FormatError as exc:
-            raise IntegrityError(f"the bundle INDEX is damaged: {exc}") from None
         if index.bundle != self.bundle_id:
             raise IntegrityError("the bundle INDEX names another bundle header")
         seen = tuple(self._entries)
@@ -456,12 +404,8 @@ class BundleVerifier:
         assert self.header is not None
         if self._phase != "signature":
             raise FormatError("the bundle SIGNATURE comes before its INDEX")
-        try:
+        with _damaged("the bundle SIGNATURE"):
             signer, sig = decode_signature(data)
-        except UnknownVersionError:
-            raise
-        except FormatError as exc:
-            raise IntegrityError(f"the bundle SIGNATURE is damaged: {exc}") from None
         if signer != self.header.signer:
             raise SignatureError("the bundle SIGNATURE is by another key than its header names")
         try:
@@ -473,7 +417,20 @@ class BundleVerifier:
         self._phase = "done"
 
 
-def _check_content(header: BundleHeader, role: str, oid: bytes, name: str, data: bytes) -> Member:
+@contextlib.contextmanager
+def _damaged(what: str) -> Iterator[None]:
+    """Bytes that fail their format inside a bundle: the bundle is damaged."""
+    try:
+        yield
+    except UnknownVersionError:
+        raise
+    except (FormatError, ProtocolError) as exc:
+        raise IntegrityError(f"{what} is damaged: {exc}") from None
+
+
+def _check_content(
+    header: BundleHeader, bundle_id: bytes, role: str, oid: bytes, name: str, data: bytes
+) -> Member:
     if role == "record":
         return _check_record(header, oid, name, data)
     if role == "chunk":
@@ -485,8 +442,9 @@ def _check_content(header: BundleHeader, role: str, oid: bytes, name: str, data:
         signed = wire.decode(data, wire.SignedOrder)
         assert isinstance(signed, wire.SignedOrder)
         order = wire.open_order(signed, header.signer)
-        if (order.vault, order.node) != (header.vault, header.node) or order.action != "restore":
-            raise FormatError("the carried order is not a restore order for the bundle's node")
+        target = (order.vault, order.node, order.action, order.plan_id)
+        if target != (header.vault, header.node, "restore", plan_id_for(bundle_id)):
+            raise FormatError("the carried order is not this bundle's restore order")
         return Member(name, role, b"", data, order=order)
     return Member(name, role, b"", data, receipt=decode_receipt(data))
 

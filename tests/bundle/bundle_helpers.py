@@ -21,11 +21,13 @@ import json
 import os
 import shutil
 import sqlite3
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hub_helpers import (
+    PY,
     Agent,
     HubProcess,
     Result,
@@ -201,6 +203,28 @@ class Site:
             "signers": q("SELECT vault, node, signer FROM nodes ORDER BY 1, 2"),
             "store": len(self.hub.store_files()),
         }
+
+
+def pipe(producer: list[object], consumer: list[object], timeout: float = 60) -> Result:
+    """``producer | consumer`` (argv after ``python -m``), through a real OS pipe; the
+    consumer's exit code and output, the producer's stderr appended."""
+    first = subprocess.Popen(
+        [PY, "-m", *map(str, producer)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert first.stdout is not None
+    try:
+        second = subprocess.run(
+            [PY, "-m", *map(str, consumer)],
+            stdin=first.stdout,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    finally:
+        first.stdout.close()
+        _, err = first.communicate(timeout=timeout)
+    assert first.returncode == 0, err
+    return Result(second.returncode, second.stdout, second.stderr + err.decode())
 
 
 def _has_table(db: Path, table: str) -> bool:

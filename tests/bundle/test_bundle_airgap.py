@@ -1,19 +1,23 @@
 """Air-gapped sites: backups to the hub and restores back, by bundle files alone.
 
-A real hub in a box; nodes whose agents never open a connection to it (no enrolment
-installed, only the hub's public key). Covers: a node shipping its checkpoints to the
-hub (the chain intact, importing twice adding nothing, later exports only the new
-ones); a hub bundle carrying a restore order, restored bit-exact on the node with a
-safety checkpoint, hooks and health command, its receipt turning the plan ``done`` at
-the hub and a replay of the order refused; a replacement machine restoring from the
-bundle alone.
+A real hub in a box; nodes whose agents never open a connection to it: they know only
+the hub's public key (given as --hub-key, as [hub] key in agent.toml, or in an enrolment
+file whose NATS address is out of reach). Covers: a node shipping its checkpoints to the
+hub (the chain intact, importing twice adding nothing, a later export through a pipe
+carrying only what the hub lacks); a hub bundle carrying a restore order, restored
+bit-exact on the node with a safety checkpoint, hooks and health command, its receipt
+turning the plan ``done`` at the hub, a replay of the order refused; a replacement
+machine restoring from bundles alone (one read from a pipe); an import killed
+mid-restore, rolled back when run again, its receipt halting the plan.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
-from bundle_helpers import VAULT, Site
+from bundle_helpers import VAULT, Site, pipe
 
 
 def test_offline_node_ships_its_checkpoints_to_the_hub(site: Site, tmp_path: Path) -> None:
@@ -40,11 +44,13 @@ def test_offline_node_ships_its_checkpoints_to_the_hub(site: Site, tmp_path: Pat
     assert (again["new_checkpoints"], again["new_chunks"]) == (0, 0)
     assert site.catalog() == before
 
-    # later, only what the hub lacks
-    m.write_state(3)
+    # later, only what the hub lacks (one changed file, not the model again), by a pipe
+    (m.data / "files" / "policy.json").write_text('{"allow": []}')
     cp2 = m.checkpoint()
-    res = site.ship(m, tmp_path / "up2.tar", "--since", cp1["id"][:12])
-    assert (res["checkpoints"], res["new_checkpoints"]) == (1, 1)
+    agent = ("amber.agent.cli", "--config", m.agent.config, "bundle", "export")
+    hub = ("amber.hub.cli", "--data", site.hub.data, "bundle", "import", "-", "--json")
+    res = pipe([*agent, "--since", cp1["id"][:12], "--out", "-"], [*hub]).json()
+    assert (res["checkpoints"], res["new_checkpoints"], res["chunks"]) == (1, 1, 1)
     rows = site.hub.checkpoints(node="ship-1", vault=VAULT)
     assert [r["id"] for r in rows] == [cp0["id"], cp1["id"], cp2["id"]]
     assert rows[2]["prev"] == cp1["id"]
@@ -130,12 +136,23 @@ def test_replacement_machine_restores_from_the_bundle_alone(site: Site, tmp_path
     new.agent.set_hub(key=site.hub_key)  # the hub key in agent.toml this time
     plain = tmp_path / "all.tar"
     site.hub_ok("bundle", "export", "--node", "edge-b", "--vault", VAULT, "--out", plain)
-    first = new.ok("bundle", "import", plain, "--json").json()
+    hub = ("amber.hub.cli", "--data", site.hub.data, "bundle", "export", "--node", "edge-b")
+    agent = ("amber.agent.cli", "--config", new.agent.config, "bundle", "import", "-")
+    piped = pipe([*hub, "--vault", VAULT, "--out", "-"], [*agent, "--json"])
+    assert piped.code == 0, piped
+    first = piped.json()
     assert (first["added"], first["order"]) == (1, None)
     journal = new.journal()
     second = new.ok("bundle", "import", plain, "--json").json()
     assert (second["added"], second["new_chunks"]) == (0, 0)
     assert new.journal() == journal
+
+    some = new.ok("bundle", "inspect", plain, "--json").json()
+    site.hub_ok("bundle", "export", "--node", "edge-b", "--vault", VAULT, "--sources", "files",
+                "--out", tmp_path / "files.tar")  # fmt: skip
+    part = new.ok("bundle", "inspect", tmp_path / "files.tar", "--json").json()
+    assert part["manifests"] == some["manifests"] == 3  # a restore reads them all
+    assert 0 < part["chunks"] < some["chunks"]
 
     down = tmp_path / "down.tar"
     site.hub_ok(
@@ -146,3 +163,35 @@ def test_replacement_machine_restores_from_the_bundle_alone(site: Site, tmp_path
     new.assert_state(good)
     assert [c["id"] for c in new.checkpoints()] == [cp["id"]]  # nothing was there: no safety
     new.ok("verify")
+
+
+def test_import_killed_mid_restore_rolls_back_when_run_again(site: Site, tmp_path: Path) -> None:
+    enrolment = site.enrol("edge-k")
+    m = site.machine("edge-k", "edge-k")
+    # the enrolment file carried to the site, its NATS address unreachable from there: the
+    # hub key comes from it this time
+    enrolment["nats_servers"] = ["nats://127.0.0.1:9"]
+    fd = os.open(m.agent.state / "enrolment.json", os.O_WRONLY | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(enrolment, fh)
+    m.write_state(51)
+    m.checkpoint()
+    site.ship(m, tmp_path / "up.tar")
+    live = m.write_state(52)
+    down = tmp_path / "down.tar"
+    export = ("bundle", "export", "--node", "edge-k", "--vault", VAULT, "--restore-order")
+    plan = site.hub_ok(*export, "--out", down, "--json").json()["plan"]
+
+    m.agent.configure(hooks={"pre_restore": "kill -9 $PPID"})  # the agent dies mid-restore
+    killed = m.agent.proc("bundle", "import", down)
+    assert killed.code == -9, killed
+    m.agent.configure(hooks={})
+    receipt = tmp_path / "receipt.tar"
+    again = m.run("bundle", "import", down, "--receipt", receipt)
+    assert again.code == 71, again
+    m.assert_state(live)
+    assert not list(m.data.glob(".amber-*"))
+    back = site.hub_ok("bundle", "import", receipt, "--json").json()
+    assert (back["outcome"], back["state"]) == ("replayed", "rolled_back")
+    status = site.hub_ok("restore", "status", plan, "--json").json()
+    assert (status["state"], status["nodes"][0]["state"]) == ("halted", "rolled_back")

@@ -142,12 +142,16 @@ def test_bit_flip_is_refused(
     record = next(ti for name, ti in ms.items() if name.startswith("records/"))
     sig = ms["amber-bundle/SIGNATURE"]
     sig_text = prep.down.read_bytes()[sig.offset_data : sig.offset_data + sig.size]
+    digit = sig_text.index(b'"signature":"') + 15
     at, xor = {
         "chunk": (chunk.offset_data + chunk.size // 2, 0x10),
         "record": (record.offset_data + 40, 0x04),
         "index": (ms["amber-bundle/INDEX"].offset_data + 60, 0x01),
         # one hex digit of the signature for another one: still well-formed, wrong
-        "signature": (sig.offset_data + sig_text.index(b'"signature":"') + 15, 0x01),
+        "signature": (
+            sig.offset_data + digit,
+            sig_text[digit] ^ ord("0" if sig_text[digit] != 48 else "1"),
+        ),
         "tar-header": (chunk.offset + 3, 0x01),  # a name byte: the checksum fails
     }[where]
     bad = damaged(prep.down, tmp_path / "flip.tar", at, xor)
@@ -276,3 +280,18 @@ def test_disk_full_during_export(site: Site, prep: Prepared, tmp_path: Path) -> 
     assert (hub.code, node.code) == (42, 42), (hub, node)
     assert "no space left" in node.err and "partial file was removed" in node.err
     assert leftovers == [], leftovers
+
+
+def test_a_refused_bundle_halts_its_plan_by_receipt(
+    site: Site, prep: Prepared, tmp_path: Path
+) -> None:
+    export = ("bundle", "export", "--node", NODE, "--vault", VAULT, "--restore-order")
+    res = site.hub_ok(*export, "--out", tmp_path / "mine.tar", "--json").json()
+    bad = damaged(tmp_path / "mine.tar", tmp_path / "cut.tar", 3000, cut=True)
+    receipt = tmp_path / "receipt.tar"
+    assert node_import(site, prep.m, bad, "--receipt", receipt).code == 12
+    back = site.hub_ok("bundle", "import", receipt, "--json").json()
+    assert (back["plan"], back["outcome"], back["order_id"]) == (res["plan"], "refused", "")
+    status = site.hub_ok("restore", "status", res["plan"], "--json").json()
+    assert (status["state"], status["nodes"][0]["state"]) == ("halted", "failed")
+    assert "IntegrityError" in status["nodes"][0]["detail"]

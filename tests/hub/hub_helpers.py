@@ -713,7 +713,7 @@ def assert_exactly_once_at_hub(hub: HubProcess, agent: Agent) -> list[dict[str, 
         assert c["prev"] == prev, f"the hub's chain breaks at seq {c['seq']}"
         prev = c["id"]
     assert all(state == 2 for _, _, state in local), f"unsynced in the journal: {local}"
-    # each checkpoint record is stored once in the object store
+    # and each checkpoint's record is an object in the store (content-addressed: once)
     records = {p.name for p in hub.store_files() if p.parent.name == "records"}
     assert {c["id"] for c in remote} <= records
     return remote

@@ -45,9 +45,7 @@ def test_canary_then_two_waves_restore_every_node(fresh: Fleet) -> None:
     plan = fresh.plan("--nodes", ",".join(ALL), "--canary", "1", "--waves", "50%,100%")
     assert plan["state"] == "draft"
     assert waves_of(plan) == {"n1": 0, "n2": 1, "n3": 1, "n4": 2}
-    assert {n["node"]: n["checkpoint"] for n in plan["nodes"]} == {
-        n: p.cp for n, p in prep.items()
-    }
+    assert {n["node"]: n["checkpoint"] for n in plan["nodes"]} == {n: p.cp for n, p in prep.items()}
     # a dry run moves nothing
     for name, p in prep.items():
         assert_untouched(fresh[name], p.b)
@@ -57,6 +55,10 @@ def test_canary_then_two_waves_restore_every_node(fresh: Fleet) -> None:
     assert final["state"] == "done", final
     assert set(node_states(final).values()) == {"healthy"}, final
     check_wave_order(seen)
+    listed = {p["id"]: p["state"] for p in fresh.hub.ok("restore", "list", "--json").json()}
+    assert listed[plan["id"]] == "done"
+    text = fresh.hub.ok("restore", "status", plan["id"]).out
+    assert f"plan {plan['id']}: done" in text and text.count("healthy") == 4, text
 
     # per node: the safety checkpoint, then the pre hook, the swap, the health gate
     healthy_us = {n["node"]: n["updated_us"] for n in final["nodes"]}
@@ -135,9 +137,7 @@ def at_or_before(rows: list[dict[str, Any]], node: str, limit_us: int) -> str:
     """What the hub's catalog says a point in time means for ``node``: its last regular
     checkpoint at or before the limit."""
     mine = [
-        r
-        for r in rows
-        if r["node"] == node and r["kind"] == "regular" and r["time_us"] <= limit_us
+        r for r in rows if r["node"] == node and r["kind"] == "regular" and r["time_us"] <= limit_us
     ]
     return max(mine, key=lambda r: r["time_us"])["id"]
 
