@@ -27,8 +27,8 @@ table shows the best round of each tool and the JSON every round.
 The "other CPU" column is CPU time the rest of the machine (other processes, not the
 measured one) used meanwhile, from /proc/stat: a large figure means a noisy row.
 
-    .venv/bin/python bench/bench_agent.py            # 1 GiB node, ~5 minutes on 2 cores
-    .venv/bin/python bench/bench_agent.py --quick    # 1/8 scale, 256 MiB RSS file, <1 min
+    .venv/bin/python bench/bench_agent.py            # 1 GiB node, 2.5-4 minutes on 2 cores
+    .venv/bin/python bench/bench_agent.py --quick    # 1/8 scale, 256 MiB RSS file, ~1 minute
     .venv/bin/python bench/bench_agent.py --json > agent.json   # table on stderr
 
 Everything is written under ``bench/.work/bench_agent/`` (removed at the start of a run).

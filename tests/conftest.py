@@ -5,18 +5,12 @@ Sections: real servers (below). Add new fixtures under a section heading of thei
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-# Make `tests.servers` / `tests.faultproxy` importable however pytest is launched
-# (`pytest` does not put the repository root on sys.path; `python -m pytest` does).
-_ROOT = str(Path(__file__).resolve().parent.parent)
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
+# `tests.servers` / `tests.faultproxy` are importable however pytest is launched:
+# pyproject.toml puts the repository root on sys.path (pytest's `pythonpath`).
 from tests.servers import NatsServer, SeaweedS3
 
 # --------------------------------------------------------------------------- real servers

@@ -7,11 +7,12 @@ import struct
 import blake3
 import pytest
 import zstandard
-from amber.protocol import chunk, keys
-from amber.protocol.errors import AmberError, FormatError, IntegrityError, UnknownVersionError
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from amber.protocol import chunk, keys
+from amber.protocol.errors import AmberError, FormatError, IntegrityError, UnknownVersionError
 
 VAULT = keys.VaultKeys.from_master(bytes(range(32)))
 OTHER_VAULT = keys.VaultKeys.from_master(bytes(range(1, 33)))

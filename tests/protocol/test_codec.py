@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import msgpack
 import pytest
-from amber.protocol import codec as c
-from amber.protocol.errors import AmberError, FormatError
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from amber.protocol import codec as c
+from amber.protocol.errors import AmberError, FormatError
 
 scalars = st.one_of(
     st.none(),

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from amber.protocol import errors
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "ERRORS.md"

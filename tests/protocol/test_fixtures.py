@@ -14,6 +14,7 @@ from typing import Any
 
 import blake3
 import pytest
+
 from amber.protocol import chunk, keys, records, wire
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"

@@ -9,6 +9,11 @@ import struct
 
 import blake3
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from amber.protocol import keys
 from amber.protocol.errors import (
     AmberError,
@@ -17,10 +22,6 @@ from amber.protocol.errors import (
     SignatureError,
     UnknownVersionError,
 )
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 MASTER = bytes(range(32))
 SEED = bytes(range(100, 132))

@@ -8,6 +8,11 @@ import struct
 
 import blake3
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from amber.protocol import codec, keys, records
 from amber.protocol.errors import (
     AmberError,
@@ -18,10 +23,6 @@ from amber.protocol.errors import (
     UnknownVersionError,
 )
 from amber.protocol.records import Checkpoint, Entry, Manifest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 VAULT = keys.VaultKeys.from_master(bytes(range(32)))
 OTHER_VAULT = keys.VaultKeys.from_master(bytes(range(1, 33)))

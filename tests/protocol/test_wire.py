@@ -8,10 +8,11 @@ from typing import Any, ClassVar, get_type_hints
 
 import msgpack
 import pytest
-from amber.protocol import wire
-from amber.protocol.errors import AmberError, FormatError, ProtocolError, UnknownVersionError
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from amber.protocol import wire
+from amber.protocol.errors import AmberError, FormatError, ProtocolError, UnknownVersionError
 
 ID = bytes(range(32))
 int64ish = st.integers(-(2**63), 2**64 - 1)

@@ -58,7 +58,9 @@ def test_canary_then_two_waves_restore_every_node(fresh: Fleet) -> None:
     listed = {p["id"]: p["state"] for p in fresh.hub.ok("restore", "list", "--json").json()}
     assert listed[plan["id"]] == "done"
     text = fresh.hub.ok("restore", "status", plan["id"]).out
-    assert f"plan {plan['id']}: done" in text and text.count("healthy") == 4, text
+    lines = text.splitlines()
+    assert lines[0] == f"plan {plan['id']}: done", text
+    assert len(lines) == 5 and all("  healthy - " in line for line in lines[1:]), text
 
     # per node: the safety checkpoint, then the pre hook, the swap, the health gate
     healthy_us = {n["node"]: n["updated_us"] for n in final["nodes"]}
