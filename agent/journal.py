@@ -94,6 +94,7 @@ class Journal:
     def __init__(self, db: aiosqlite.Connection, path: Path, keys: VaultKeys) -> None:
         self.db = db
         self.path = path
+        self._reader: aiosqlite.Connection | None = None  # read-only, for dedup lookups
         self._tx_lock = asyncio.Lock()  # the checkpointer and the sync loop share this connection
         self._state_key = AESGCM(derive_subkey(keys.master, b"journal-state"))
 
@@ -161,6 +162,8 @@ class Journal:
             )
 
     async def close(self) -> None:
+        if self._reader is not None:
+            await self._reader.close()
         await self.db.close()
 
     async def __aenter__(self) -> Journal:
@@ -209,13 +212,26 @@ class Journal:
     # --- chunks ---------------------------------------------------------------------
 
     async def known_chunks(self, ids: Sequence[bytes]) -> set[bytes]:
-        """Which of ``ids`` the journal has a row for (held, or durable at the hub)."""
+        """Which of ``ids`` the journal has a committed row for (held, or durable at the
+        hub). Asked on a second, read-only connection, so the lookup never waits behind
+        the writer's chunk inserts (which the checkpointer tracks itself)."""
+        if self._reader is None:
+            try:
+                self._reader = await aiosqlite.connect(self.path, isolation_level=None, timeout=30)
+                await self._reader.execute("PRAGMA query_only=1")
+            except sqlite3.Error as exc:
+                raise _db_error(exc, self.path) from None
         found: set[bytes] = set()
         for i in range(0, len(ids), 500):
             part = ids[i : i + 500]
             marks = ",".join("?" * len(part))
-            rows = await self._all(f"SELECT id FROM chunks WHERE id IN ({marks})", part)
-            found.update(r[0] for r in rows)
+            try:
+                async with self._reader.execute(
+                    f"SELECT id FROM chunks WHERE id IN ({marks})", part
+                ) as cur:
+                    found.update(r[0] for r in await cur.fetchall())
+            except sqlite3.Error as exc:
+                raise _db_error(exc, self.path) from None
         return found
 
     async def put_chunks(self, rows: Sequence[tuple[bytes, int, bytes]], now_us: int) -> None:

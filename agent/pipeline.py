@@ -43,17 +43,26 @@ class StreamResult:
     digest: bytes = b""
 
 
-def _read_window(it: Iterator[bytes], hasher: blake3.blake3 | None) -> list[bytes]:
-    out: list[bytes] = []
+def _read_window(
+    it: Iterator[bytes], hasher: blake3.blake3 | None, keys: VaultKeys
+) -> list[tuple[bytes, bytes]]:
+    """Cut the next window of pieces and compute their ids (in the reader thread)."""
+    out: list[tuple[bytes, bytes]] = []
     total = 0
     for piece in it:
         if hasher is not None:
             hasher.update(piece)
-        out.append(piece)
+        out.append((chunk_id(keys, piece), piece))
         total += len(piece)
         if total >= WINDOW_BYTES:
             break
     return out
+
+
+def _encode_many(
+    keys: VaultKeys, level: int, items: list[tuple[bytes, bytes]]
+) -> list[tuple[bytes, bytes]]:
+    return [encode_chunk(keys, p, level=level, cid=cid) for cid, p in items]
 
 
 class ChunkWriter:
@@ -79,6 +88,7 @@ class ChunkWriter:
         self.progress = progress
         self.stats = WriteStats()
         self._seen: set[bytes] = set()
+        self.workers = max(1, getattr(pool, "_max_workers", 2))
         self._pending_put: asyncio.Task[None] | None = None
 
     async def write_stream(self, pieces: Iterator[bytes], *, digest: bool = True) -> StreamResult:
@@ -86,31 +96,33 @@ class ChunkWriter:
         loop = asyncio.get_running_loop()
         hasher = blake3.blake3() if digest else None
         result = StreamResult()
-        nxt = loop.run_in_executor(self.reader, _read_window, pieces, hasher)
+        nxt = loop.run_in_executor(self.reader, _read_window, pieces, hasher, self.keys)
         while True:
             window = await nxt
             if not window:
                 break
-            nxt = loop.run_in_executor(self.reader, _read_window, pieces, hasher)
+            nxt = loop.run_in_executor(self.reader, _read_window, pieces, hasher, self.keys)
             await self._process(window, result)
         if hasher is not None:
             result.digest = hasher.digest()
         return result
 
-    async def _process(self, window: list[bytes], result: StreamResult) -> None:
+    async def _process(self, window: list[tuple[bytes, bytes]], result: StreamResult) -> None:
         loop = asyncio.get_running_loop()
-        ids = await asyncio.gather(
-            *(loop.run_in_executor(self.pool, chunk_id, self.keys, p) for p in window)
-        )
+        ids = [cid for cid, _ in window]
         fresh = list(dict.fromkeys(cid for cid in ids if cid not in self._seen))
         known = await self.journal.known_chunks(fresh) if fresh else set()
-        todo = {
-            cid: p for cid, p in zip(ids, window, strict=True) if cid in fresh and cid not in known
-        }
+        todo = {cid: p for cid, p in window if cid in fresh and cid not in known}
+        items = list(todo.items())
+        groups = [items[i :: self.workers] for i in range(self.workers)]
         encoded = await asyncio.gather(
-            *(loop.run_in_executor(self.pool, self._encode, p, cid) for cid, p in todo.items())
+            *(
+                loop.run_in_executor(self.pool, _encode_many, self.keys, self.level, g)
+                for g in groups
+                if g
+            )
         )
-        rows = [(cid, len(todo[cid]), blob) for cid, blob in encoded]
+        rows = [(cid, len(todo[cid]), blob) for group in encoded for cid, blob in group]
         self._charge(rows)
         await self.flush()
         if rows:
@@ -118,16 +130,15 @@ class ChunkWriter:
                 self.journal.put_chunks(rows, time.time_ns() // 1000)
             )
         self._seen.update(ids)
-        for cid, p in zip(ids, window, strict=True):
+        size = 0
+        for cid, p in window:
             result.chunks.append((cid, len(p)))
-            result.size += len(p)
-        self.stats.read_bytes += sum(map(len, window))
+            size += len(p)
+        result.size += size
+        self.stats.read_bytes += size
         self.stats.dedup_chunks += len(window) - len(rows)
         if self.progress:
-            self.progress(sum(map(len, window)))
-
-    def _encode(self, plaintext: bytes, cid: bytes) -> tuple[bytes, bytes]:
-        return encode_chunk(self.keys, plaintext, level=self.level, cid=cid)
+            self.progress(size)
 
     def _charge(self, rows: list[tuple[bytes, int, bytes]]) -> None:
         added = sum(len(b) for _, _, b in rows)

@@ -71,6 +71,7 @@ def make_app(hub: Hub) -> web.Application:
     app.router.add_get("/api/v1/status", status)
     app.router.add_get("/api/v1/nodes", nodes)
     app.router.add_post("/api/v1/nodes", add_node)
+    app.router.add_post("/api/v1/nodes/{vault}/{node}/rotate", rotate_node)
     app.router.add_get("/api/v1/checkpoints", checkpoints)
     app.router.add_get("/api/v1/restores", restores)
     app.router.add_post("/api/v1/restores", restore_plan)
@@ -116,6 +117,12 @@ async def add_node(request: web.Request) -> web.Response:
     labels = {str(k): str(v) for k, v in dict(body.get("labels", {})).items()}
     enrolment = await hub.enrol(vault, node, labels)
     return web.json_response(enrolment)
+
+
+async def rotate_node(request: web.Request) -> web.Response:
+    vault = check_name(request.match_info["vault"], "vault")
+    node = check_name(request.match_info["node"], "node")
+    return web.json_response(await _hub(request).rotate(vault, node))
 
 
 async def checkpoints(request: web.Request) -> web.Response:

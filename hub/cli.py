@@ -79,6 +79,17 @@ def cmd_node_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_node_rotate(args: argparse.Namespace) -> int:
+    enrolment = _client(args).call("POST", f"/api/v1/nodes/{args.vault}/{args.name}/rotate")
+    logs.register_secret(enrolment.get("password"))
+    write_secret(args.out, json.dumps(enrolment, indent=2).encode(), overwrite=True)
+    out(
+        f"new credentials for {args.vault}/{args.name} in {args.out}; the old ones no longer "
+        "work: run 'amber-agent enroll FILE' on the node"
+    )
+    return 0
+
+
 def _age(us: int | None) -> str:
     if us is None:
         return "never"
@@ -179,6 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--label", action="append", metavar="KEY=VALUE")
     s.set_defaults(func=cmd_node_add)
+    s = node.add_parser("rotate", help="replace a node's NATS credentials (e.g. after a theft)")
+    s.add_argument("name")
+    s.add_argument("--vault", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_node_rotate)
 
     for name, func, helptext in (
         ("nodes", cmd_nodes, "list enrolled nodes"),

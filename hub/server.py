@@ -143,16 +143,31 @@ class Hub:
 
     async def enrol(self, vault: str, node: str, labels: dict[str, str]) -> dict[str, Any]:
         """Create a node's NATS user (scoped to its subjects) and return its enrolment."""
-        if self.embedded is None:
-            raise ConfigError(
-                "this hub uses an external NATS; create the node's user there",
-                hint="see docs/OPERATIONS.md, 'Enrolling nodes with an external NATS'",
-            )
+        self._need_embedded()
         # '.' cannot occur in vault or node names, so no two nodes share a user name
         # (with '-', w/x-y and w-x/y would both be node-w-x-y)
         user, password = f"node.{vault}.{node}", secrets.token_urlsafe(24)
         await self.catalog.add_node(vault, node, user, password, labels)
         await ensure_node_consumer(self.nc.jetstream(timeout=10), vault, node)
+        return await self._issue(vault, node, user, password)
+
+    async def rotate(self, vault: str, node: str) -> dict[str, Any]:
+        """Give a node a new NATS password (the old one stops working at once)."""
+        self._need_embedded()
+        row = await self.catalog.node(vault, node)
+        password = secrets.token_urlsafe(24)
+        await self.catalog.set_password(vault, node, password)
+        return await self._issue(vault, node, row.user, password)
+
+    def _need_embedded(self) -> None:
+        if self.embedded is None:
+            raise ConfigError(
+                "this hub uses an external NATS; manage the node's user there",
+                hint="see docs/PROTOCOL.md section 12 for the permissions a node user needs",
+            )
+
+    async def _issue(self, vault: str, node: str, user: str, password: str) -> dict[str, Any]:
+        assert self.embedded is not None
         self.embedded.reload(await self.catalog.nodes())
         await asyncio.sleep(0.2)  # the server applies SIGHUP asynchronously
         return {
