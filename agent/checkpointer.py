@@ -94,8 +94,8 @@ class Checkpointer:
             await writer.abort()
             try:
                 await self.journal.discard_tentative()
-            except AmberError:
-                pass
+            except AmberError as exc:  # the next writer discards them (runtime.writing)
+                log.warning("could not discard the cancelled checkpoint's chunks yet: %s", exc)
             raise
 
     async def _run(

@@ -98,6 +98,7 @@ class OrderExecutor:
     async def _restore(self, order: wire.RestoreOrder) -> None:
         job = order.order_id
         swaps: list[dict[str, str]] = []
+        hooked = False
         try:
             restorer = self.rt.restorer(None, self.link)
             _, manifests = await restorer.load(order.checkpoint)
@@ -122,7 +123,10 @@ class OrderExecutor:
                 raise RestoreError("the hub halted the plan")
             staged = await self._stage(job, restorer, chosen, targets, total)
             await self.set(job, state="verifying", done=total)
+            hooked = True  # from here on, post_restore must run whatever happens
             await _hook(self.rt.cfg.hooks.get("pre_restore"), "pre_restore hook")
+            if not await self.report(job):  # aborted while the hook ran: do not swap
+                raise RestoreError("the hub halted the plan before the swap")
             swaps = [
                 {
                     "source": n,
@@ -145,7 +149,7 @@ class OrderExecutor:
             await _hook(self.rt.cfg.hooks.get("post_restore"), "post_restore hook")
             await _hook(order.health_cmd, "health command")
         except (AmberError, OSError) as exc:
-            await self._undo(job, swaps, f"{exc}")
+            await self._undo(job, swaps, f"{exc}", hooked)
             return
         for s in swaps:
             _remove(Path(s["old"]))
@@ -210,11 +214,18 @@ class OrderExecutor:
             await asyncio.gather(ticker, return_exceptions=True)
         return staged
 
-    async def _undo(self, job: str, swaps: list[dict[str, str]], reason: str) -> None:
+    async def _undo(
+        self, job: str, swaps: list[dict[str, str]], reason: str, hooked: bool = False
+    ) -> None:
         for s in reversed(swaps):
             swap_back(self.rt.cfg.source(s["source"]), Path(s["old"]), bool(s["existed"]))
             shutil.rmtree(s["stage"], ignore_errors=True)
         _clean_stages(self.rt.cfg.sources)
+        if hooked:  # pre_restore stopped the owner of the data: start it again on the old data
+            try:
+                await _hook(self.rt.cfg.hooks.get("post_restore"), "post_restore hook")
+            except AmberError as exc:
+                reason = f"{reason}; and then {exc}"
         log.warning(
             "restore order %s failed: %s; the node stays on its previous state", job, reason
         )

@@ -97,12 +97,16 @@ class ChunkWriter:
         hasher = blake3.blake3() if digest else None
         result = StreamResult()
         nxt = loop.run_in_executor(self.reader, _read_window, pieces, hasher, self.keys)
-        while True:
-            window = await nxt
-            if not window:
-                break
-            nxt = loop.run_in_executor(self.reader, _read_window, pieces, hasher, self.keys)
-            await self._process(window, result)
+        try:
+            while True:
+                window = await nxt
+                if not window:
+                    break
+                nxt = loop.run_in_executor(self.reader, _read_window, pieces, hasher, self.keys)
+                await self._process(window, result)
+        finally:  # never leave the reader thread reading a file the caller is closing
+            if not nxt.done():
+                await asyncio.gather(nxt, return_exceptions=True)
         if hasher is not None:
             result.digest = hasher.digest()
         return result

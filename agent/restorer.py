@@ -135,38 +135,42 @@ class Restorer:
         self.stats.sources.append(m.source)
 
     async def _write_file(self, e: Entry, target: Path | None) -> None:
+        """Fetch, decode and write one file as a pipeline: while one window of chunks is
+        decoded, the next is fetched and the previous is hashed and written."""
         loop = asyncio.get_running_loop()
         fh = None
         if target is not None:
             target.parent.mkdir(parents=True, exist_ok=True)
             fh = open(target, "wb")
         hasher = blake3.blake3()
+        windows = _windows(e.chunks)
+        fetch = asyncio.ensure_future(self._fetch(windows[0], e)) if windows else None
+        pending: asyncio.Future[None] | None = None
         try:
-            for window in _windows(e.chunks):
-                ids = list(dict.fromkeys(cid for cid, _ in window))
-                blobs = await self.chunks.get_chunks(ids)
-                lost = [i.hex()[:16] for i in ids if i not in blobs]
-                if lost:
-                    raise NotFoundError(
-                        f"{len(lost)} chunk(s) of {e.path} are not available: "
-                        + ", ".join(lost[:3]),
-                        hint="sync with the hub, or restore from a bundle that holds them",
-                    )
-                plain = await asyncio.gather(
-                    *(
-                        loop.run_in_executor(self.pool, decode_chunk, self.ident.keys, i, blobs[i])
-                        for i in ids
-                    )
-                )
-                by_id = dict(zip(ids, plain, strict=True))
+            for idx, window in enumerate(windows):
+                assert fetch is not None
+                ids, blobs = await fetch
+                if idx + 1 < len(windows):
+                    fetch = asyncio.ensure_future(self._fetch(windows[idx + 1], e))
+                by_id = await self._decode(ids, blobs)
                 data = [by_id[cid] for cid, _ in window]
-                await loop.run_in_executor(self.pool, _consume, data, hasher, fh)
+                if pending is not None:
+                    await pending
+                pending = loop.run_in_executor(self.pool, _consume, data, hasher, fh)
                 self.stats.chunks += len(window)
                 if self.progress:
                     self.progress(sum(n for _, n in window))
+            if pending is not None:
+                await pending
+                pending = None
             if fh is not None:
                 await loop.run_in_executor(self.pool, _sync, fh)
         finally:
+            if fetch is not None and not fetch.done():
+                fetch.cancel()
+                await asyncio.gather(fetch, return_exceptions=True)
+            if pending is not None:
+                await asyncio.gather(pending, return_exceptions=True)
             if fh is not None:
                 fh.close()
         size = sum(n for _, n in e.chunks)
@@ -174,6 +178,33 @@ class Restorer:
             raise IntegrityError(f"{e.path}: restored content does not match its recorded digest")
         self.stats.files += 1
         self.stats.bytes += size
+
+    async def _fetch(
+        self, window: list[tuple[bytes, int]], e: Entry
+    ) -> tuple[list[bytes], dict[bytes, bytes]]:
+        ids = list(dict.fromkeys(cid for cid, _ in window))
+        blobs = await self.chunks.get_chunks(ids)
+        lost = [i.hex()[:16] for i in ids if i not in blobs]
+        if lost:
+            raise NotFoundError(
+                f"{len(lost)} chunk(s) of {e.path} are not available: " + ", ".join(lost[:3]),
+                hint="sync with the hub, or restore from a bundle that holds them",
+            )
+        return ids, blobs
+
+    async def _decode(self, ids: list[bytes], blobs: dict[bytes, bytes]) -> dict[bytes, bytes]:
+        """Authenticate and decrypt a window, split across the pool's workers."""
+        loop = asyncio.get_running_loop()
+        workers = max(1, getattr(self.pool, "_max_workers", 2))
+        groups = [ids[i::workers] for i in range(workers)]
+        done = await asyncio.gather(
+            *(
+                loop.run_in_executor(self.pool, _decode_many, self.ident.keys, g, blobs)
+                for g in groups
+                if g
+            )
+        )
+        return {cid: plain for part in done for cid, plain in part}
 
     # --- whole checkpoints ----------------------------------------------------------
 
@@ -238,6 +269,12 @@ def _windows(chunks: Sequence[tuple[bytes, int]]) -> list[list[tuple[bytes, int]
         out[-1].append(ref)
         size += ref[1]
     return [w for w in out if w]
+
+
+def _decode_many(
+    keys: object, ids: list[bytes], blobs: dict[bytes, bytes]
+) -> list[tuple[bytes, bytes]]:
+    return [(cid, decode_chunk(keys, cid, blobs[cid])) for cid in ids]  # type: ignore[arg-type]
 
 
 def _consume(data: list[bytes], hasher: blake3.blake3, fh: object) -> None:

@@ -31,6 +31,7 @@ log = logging.getLogger("amber.hub.service")
 STREAM = "AMBER_INGEST"
 DURABLE = "hub-ingest"
 BATCH = 64
+FETCH_PARALLEL = 16  # store reads in flight per fetch request
 MAX_REPLY = 6 * 1024 * 1024
 MAX_LIST = 256
 # A message fetched by a hub process that then died is redelivered after ACK_WAIT; a live
@@ -269,19 +270,24 @@ class HubService:
         raise NotFoundError(f"{req.TYPE} is not a request the hub answers")
 
     async def _fetch(self, vault: str, req: wire.FetchRequest) -> wire.FetchReply:
-        kinds = await self.catalog.present(vault, req.ids)
-        ids, blobs, missing, size = [], [], [], 0
+        """Objects by id, read from the store concurrently, up to MAX_REPLY bytes (the
+        node asks again for what did not fit)."""
+        known = await self.catalog.present_sizes(vault, req.ids)
+        chosen, missing, size = [], [], 0
         for oid in req.ids:
-            if oid not in kinds:
+            if oid not in known:
                 missing.append(oid)
-                continue
-            if size >= MAX_REPLY:
-                break  # the node asks again for what did not fit
-            data = await self.store.get(object_key(vault, oid, kinds[oid]))
-            ids.append(oid)
-            blobs.append(data)
-            size += len(data)
-        return wire.FetchReply(ids=tuple(ids), blobs=tuple(blobs), missing=tuple(missing))
+            elif size < MAX_REPLY:
+                chosen.append(oid)
+                size += known[oid][1]
+        gate = asyncio.Semaphore(FETCH_PARALLEL)
+
+        async def get(oid: bytes) -> bytes:
+            async with gate:
+                return await self.store.get(object_key(vault, oid, known[oid][0]))
+
+        blobs = await asyncio.gather(*(get(oid) for oid in chosen))
+        return wire.FetchReply(ids=tuple(chosen), blobs=tuple(blobs), missing=tuple(missing))
 
     async def _list(self, vault: str, node: str, req: wire.ListCheckpoints) -> wire.Message:
         if req.node != node:
