@@ -61,7 +61,7 @@ class AgentConfig:
     journal_max_bytes: int = 8 * 1024 * MiB
     journal_cache_bytes: int = 512 * MiB
     busy_timeout: float = 10.0
-    compression_level: int = 3
+    compression_level: int = 1  # zstd; 1 compresses weights as well as 3, much faster
     workers: int = 2
     sources: tuple[SourceConfig, ...] = ()
     tiers: dict[str, TierPolicy] = field(default_factory=lambda: dict(DEFAULT_TIERS))
@@ -185,7 +185,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> AgentConfig:
         journal_max_bytes=parse_size(journal.get("max_bytes", 8 << 30), "journal.max_bytes"),
         journal_cache_bytes=parse_size(journal.get("cache_bytes", 512 * MiB), "journal.cache"),
         busy_timeout=float(agent.get("busy_timeout", 10.0)),
-        compression_level=int(agent.get("compression_level", 3)),
+        compression_level=int(agent.get("compression_level", 1)),
         workers=max(1, int(agent.get("workers", os.cpu_count() or 2))),
         sources=sources,
         tiers=tiers,

@@ -101,6 +101,46 @@ def load1() -> float:
     return round(os.getloadavg()[0], 2)
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of ``pid`` and its live descendants, from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parent: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parent[int(d)] = int(fields[1])
+        cpu[int(d)] = (int(fields[11]) + int(fields[12])) / tick
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        total += cpu.get(p, 0.0)
+        todo.extend(c for c, pp in parent.items() if pp == p)
+    return total
+
+
+class Servers:
+    """The long-running processes a restore leans on, to charge their CPU to it."""
+
+    def __init__(self) -> None:
+        self.pids: dict[str, int] = {}
+
+    def snapshot(self) -> dict[str, float]:
+        return {name: tree_cpu(pid) for name, pid in self.pids.items()}
+
+    def delta(self, before: dict[str, float]) -> dict[str, float]:
+        after = self.snapshot()
+        return {k: round(after[k] - before.get(k, 0.0), 2) for k in after}
+
+
+SERVERS = Servers()
+
+
 # --------------------------------------------------------------------------- (a) empty node
 
 
@@ -133,28 +173,58 @@ def make_origin(hub: HubProcess, work: Path, name: str, root: Path, key: Path) -
 
 
 def amber_empty_restore(
-    o: Origin, work: Path, key: Path, tag: str, total: int, keep: bool
+    o: Origin,
+    work: Path,
+    key: Path,
+    tag: str,
+    total: int,
+    keep: bool,
+    profile: Path | None = None,
+    profile_idle: bool = False,
 ) -> dict[str, Any]:
-    """A fresh node (init with the vault key and the enrolment), then restore --to."""
+    """A fresh node (init with the vault key and the enrolment), then restore --to.
+    With ``profile``, py-spy samples the agent and the hub meanwhile (raw stacks; on-CPU
+    samples only, unless ``profile_idle``)."""
     fresh = AmberNode(work / f"fresh-{tag}", node=o.node, vault=VAULT)
     t0 = time.perf_counter()
     fresh.init(vault_key=key, enroll=o.enrolment)
     init_s = time.perf_counter() - t0
     target = work / f"restore-{tag}"
     shutil.rmtree(target, ignore_errors=True)
-    load0 = load1()
-    run = run_timed(fresh.argv("restore", o.checkpoint, "--to", str(target)))
+    argv = fresh.argv("restore", o.checkpoint, "--to", str(target))
+    hub_spy = None
+    if profile is not None:
+        profile.mkdir(parents=True, exist_ok=True)
+        spy = [tool("py-spy"), "record", "--threads", "--rate", "200"]
+        spy += ["--format", "raw", "--nonblocking", *(["--idle"] if profile_idle else [])]
+        argv = [*spy, "-o", str(profile / f"agent-{tag}.txt"), "--", *argv]
+        assert o.hub.proc is not None
+        hub_spy = subprocess.Popen(
+            [*spy, "-o", str(profile / f"hub-{tag}.txt"), "--pid", str(o.hub.proc.pid)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(1.0)  # py-spy attaches
+    load0, cpu0 = load1(), SERVERS.snapshot()
+    try:
+        run = run_timed(argv)
+    finally:
+        if hub_spy is not None:
+            hub_spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+            hub_spy.wait(timeout=60)
     res = {
         "mib_s": total / MiB / run.wall_s,
         "init_s": init_s,
         "run": run.summary(),
+        "servers_cpu_s": SERVERS.delta(cpu0),
         "load1_start": load0,
         "load1_end": load1(),
         "target": target if keep else None,
     }
     log(
         f"amber restore {tag}: {run.wall_s:.1f} s = {res['mib_s']:.0f} MiB/s "
-        f"({run.cpu_s:.1f} CPU s, other {run.other_cpu_s or 0:.1f} s, load {res['load1_end']})"
+        f"({run.cpu_s:.1f} CPU s, other {run.other_cpu_s or 0:.1f} s, load {res['load1_end']}; "
+        f"servers {res['servers_cpu_s']})"
     )
     shutil.rmtree(fresh.state)
     if not keep:
@@ -170,18 +240,20 @@ def restic_empty_restore(
     target = work / f"restore-{tag}"
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
-    load0 = load1()
+    load0, cpu0 = load1(), SERVERS.snapshot()
     run = run_timed(r.restore_argv("latest", target), env=r.env())
     res = {
         "mib_s": total / MiB / run.wall_s,
         "run": run.summary(),
+        "servers_cpu_s": SERVERS.delta(cpu0),
         "load1_start": load0,
         "load1_end": load1(),
         "target": target if keep else None,
     }
     log(
         f"restic restore {tag}: {run.wall_s:.1f} s = {res['mib_s']:.0f} MiB/s "
-        f"({run.cpu_s:.1f} CPU s, other {run.other_cpu_s or 0:.1f} s, load {res['load1_end']})"
+        f"({run.cpu_s:.1f} CPU s, other {run.other_cpu_s or 0:.1f} s, load {res['load1_end']}; "
+        f"servers {res['servers_cpu_s']})"
     )
     shutil.rmtree(r.cache.parent, ignore_errors=True)
     if not keep:
@@ -369,6 +441,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=2, help="empty-node rounds (default 2)")
     p.add_argument("--skip-inplace", action="store_true", help="only part (a)")
     p.add_argument("--keep", action="store_true", help="leave hubs' data and logs in .work")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="after the timed rounds, one more Amber restore per hub under py-spy (agent "
+        "and hub, raw folded stacks in DIR; not counted in the results)",
+    )
+    p.add_argument(
+        "--profile-idle",
+        action="store_true",
+        help="with --profile: sample waiting threads too (wall-clock view, py-spy --idle)",
+    )
     p.add_argument("--json", action="store_true", help="JSON to stdout, table to stderr")
     args = p.parse_args(argv)
     scale = args.scale if args.scale is not None else (QUICK_SCALE if args.quick else 1.0)
@@ -395,11 +479,15 @@ def main(argv: list[str] | None = None) -> int:
         run_timed([tool("amber-agent"), "keygen", "--out", str(key)])
         box = HubProcess(work / "hub-box")
         hubs.append(box.start())
+        assert box.proc is not None
+        SERVERS.pids["hub-box"] = box.proc.pid  # with its nats-server, a child
         o_box = make_origin(box, work, "edge-box", cache, key)
 
         t0 = time.perf_counter()
         s3.start()
         log(f"SeaweedFS S3 up in {time.perf_counter() - t0:.1f} s")
+        assert s3.pid is not None
+        SERVERS.pids["weed"] = s3.pid
         s3_env = dict(
             os.environ, AWS_ACCESS_KEY_ID=s3.access_key, AWS_SECRET_ACCESS_KEY=s3.secret_key
         )
@@ -407,6 +495,8 @@ def main(argv: list[str] | None = None) -> int:
         url = f"s3://{bucket}/hub?endpoint={s3.endpoint_url}&region={s3.region}"
         hub3 = HubProcess(work / "hub-s3", store=url, env=s3_env)
         hubs.append(hub3.start())
+        assert hub3.proc is not None
+        SERVERS.pids["hub-s3"] = hub3.proc.pid
         o_s3 = make_origin(hub3, work, "edge-s3", cache, key)
 
         rbucket = s3.make_bucket("restic")
@@ -448,6 +538,19 @@ def main(argv: list[str] | None = None) -> int:
         empty["box"]["ratio"] = empty["box"]["best"]["mib_s"] / rbest
         empty["s3"]["ratio"] = empty["s3"]["best"]["mib_s"] / rbest
         doc["empty_node"] = empty
+
+        if args.profile is not None:  # one more restore per hub, under py-spy
+            for which, o in (("box", o_box), ("s3", o_s3)):
+                amber_empty_restore(
+                    o,
+                    work,
+                    key,
+                    f"{which}-py-spy",
+                    total,
+                    False,
+                    profile=args.profile,
+                    profile_idle=args.profile_idle,
+                )
 
         # (b) staged in-place restore onto the mutated node
         if not args.skip_inplace:
@@ -530,7 +633,9 @@ def main(argv: list[str] | None = None) -> int:
         e = empty[which]
         walls = ", ".join(
             f"{x['run']['wall_s']:.1f} s ({x['run']['cpu_s']:.1f} CPU s, other "
-            f"{x['run']['other_cpu_s'] or 0:.1f} s, load {x['load1_end']:.2f})"
+            f"{x['run']['other_cpu_s'] or 0:.1f} s of which "
+            + " ".join(f"{k} {v:.1f}" for k, v in x["servers_cpu_s"].items() if v >= 0.05)
+            + f", load {x['load1_end']:.2f})"
             for x in e["runs"]
         )
         init = f"; init {min(x['init_s'] for x in e['runs']):.1f} s" if which != "restic" else ""
