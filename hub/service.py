@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import nats
@@ -31,6 +32,8 @@ log = logging.getLogger("amber.hub.service")
 STREAM = "AMBER_INGEST"
 DURABLE = "hub-ingest"
 BATCH = 64
+LEASE_SECONDS = 60.0  # how long a node told to upload a chunk keeps others from sending it
+LEASE_MAX = 1_000_000  # leases kept before expired ones are swept
 FETCH_PARALLEL = 16  # store reads in flight per fetch request
 MAX_REPLY = 6 * 1024 * 1024
 MAX_LIST = 256
@@ -74,6 +77,7 @@ class HubService:
         self.tasks: list[asyncio.Task[None]] = []
         self.subs: list[Any] = []
         self.coordinator: Any = None  # set by the hub once restores are set up
+        self.leases: dict[tuple[str, bytes], tuple[str, float]] = {}
 
     async def start(self) -> None:
         await ensure_stream(self.js)
@@ -251,7 +255,7 @@ class HubService:
     async def _answer(self, vault: str, node: str, req: wire.Message) -> wire.Message:
         if isinstance(req, wire.ChunkQuery):
             have = await self.catalog.present(vault, req.ids)
-            return wire.ChunkQueryReply(missing=tuple(i for i in req.ids if i not in have))
+            return wire.ChunkQueryReply(missing=self._lease(vault, node, req.ids, have))
         if isinstance(req, wire.ReceiptQuery):
             have = await self.catalog.present(vault, req.ids)
             refused = await self.catalog.refusals(vault, [i for i in req.ids if i not in have])
@@ -268,6 +272,28 @@ class HubService:
         if isinstance(req, wire.ListCheckpoints):
             return await self._list(vault, node, req)
         raise NotFoundError(f"{req.TYPE} is not a request the hub answers")
+
+    def _lease(
+        self, vault: str, node: str, ids: tuple[bytes, ...], have: dict[bytes, str]
+    ) -> tuple[bytes, ...]:
+        """The ids this node should upload: those the hub lacks, less those another node
+        was just told to upload (an upload lease), so a fleet syncing the same model at
+        once sends it about once. A node told to skip a leased chunk waits for it in its
+        receipt poll; if the lease holder never delivers, the lease lapses and the next
+        pass uploads it."""
+        now = time.monotonic()
+        if len(self.leases) > LEASE_MAX:
+            self.leases = {k: v for k, v in self.leases.items() if v[1] > now}
+        missing = []
+        for cid in ids:
+            if cid in have:
+                continue
+            holder = self.leases.get((vault, cid))
+            if holder is not None and holder[0] != node and holder[1] > now:
+                continue
+            self.leases[(vault, cid)] = (node, now + LEASE_SECONDS)
+            missing.append(cid)
+        return tuple(missing)
 
     async def _fetch(self, vault: str, req: wire.FetchRequest) -> wire.FetchReply:
         """Objects by id, read from the store concurrently, up to MAX_REPLY bytes (the
