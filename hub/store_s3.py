@@ -360,7 +360,14 @@ def _default_client(max_workers: int, kwargs: dict[str, Any]) -> Any:
     if kwargs.get("config") is not None:
         config = config.merge(kwargs.pop("config"))
     kwargs["config"] = config
-    return boto3.session.Session().client("s3", **kwargs)
+    client = boto3.session.Session().client("s3", **kwargs)
+    # Objects are small (a chunk is at most a few MiB): an "Expect: 100-continue" round
+    # trip before every upload only costs time. (Checksums stay on: AWS requires one on
+    # uploads that carry Object Lock retention.)
+    from botocore.handlers import add_expect_header
+
+    client.meta.events.unregister("before-call.s3", add_expect_header)
+    return client
 
 
 def _read_object(bucket: str, key: str, byte_range: str, client: Any) -> bytes:
