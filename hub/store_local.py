@@ -63,7 +63,9 @@ class LocalStore:
         self.name = self.root.as_uri()
         self._objects = self.root / "objects"
         self._retention = self.root / "retention"
-        self._retention_lock = threading.Lock()
+        # retention only grows: read-modify-write per key, under one of a few striped
+        # locks (a single lock made every upload queue behind every other one)
+        self._retention_locks = [threading.Lock() for _ in range(64)]
 
     def __repr__(self) -> str:
         return f"LocalStore({str(self.root)!r})"
@@ -234,7 +236,7 @@ class LocalStore:
     def _extend_retention(self, key: str, deadline: datetime) -> None:
         """Record ``deadline`` unless a later one is recorded: retention only grows."""
         sidecar = self._retention / key
-        with self._retention_lock:
+        with self._retention_locks[hash(key) % len(self._retention_locks)]:
             current = self._read_retention(key)
             if current is not None and current >= deadline:
                 return
