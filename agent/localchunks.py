@@ -28,8 +28,9 @@ class LocalChunks:
 
     def add(self, src: SourceConfig, m: Manifest) -> None:
         """Index where each chunk of ``m`` lies in the source's files on disk now."""
-        if m.kind in ("sqlite", "state"):
-            return  # the manifest describes a backup copy, not the live file's layout
+        # (for sqlite/state the manifest describes a backup copy; the live file keeps the
+        # same page layout for every page not still in the WAL, and each chunk read is
+        # hashed back to its id before use, so a page that differs is simply fetched)
         root_is_dir = bool(m.meta.get("root_is_dir", True))
         for e in m.entries:
             if e.type != "f":
