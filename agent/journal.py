@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sqlite3
 from collections.abc import Iterable, Sequence
@@ -40,6 +41,7 @@ from amber.protocol.errors import (
 from amber.protocol.keys import VaultKeys, derive_subkey
 from amber.protocol.records import KIND_CHECKPOINT, KIND_MANIFEST, Checkpoint, check_chain
 
+log = logging.getLogger("amber.agent.journal")
 JOURNAL_FORMAT = "amber-journal"
 JOURNAL_VERSION = 1
 TENTATIVE, COMMITTED, DURABLE = 0, 1, 2
@@ -460,7 +462,18 @@ class Journal:
         """Add checkpoints the hub holds (e.g. after the node's disk was lost) to the
         index, so they can be listed, restored and continued. Returns how many were new."""
         have = {r.seq: r.id for r in await self.checkpoints()}
-        new = [(cid, data, cp) for cid, data, cp in rows if cp.seq not in have]
+        new = []
+        for cid, data, cp in sorted(rows, key=lambda r: r[2].seq):
+            if cp.seq in have:
+                continue
+            if cp.seq > 0 and have.get(cp.seq - 1, cp.prev) != cp.prev:
+                log.warning(
+                    "not adopting checkpoint seq %d: it does not continue this journal's chain",
+                    cp.seq,
+                )
+                continue  # never splice a forked history into the index
+            have[cp.seq] = cid
+            new.append((cid, data, cp))
         await self._write(
             "INSERT OR IGNORE INTO records(id, kind, state, data) VALUES(?,?,?,?)",
             [(cid, KIND_CHECKPOINT, DURABLE, data) for cid, data, _ in new],
