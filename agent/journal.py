@@ -19,7 +19,8 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -198,18 +199,25 @@ class Journal:
             if self.db.in_transaction:
                 raise
 
-    async def _write(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        async with self._tx_lock:  # one transaction at a time per connection
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, one at a time on this connection; rolled back on
+        any error or cancellation; SQLite errors become typed errors."""
+        async with self._tx_lock:
             try:
                 await self.db.execute("BEGIN IMMEDIATE")
                 try:
-                    await self.db.executemany(sql, rows)
+                    yield self.db
                     await self.db.execute("COMMIT")
                 except BaseException:
                     await self._rollback()
                     raise
             except sqlite3.Error as exc:
                 raise _db_error(exc, self.path) from None
+
+    async def _write(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        async with self._transaction():
+            await self.db.executemany(sql, rows)
 
     # --- chunks ---------------------------------------------------------------------
 
@@ -285,18 +293,9 @@ class Journal:
         max_bytes: int,
     ) -> None:
         """Make a checkpoint visible, atomically. ``states``: source -> (manifest id, sealed)."""
-        async with self._tx_lock:  # one transaction at a time per connection
-            try:
-                await self.db.execute("BEGIN IMMEDIATE")
-                try:
-                    await self._commit_body(cp, cp_id, cp_data, manifests, states, referenced)
-                    await self._check_bound(max_bytes)
-                    await self.db.execute("COMMIT")
-                except BaseException:
-                    await self._rollback()
-                    raise
-            except sqlite3.Error as exc:
-                raise _db_error(exc, self.path) from None
+        async with self._transaction():
+            await self._commit_body(cp, cp_id, cp_data, manifests, states, referenced)
+            await self._check_bound(max_bytes)
 
     async def _commit_body(
         self,
@@ -420,27 +419,16 @@ class Journal:
         self, chunk_ids: Sequence[bytes], record_ids: Sequence[bytes], seq: int
     ) -> None:
         """The hub's receipt says these are durable in its object store."""
-        async with self._tx_lock:  # one transaction at a time per connection
-            try:
-                await self.db.execute("BEGIN IMMEDIATE")
-                try:
-                    await self.db.executemany(
-                        "UPDATE chunks SET state = ? WHERE id = ? AND state = ?",
-                        [(DURABLE, c, COMMITTED) for c in chunk_ids],
-                    )
-                    await self.db.executemany(
-                        "UPDATE records SET state = ? WHERE id = ?",
-                        [(DURABLE, r) for r in record_ids],
-                    )
-                    await self.db.execute(
-                        "UPDATE checkpoints SET state = ? WHERE seq = ?", (DURABLE, seq)
-                    )
-                    await self.db.execute("COMMIT")
-                except BaseException:
-                    await self._rollback()
-                    raise
-            except sqlite3.Error as exc:
-                raise _db_error(exc, self.path) from None
+        async with self._transaction():
+            await self.db.executemany(
+                "UPDATE chunks SET state = ? WHERE id = ? AND state = ?",
+                [(DURABLE, c, COMMITTED) for c in chunk_ids],
+            )
+            await self.db.executemany(
+                "UPDATE records SET state = ? WHERE id = ?",
+                [(DURABLE, r) for r in record_ids],
+            )
+            await self.db.execute("UPDATE checkpoints SET state = ? WHERE seq = ?", (DURABLE, seq))
 
     async def evict(self, cache_bytes: int) -> int:
         """Drop blobs of chunks durable at the hub, keeping the newest ``cache_bytes``."""

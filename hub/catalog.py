@@ -214,30 +214,24 @@ class Catalog:
             [(vault, oid, kind, size, t) for oid, kind, size in rows],
         )
 
-    async def present(self, vault: str, ids: Sequence[bytes]) -> dict[bytes, str]:
-        """Which ids are durable in the store, with their kind."""
-        out: dict[bytes, str] = {}
+    async def _by_ids(self, select: str, vault: str, ids: Sequence[bytes]) -> list[Any]:
+        """Rows of ``SELECT id, ... FROM table WHERE vault=? AND id IN (...)``, in batches."""
+        rows: list[Any] = []
         for i in range(0, len(ids), 500):
             part = list(ids[i : i + 500])
             marks = ",".join("?" * len(part))
-            rows = await self._all(
-                f"SELECT id, kind FROM objects WHERE vault=? AND id IN ({marks})", [vault, *part]
-            )
-            out.update((r[0], r[1]) for r in rows)
-        return out
+            rows += await self._all(f"{select} WHERE vault=? AND id IN ({marks})", [vault, *part])
+        return rows
+
+    async def present(self, vault: str, ids: Sequence[bytes]) -> dict[bytes, str]:
+        """Which ids are durable in the store, with their kind."""
+        rows = await self._by_ids("SELECT id, kind FROM objects", vault, ids)
+        return {r[0]: r[1] for r in rows}
 
     async def present_sizes(self, vault: str, ids: Sequence[bytes]) -> dict[bytes, tuple[str, int]]:
         """Like :meth:`present`, with each object's stored size."""
-        out: dict[bytes, tuple[str, int]] = {}
-        for i in range(0, len(ids), 500):
-            part = list(ids[i : i + 500])
-            marks = ",".join("?" * len(part))
-            rows = await self._all(
-                f"SELECT id, kind, size FROM objects WHERE vault=? AND id IN ({marks})",
-                [vault, *part],
-            )
-            out.update((r[0], (r[1], r[2])) for r in rows)
-        return out
+        rows = await self._by_ids("SELECT id, kind, size FROM objects", vault, ids)
+        return {r[0]: (r[1], r[2]) for r in rows}
 
     async def refuse(self, vault: str, oid: bytes, reason: str) -> None:
         """Remember that ingest refused a record, so the node's receipt query says so."""
@@ -246,15 +240,8 @@ class Catalog:
         )
 
     async def refusals(self, vault: str, ids: Sequence[bytes]) -> dict[bytes, str]:
-        out: dict[bytes, str] = {}
-        for i in range(0, len(ids), 500):
-            part = list(ids[i : i + 500])
-            marks = ",".join("?" * len(part))
-            rows = await self._all(
-                f"SELECT id, reason FROM refusals WHERE vault=? AND id IN ({marks})", [vault, *part]
-            )
-            out.update((r[0], r[1]) for r in rows)
-        return out
+        rows = await self._by_ids("SELECT id, reason FROM refusals", vault, ids)
+        return {r[0]: r[1] for r in rows}
 
     async def object_count(self) -> tuple[int, int]:
         rows = await self._all("SELECT count(*), coalesce(sum(size),0) FROM objects")
