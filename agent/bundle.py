@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import json
 import shutil
 import sqlite3
 import time
@@ -56,7 +55,7 @@ from amber.protocol.records import (
 from .config import AgentConfig
 from .enrolment import load_installed
 from .jobs import Job
-from .journal import DURABLE, _db_error
+from .journal import DURABLE, _db_error, checkpoint_row
 from .orders import OrderExecutor
 from .runtime import AgentRuntime
 
@@ -338,18 +337,7 @@ async def _commit_body(rt: AgentRuntime, staging: Path, st: ImportState) -> None
         )
     await db.executemany(
         "INSERT INTO checkpoints VALUES(?,?,?,?,?,?,?)",
-        [
-            (
-                cp.seq,
-                cid,
-                cp.time_us,
-                cp.kind,
-                json.dumps(cp.labels),
-                json.dumps(sorted(cp.manifests)),
-                DURABLE,
-            )
-            for cid, cp in st.accepted
-        ],
+        [checkpoint_row(cp, cid, DURABLE) for cid, cp in st.accepted],
     )
 
 

@@ -63,6 +63,19 @@ CREATE TABLE source_state(source TEXT PRIMARY KEY, manifest_id BLOB NOT NULL, da
 """
 
 
+def checkpoint_row(cp: Checkpoint, cid: bytes, state: int) -> tuple[Any, ...]:
+    """The values of a ``checkpoints`` index row for ``cp`` (column order of SCHEMA)."""
+    return (
+        cp.seq,
+        cid,
+        cp.time_us,
+        cp.kind,
+        json.dumps(cp.labels),
+        json.dumps(sorted(cp.manifests)),
+        state,
+    )
+
+
 @dataclass(frozen=True)
 class CheckpointRow:
     seq: int
@@ -319,16 +332,7 @@ class Journal:
             (cp_id, KIND_CHECKPOINT, COMMITTED, cp_data),
         )
         await db.execute(
-            "INSERT INTO checkpoints VALUES(?,?,?,?,?,?,?)",
-            (
-                cp.seq,
-                cp_id,
-                cp.time_us,
-                cp.kind,
-                json.dumps(cp.labels),
-                json.dumps(sorted(cp.manifests)),
-                COMMITTED,
-            ),
+            "INSERT INTO checkpoints VALUES(?,?,?,?,?,?,?)", checkpoint_row(cp, cp_id, COMMITTED)
         )
         await db.executemany(
             "INSERT OR REPLACE INTO source_state VALUES(?,?,?)",
@@ -468,18 +472,7 @@ class Journal:
         )
         await self._write(
             "INSERT OR IGNORE INTO checkpoints VALUES(?,?,?,?,?,?,?)",
-            [
-                (
-                    cp.seq,
-                    cid,
-                    cp.time_us,
-                    cp.kind,
-                    json.dumps(cp.labels),
-                    json.dumps(sorted(cp.manifests)),
-                    DURABLE,
-                )
-                for cid, _, cp in new
-            ],
+            [checkpoint_row(cp, cid, DURABLE) for cid, _, cp in new],
         )
         return len(new)
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from amber.protocol import wire
 from amber.protocol.errors import NotFoundError, UsageError
 
 from .catalog import Catalog, CheckpointEntry, NodeRow, now_us
@@ -34,16 +35,7 @@ CREATE TABLE IF NOT EXISTS plan_nodes(
 PLAN_STATES = ("draft", "running", "halted", "done", "aborted")
 # per node: planned -> queued (order sent) -> fetching -> verifying -> swapped -> healthy,
 # or failed / rolled_back
-NODE_STATES = (
-    "planned",
-    "queued",
-    "fetching",
-    "verifying",
-    "swapped",
-    "healthy",
-    "failed",
-    "rolled_back",
-)
+NODE_STATES = ("planned", *wire.REPORT_STATES)
 
 
 @dataclass

@@ -190,22 +190,13 @@ class HubService:
     async def _ingest_record(self, m: Msg, vault: str, node: str, msg: wire.RecordPut) -> None:
         try:
             outcome = await self.ingestor.put_record(vault, node, msg)
-        except StoreError as exc:  # the store's trouble, not the node's: try again later
-            log.error(
-                "storing record from %s/%s failed: %s",
-                vault,
-                node,
-                exc,
-                extra={"vault": vault, "node": node},
-            )
-            await m.nak(delay=2)
-            return
-        except AmberError as exc:
-            self.ingestor.reject(vault, node, exc)
-            await self.catalog.refuse(vault, msg.id, str(exc))  # the node learns it by receipt
-            await m.term()
-            return
         except Exception as exc:
+            if isinstance(exc, AmberError) and not isinstance(exc, StoreError):
+                self.ingestor.reject(vault, node, exc)  # the node's fault: refused for good
+                await self.catalog.refuse(vault, msg.id, str(exc))  # it learns by receipt
+                await m.term()
+                return
+            # the store's (or the hub's) trouble, not the node's: try again later
             log.error(
                 "storing record from %s/%s failed: %s",
                 vault,
