@@ -83,6 +83,11 @@ class AgentDaemon:
                 uplink.cancel()
                 watchdog.cancel()
                 await asyncio.gather(uplink, watchdog, return_exceptions=True)
+            try:  # taking the writer lock discards what a cancelled checkpoint left behind
+                async with rt.writing(timeout=5):
+                    pass
+            except AmberError as exc:
+                log.warning("leftover chunks stay until the next writer: %s", exc)
             log.info("agent stopped", extra={"node": self.cfg.node})
 
     async def _uplink(self, rt: AgentRuntime) -> None:
