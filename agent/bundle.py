@@ -55,7 +55,7 @@ from amber.protocol.records import (
 from .config import AgentConfig
 from .enrolment import load_installed
 from .jobs import Job
-from .journal import DURABLE, _db_error, checkpoint_row
+from .journal import DURABLE, HELD, _db_error, checkpoint_row
 from .orders import OrderExecutor
 from .runtime import AgentRuntime
 
@@ -282,9 +282,7 @@ async def _held(rt: AgentRuntime, ids: list[bytes]) -> set[bytes]:
     found: set[bytes] = set()
     for i in range(0, len(ids), 500):
         part = ids[i : i + 500]
-        sql = (
-            f"SELECT id FROM chunks WHERE blob IS NOT NULL AND id IN ({','.join('?' * len(part))})"
-        )
+        sql = f"SELECT id FROM chunks WHERE {HELD} AND id IN ({','.join('?' * len(part))})"
         found.update(r[0] for r in await rt.journal._all(sql, part))
     return found
 
@@ -294,37 +292,51 @@ async def _commit(rt: AgentRuntime, staging: Path | None, st: ImportState) -> No
     assert staging is not None
     j = rt.journal
     st.new_chunks = len(st.chunks) - len(await j.known_chunks(sorted(st.chunks)))
-    async with j._tx_lock:
+    wanted = sorted(set(st.chunks) - await _held(rt, sorted(st.chunks)))
+    async with j.appending() as append:  # blobs into the packs first, then one transaction
+        placed: dict[bytes, tuple[int, int, int]] = {}
         try:
-            await j.db.execute("BEGIN IMMEDIATE")
-            try:
-                await _commit_body(rt, staging, st)
-                await j._check_bound(rt.cfg.journal_max_bytes)
-                await j.db.execute("COMMIT")
-            except BaseException:
-                await j._rollback()
-                raise
-        except sqlite3.Error as exc:
-            raise _db_error(exc, j.path) from None
+            for batch in batches(wanted):
+                rows = [(cid, (staging / f"chunks/{cid.hex()}").read_bytes()) for cid in batch]
+                for (cid, blob), (num, off) in zip(rows, await append(rows), strict=True):
+                    placed[cid] = (num, off, len(blob))
         except OSError as exc:  # the staging area went away (another import of it ended)
             raise JournalError(f"cannot read the bundle's staging area: {exc}") from None
+        await j.sync_packs()
+        async with j._tx_lock:
+            try:
+                await j.db.execute("BEGIN IMMEDIATE")
+                try:
+                    await _commit_body(rt, staging, st, placed)
+                    await j._check_bound(rt.cfg.journal_max_bytes)
+                    await j.db.execute("COMMIT")
+                except BaseException:
+                    await j._rollback()
+                    raise
+            except sqlite3.Error as exc:
+                raise _db_error(exc, j.path) from None
+            except OSError as exc:  # the staging area went away (another import of it ended)
+                raise JournalError(f"cannot read the bundle's staging area: {exc}") from None
     st.added = len(st.accepted)
 
 
-async def _commit_body(rt: AgentRuntime, staging: Path, st: ImportState) -> None:
+async def _commit_body(
+    rt: AgentRuntime, staging: Path, st: ImportState, placed: dict[bytes, tuple[int, int, int]]
+) -> None:
+    """``placed``: chunk id -> (pack, offset, stored) of the blobs appended for this import."""
     db, now = rt.journal.db, time.time_ns() // 1000
-    for batch in batches(sorted(st.chunks)):
-        rows = [
-            (cid, st.chunks[cid], (staging / f"chunks/{cid.hex()}").read_bytes()) for cid in batch
-        ]
+    for batch in batches(sorted(placed)):
         await db.executemany(
-            "INSERT OR IGNORE INTO chunks(id, size, stored, state, used_us, blob) "
-            "VALUES(?,?,?,?,?,?)",
-            [(cid, n, len(blob), DURABLE, now, blob) for cid, n, blob in rows],
+            "INSERT OR IGNORE INTO chunks(id, size, stored, state, used_us, pack, off) "
+            "VALUES(?,?,?,?,?,?,?)",
+            [
+                (cid, st.chunks[cid], placed[cid][2], DURABLE, now, *placed[cid][:2])
+                for cid in batch
+            ],
         )
         await db.executemany(  # a chunk the journal evicted gets its blob back
-            "UPDATE chunks SET blob = ?, stored = ? WHERE id = ? AND blob IS NULL",
-            [(blob, len(blob), cid) for cid, _, blob in rows],
+            f"UPDATE chunks SET pack = ?, off = ?, stored = ? WHERE id = ? AND NOT {HELD}",
+            [(*placed[cid], cid) for cid in batch],
         )
     for batch in batches(sorted(p.name for p in (staging / "records").iterdir())):
         rows = []

@@ -36,7 +36,7 @@ from .bundle import (
     write_receipt,
 )
 from .config import config_path, load_config
-from .journal import DURABLE
+from .journal import DURABLE, HELD
 from .runtime import AgentRuntime
 
 EPILOG = (
@@ -204,7 +204,7 @@ async def _exportable_chunks(rt: AgentRuntime, wanted: dict[bytes, bool]) -> lis
     for i in range(0, len(ids), 500):
         part = ids[i : i + 500]
         marks = ",".join("?" * len(part))
-        sql = f"SELECT id, state, blob IS NOT NULL FROM chunks WHERE id IN ({marks})"
+        sql = f"SELECT id, state, {HELD} FROM chunks WHERE id IN ({marks})"
         rows = {r[0]: (r[1], bool(r[2])) for r in await rt.journal._all(sql, part)}
         for cid in part:
             state, held = rows.get(cid, (None, False))

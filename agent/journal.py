@@ -1,7 +1,8 @@
 """The agent's journal: an SQLite database (WAL, synchronous=FULL) via aiosqlite.
 
-It holds encrypted chunk blobs, signed records (manifests, checkpoints), an index of
-checkpoints, per-source incremental state (sealed), and later sync and restore
+It holds encrypted chunk blobs (in append-only pack files next to it, ``packs.py``;
+the ``chunks`` table is their index), signed records (manifests, checkpoints), an
+index of checkpoints, per-source incremental state (sealed), and sync and restore
 state. Only ids, sizes, sequence numbers and times are in the clear.
 
 Crash safety: chunks written while a checkpoint runs are *tentative* (state 0); the
@@ -19,7 +20,8 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,17 +44,22 @@ from amber.protocol.errors import (
 from amber.protocol.keys import VaultKeys, derive_subkey
 from amber.protocol.records import KIND_CHECKPOINT, KIND_MANIFEST, Checkpoint, check_chain
 
+from .packs import ENTRY, PackStore
+
 log = logging.getLogger("amber.agent.journal")
 JOURNAL_FORMAT = "amber-journal"
-JOURNAL_VERSION = 1
+JOURNAL_VERSION = 2
 TENTATIVE, COMMITTED, DURABLE = 0, 1, 2
 PAGE_SIZE = 65536
+PACK_DIR = "packs"  # next to the journal file
+HELD = "(pack IS NOT NULL OR blob IS NOT NULL)"  # the journal still holds the chunk's blob
+COMPACT_BELOW = 0.5  # rewrite a pack once less than this share of it is still held
 
 SCHEMA = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE chunks(
     id BLOB PRIMARY KEY, size INTEGER NOT NULL, stored INTEGER NOT NULL,
-    state INTEGER NOT NULL, used_us INTEGER NOT NULL, blob BLOB);
+    state INTEGER NOT NULL, used_us INTEGER NOT NULL, blob BLOB, pack INTEGER, off INTEGER);
 CREATE INDEX chunks_state ON chunks(state);
 CREATE TABLE records(
     id BLOB PRIMARY KEY, kind INTEGER NOT NULL, state INTEGER NOT NULL, data BLOB NOT NULL);
@@ -113,6 +120,12 @@ class Journal:
         self._reader: aiosqlite.Connection | None = None  # read-only, for dedup lookups
         self._tx_lock = asyncio.Lock()  # the checkpointer and the sync loop share this connection
         self._state_key = AESGCM(derive_subkey(keys.master, b"journal-state"))
+        self.packs = PackStore(path.parent / PACK_DIR)
+        self._pack_thread = ThreadPoolExecutor(1, thread_name_prefix="amber-pack")
+        self._pack_lock = asyncio.Lock()  # pack appends and their rows vs trimming
+
+    async def _in_packs(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pack_thread, fn, *args)
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -156,9 +169,23 @@ class Journal:
             await self.db.execute("PRAGMA journal_mode=WAL")
             await self.db.execute("PRAGMA synchronous=FULL")
             meta = dict(await self._all("SELECT key, value FROM meta"))
+            if meta.get("format") == JOURNAL_FORMAT and meta.get("version") == "1":
+                await self._migrate_from_1()
+                meta["version"] = str(JOURNAL_VERSION)
         except sqlite3.Error as exc:
             raise _db_error(exc, self.path) from None
         self._check_meta(meta, keys, vault, node)
+
+    async def _migrate_from_1(self) -> None:
+        """Version 1 kept every blob in ``chunks.blob``; version 2 adds the pack index
+        columns. Old blobs stay where they are and are read from there."""
+        async with self._transaction():
+            await self.db.execute("ALTER TABLE chunks ADD COLUMN pack INTEGER")
+            await self.db.execute("ALTER TABLE chunks ADD COLUMN off INTEGER")
+            await self.db.execute(
+                "UPDATE meta SET value = ? WHERE key = 'version'", (str(JOURNAL_VERSION),)
+            )
+        log.info("journal %s migrated from format version 1 to %d", self.path, JOURNAL_VERSION)
 
     def _check_meta(self, meta: dict[str, str], keys: VaultKeys, vault: str, node: str) -> None:
         if meta.get("format") != JOURNAL_FORMAT:
@@ -180,6 +207,8 @@ class Journal:
     async def close(self) -> None:
         if self._reader is not None:
             await self._reader.close()
+        await self._in_packs(self.packs.close)
+        self._pack_thread.shutdown(wait=True)
         await self.db.close()
 
     async def __aenter__(self) -> Journal:
@@ -258,30 +287,79 @@ class Journal:
         return found
 
     async def put_chunks(self, rows: Sequence[tuple[bytes, int, bytes]], now_us: int) -> None:
-        """Store tentative chunks ``(id, plaintext size, blob)``; existing ids are kept."""
-        await self._write(
-            "INSERT OR IGNORE INTO chunks(id, size, stored, state, used_us, blob) "
-            "VALUES(?,?,?,0,?,?)",
-            [(cid, size, len(blob), now_us, blob) for cid, size, blob in rows],
-        )
+        """Store tentative chunks ``(id, plaintext size, blob)``; existing ids are kept.
+        The blobs are appended to the active pack; ``commit_checkpoint`` makes them
+        durable before the checkpoint that references them becomes visible."""
+        async with self._pack_lock:
+            locs = await self._in_packs(self.packs.append, [(cid, blob) for cid, _, blob in rows])
+            await self._write(
+                "INSERT OR IGNORE INTO chunks(id, size, stored, state, used_us, pack, off) "
+                "VALUES(?,?,?,0,?,?,?)",
+                [
+                    (cid, size, len(blob), now_us, num, off)
+                    for (cid, size, blob), (num, off) in zip(rows, locs, strict=True)
+                ],
+            )
+
+    @asynccontextmanager
+    async def appending(self) -> AsyncIterator[Callable[[Sequence[tuple[bytes, bytes]]], Any]]:
+        """For writers that insert their own rows (bundle import): yields an async
+        ``append([(id, blob)]) -> [(pack, offset)]``; on exit the packs are synced. Trimming
+        waits meanwhile, so blobs whose rows are not committed yet are not cut off."""
+        async with self._pack_lock:
+
+            async def append(rows: Sequence[tuple[bytes, bytes]]) -> list[tuple[int, int]]:
+                return await self._in_packs(self.packs.append, list(rows))  # type: ignore[no-any-return]
+
+            yield append
+
+    async def sync_packs(self) -> None:
+        await self._in_packs(self.packs.sync)
 
     async def get_chunks(self, ids: Sequence[bytes]) -> dict[bytes, bytes]:
         """Blobs the journal still holds for ``ids`` (evicted or unknown ones are absent)."""
         out: dict[bytes, bytes] = {}
-        for i in range(0, len(ids), 200):
-            part = ids[i : i + 200]
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
             marks = ",".join("?" * len(part))
-            sql = f"SELECT id, blob FROM chunks WHERE blob IS NOT NULL AND id IN ({marks})"
-            out.update((r[0], r[1]) for r in await self._all(sql, part))
+            sql = f"SELECT id, blob, pack, off, stored FROM chunks WHERE {HELD} AND id IN ({marks})"
+            rows = await self._all(sql, part)
+            in_packs = []
+            for cid, blob, num, off, stored in rows:
+                if blob is not None:
+                    out[cid] = blob
+                else:
+                    in_packs.append((cid, num, off, stored))
+            if in_packs:
+                try:
+                    out.update(await self._in_packs(self.packs.read, in_packs))
+                except IntegrityError:
+                    # another process may have compacted a pack meanwhile: ask again once
+                    again = await self._all(sql, [r[0] for r in in_packs])
+                    out.update(
+                        await self._in_packs(
+                            self.packs.read, [(r[0], r[2], r[3], r[4]) for r in again]
+                        )
+                    )
         return out
 
     async def discard_tentative(self) -> None:
-        """Delete chunks a crashed or cancelled checkpoint left behind."""
-        await self._write("DELETE FROM chunks WHERE state = ?", [(TENTATIVE,)])
+        """Delete chunks a crashed or cancelled checkpoint left behind, and their blobs."""
+        async with self._pack_lock:
+            await self._write("DELETE FROM chunks WHERE state = ?", [(TENTATIVE,)])
+            await self._trim()
+
+    async def _trim(self) -> int:
+        """Cut what no row references off the packs (call with ``_pack_lock`` held)."""
+        rows = await self._all(
+            f"SELECT pack, max(off + {ENTRY.size} + stored) FROM chunks"
+            " WHERE pack IS NOT NULL GROUP BY pack"
+        )
+        return int(await self._in_packs(self.packs.trim, {r[0]: r[1] for r in rows}))
 
     async def held_bytes(self) -> int:
         row = await self._one(
-            "SELECT (SELECT coalesce(sum(stored),0) FROM chunks WHERE blob IS NOT NULL)"
+            f"SELECT (SELECT coalesce(sum(stored),0) FROM chunks WHERE {HELD})"
             " + (SELECT coalesce(sum(length(data)),0) FROM records)"
         )
         return int(row[0])
@@ -305,7 +383,10 @@ class Journal:
         referenced: Iterable[bytes],
         max_bytes: int,
     ) -> None:
-        """Make a checkpoint visible, atomically. ``states``: source -> (manifest id, sealed)."""
+        """Make a checkpoint visible, atomically. ``states``: source -> (manifest id, sealed).
+        The packs are synced first: a committed row never points at bytes a power cut
+        could take back."""
+        await self.sync_packs()
         async with self._transaction():
             await self._commit_body(cp, cp_id, cp_data, manifests, states, referenced)
             await self._check_bound(max_bytes)
@@ -353,7 +434,7 @@ class Journal:
 
     async def _check_bound(self, max_bytes: int) -> None:
         async with self.db.execute(
-            "SELECT (SELECT coalesce(sum(stored),0) FROM chunks WHERE blob IS NOT NULL)"
+            f"SELECT (SELECT coalesce(sum(stored),0) FROM chunks WHERE {HELD})"
             " + (SELECT coalesce(sum(length(data)),0) FROM records)"
         ) as cur:
             row = await cur.fetchone()
@@ -435,20 +516,62 @@ class Journal:
             await self.db.execute("UPDATE checkpoints SET state = ? WHERE seq = ?", (DURABLE, seq))
 
     async def evict(self, cache_bytes: int) -> int:
-        """Drop blobs of chunks durable at the hub, keeping the newest ``cache_bytes``."""
+        """Drop blobs of chunks durable at the hub, keeping the newest ``cache_bytes``,
+        then give the space back: packs nothing references are deleted, packs mostly
+        dropped are rewritten (``compact``)."""
         sql = (
-            "UPDATE chunks SET blob = NULL WHERE id IN (SELECT id FROM ("
+            "UPDATE chunks SET blob = NULL, pack = NULL, off = NULL WHERE id IN (SELECT id FROM ("
             " SELECT id, sum(stored) OVER (ORDER BY used_us DESC, id) AS cum FROM chunks"
-            " WHERE state = ? AND blob IS NOT NULL) WHERE cum > ?)"
+            f" WHERE state = ? AND {HELD}) WHERE cum > ?)"
         )
         before = await self.held_bytes()
         await self._write(sql, [(DURABLE, cache_bytes)])
         async with self._tx_lock:
             try:
-                await self.db.execute("PRAGMA incremental_vacuum")
+                await self.db.execute("PRAGMA incremental_vacuum")  # version 1 rows' blobs
             except sqlite3.Error as exc:
                 raise _db_error(exc, self.path) from None
+        await self.compact()
         return before - await self.held_bytes()
+
+    async def compact(self) -> int:
+        """Reclaim pack space: delete unreferenced packs and tails, and rewrite each
+        closed pack of which less than ``COMPACT_BELOW`` is still referenced into the
+        active one (copy, sync, repoint the rows in one transaction, then delete the old
+        file; a crash in between leaves an unreferenced copy that the next trim drops).
+        Returns the bytes freed on disk."""
+        async with self._pack_lock:
+            freed = await self._trim()
+            sizes: dict[int, int] = await self._in_packs(self.packs.sizes)
+            live = await self._all(
+                f"SELECT pack, sum({ENTRY.size} + stored) FROM chunks"
+                " WHERE pack IS NOT NULL GROUP BY pack"
+            )
+            active = max(sizes, default=-1)
+            for num, used in live:
+                size = sizes.get(num, 0)
+                if num == active or size == 0 or used >= COMPACT_BELOW * size:
+                    continue
+                rows = await self._all(
+                    "SELECT id, pack, off, stored FROM chunks WHERE pack = ? ORDER BY off", (num,)
+                )
+                for i in range(0, len(rows), 256):
+                    part = rows[i : i + 256]
+                    blobs = await self._in_packs(self.packs.read, part)
+                    locs = await self._in_packs(
+                        self.packs.append, [(r[0], blobs[r[0]]) for r in part]
+                    )
+                    await self._in_packs(self.packs.sync)
+                    await self._write(
+                        "UPDATE chunks SET pack = ?, off = ? WHERE id = ? AND pack = ? AND off = ?",
+                        [
+                            (new[0], new[1], r[0], r[1], r[2])
+                            for r, new in zip(part, locs, strict=True)
+                        ],
+                    )
+                await self._in_packs(self.packs.remove, num)
+                freed += size - used
+            return freed
 
     async def adopt(self, rows: Sequence[tuple[bytes, bytes, Checkpoint]]) -> int:
         """Add checkpoints the hub holds (e.g. after the node's disk was lost) to the

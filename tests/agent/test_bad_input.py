@@ -25,6 +25,9 @@ from agent_helpers import (
     write,
 )
 
+from amber.agent.journal import PACK_DIR
+from amber.agent.packs import ENTRY
+
 
 @pytest.fixture
 def saved(node: Node, data: Path) -> Node:
@@ -164,17 +167,20 @@ def test_corrupted_journal_header(saved: Node, tmp_path: Path) -> None:
 
 
 def corrupt_a_chunk(node: Node) -> None:
+    """Flip one bit in the middle of the largest chunk's blob, in its pack file."""
     con = sqlite3.connect(node.journal)
     try:
-        cid, blob = con.execute(
-            "SELECT id, blob FROM chunks ORDER BY stored DESC LIMIT 1"
+        pack, off, stored = con.execute(
+            "SELECT pack, off, stored FROM chunks ORDER BY stored DESC LIMIT 1"
         ).fetchone()
-        flipped = bytearray(blob)
-        flipped[len(flipped) // 2] ^= 0x01
-        con.execute("UPDATE chunks SET blob = ? WHERE id = ?", (bytes(flipped), cid))
-        con.commit()
     finally:
         con.close()
+    path = node.journal.parent / PACK_DIR / f"{pack:08d}.pack"
+    with open(path, "r+b") as fh:
+        fh.seek(off + ENTRY.size + stored // 2)
+        byte = fh.read(1)[0]
+        fh.seek(-1, os.SEEK_CUR)
+        fh.write(bytes([byte ^ 0x01]))
 
 
 def test_corrupted_chunk_fails_verify_and_restore(saved: Node, data: Path, tmp_path: Path) -> None:

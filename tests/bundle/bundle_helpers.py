@@ -121,7 +121,9 @@ class Machine:
         return {
             "checkpoints": q("SELECT * FROM checkpoints ORDER BY seq"),
             "records": q("SELECT id, kind, state FROM records ORDER BY id"),
-            "chunks": q("SELECT id, state, blob IS NOT NULL FROM chunks ORDER BY id"),
+            "chunks": q(
+                "SELECT id, state, pack IS NOT NULL OR blob IS NOT NULL FROM chunks ORDER BY id"
+            ),
             "jobs": q("SELECT * FROM restore_jobs ORDER BY order_id")
             if "restore_jobs" in tables
             else [],

@@ -504,10 +504,15 @@ class Agent:
         return [(r[0], r[1].hex(), r[2]) for r in rows]
 
     def evicted_chunks(self) -> set[bytes]:
-        return {r[0] for r in self.journal_query("SELECT id FROM chunks WHERE blob IS NULL")}
+        return {
+            r[0]
+            for r in self.journal_query("SELECT id FROM chunks WHERE pack IS NULL AND blob IS NULL")
+        }
 
     def held_chunk_bytes(self) -> int:
-        rows = self.journal_query("SELECT coalesce(sum(stored),0) FROM chunks WHERE blob NOT NULL")
+        rows = self.journal_query(
+            "SELECT coalesce(sum(stored),0) FROM chunks WHERE pack NOT NULL OR blob NOT NULL"
+        )
         return int(rows[0][0])
 
 
