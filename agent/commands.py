@@ -23,7 +23,6 @@ from amber.protocol.records import decode_checkpoint
 from amber.secretfile import read_secret, write_secret
 
 from .config import AgentConfig, config_path, load_config, make_source, save_config
-from .daemon import AgentDaemon
 from .drift import source_drift
 from .enrolment import install_enrolment
 from .identity import PASSPHRASE_ENV, read_vault_key_input, register_key_secrets
@@ -439,6 +438,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .daemon import AgentDaemon  # its metrics exporter (prometheus_client) only here
+
     cfg = load(args)
 
     async def run() -> None:

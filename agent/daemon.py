@@ -12,8 +12,7 @@ import asyncio
 import logging
 import signal
 import time
-
-from nats.js.errors import FetchTimeoutError
+from typing import TYPE_CHECKING
 
 from amber import sdnotify
 from amber.protocol import wire
@@ -21,11 +20,13 @@ from amber.protocol.errors import AmberError
 
 from .config import AgentConfig
 from .enrolment import load_installed
-from .hublink import HubLink
 from .metrics import AgentMetrics, serving
 from .orders import OrderExecutor
 from .remote import heartbeat, sync
 from .runtime import AgentRuntime
+
+if TYPE_CHECKING:
+    from .hublink import HubLink
 
 log = logging.getLogger("amber.agent")
 MIN_SLEEP = 1.0
@@ -132,6 +133,8 @@ class AgentDaemon:
 
     async def _orders(self, rt: AgentRuntime, link: HubLink) -> None:
         """Pull restore orders from this node's durable command consumer and run them."""
+        from nats.js.errors import FetchTimeoutError  # nats-py is loaded: the link is up
+
         enr = link.enr
         executor = OrderExecutor(rt, link)
         await executor.flush_reports()

@@ -3,6 +3,9 @@
 Every wait is bounded: requests and JetStream publishes time out, and a publish is
 retried under the same ``Nats-Msg-Id`` so JetStream drops the duplicate if the
 first one did land. The link also serves restores as a chunk and record source.
+
+nats-py (and the aiohttp it loads, about 0.2 s of imports) is imported only when a
+link connects, so commands that never reach the hub do not pay for it.
 """
 
 from __future__ import annotations
@@ -13,9 +16,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import nats
-from nats.errors import Error as NatsError
-
 from amber.protocol import wire
 from amber.protocol.errors import AmberError, HubUnavailableError
 
@@ -23,6 +23,13 @@ from .enrolment import Enrolment
 
 log = logging.getLogger("amber.agent.hub")
 FETCH_BYTES = 5 * 1024 * 1024
+
+
+def nats_error() -> type[Exception]:
+    """nats-py's root error class (an except clause evaluates this only on an error)."""
+    from nats.errors import Error  # loaded already: a link exists only once connected
+
+    return Error
 
 
 class TokenBucket:
@@ -86,6 +93,8 @@ class HubLink:
         persistent: bool = False,
         bandwidth: int | None = None,
     ) -> HubLink:
+        import nats
+
         async def quiet(exc: Exception) -> None:
             log.debug("nats: %s", exc)
 
@@ -107,7 +116,7 @@ class HubLink:
                 ping_interval=5,
                 max_outstanding_pings=2,
             )
-        except (TimeoutError, NatsError, OSError) as exc:
+        except (TimeoutError, nats_error(), OSError) as exc:
             raise HubUnavailableError(
                 f"cannot reach the hub at {', '.join(enr.servers)}: {exc or type(exc).__name__}"
             ) from None
@@ -127,7 +136,7 @@ class HubLink:
             reply = await self.nc.request(
                 self.subject("rpc"), wire.encode(msg), timeout=self.timeout
             )
-        except (TimeoutError, NatsError, OSError) as exc:
+        except (TimeoutError, nats_error(), OSError) as exc:
             raise HubUnavailableError(
                 f"hub did not answer {msg.TYPE}: {exc or 'timeout'}"
             ) from None
@@ -143,7 +152,7 @@ class HubLink:
                 await self._publish_once(payload, msg_id)
                 self.sent_bytes += len(payload)
                 return
-            except (TimeoutError, NatsError, OSError) as exc:
+            except (TimeoutError, nats_error(), OSError) as exc:
                 if self.nc.is_closed:  # the client gave up reconnecting: no retry can land
                     raise HubUnavailableError(f"lost the connection to the hub: {exc}") from None
                 if time.monotonic() + delay > deadline:
@@ -181,7 +190,7 @@ class HubLink:
     async def heartbeat(self, beat: wire.Heartbeat) -> None:
         try:
             await self.nc.publish(self.subject("status"), wire.encode(beat))
-        except (NatsError, OSError) as exc:
+        except (nats_error(), OSError) as exc:
             log.debug("heartbeat not sent: %s", exc)
 
     # --- as a source for restores ---------------------------------------------------

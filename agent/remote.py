@@ -16,12 +16,11 @@ from amber.protocol import wire
 from amber.protocol.errors import AmberError
 from amber.protocol.records import checkpoint_public, record_id
 
-from .hublink import HubLink
-from .runtime import AgentRuntime
-from .sync import Syncer, SyncStats
-
 if TYPE_CHECKING:
+    from .hublink import HubLink
     from .metrics import AgentMetrics
+    from .runtime import AgentRuntime
+    from .sync import SyncStats
 
 log = logging.getLogger("amber.agent.remote")
 
@@ -44,6 +43,8 @@ async def sync(
     deadline: float | None = None,
     metrics: AgentMetrics | None = None,
 ) -> SyncStats:
+    from .sync import Syncer
+
     syncer = Syncer(rt.journal, link, rt.ident.keys, rt.cfg.journal_cache_bytes, metrics)
     return await syncer.sync_once(deadline)
 
