@@ -38,7 +38,8 @@ QUIET_LOGGERS = {"aiosqlite": logging.WARNING}  # its debug lines echo query res
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
-_pattern: re.Pattern[str] | None = None
+_pattern: re.Pattern[str] | None = None  # compiled on first use after a change
+_stale = False
 
 
 def _spellings(value: str | bytes) -> set[str]:
@@ -62,23 +63,32 @@ def _spellings(value: str | bytes) -> set[str]:
 
 def register_secret(*values: str | bytes | None) -> None:
     """Never log these values (keys, passwords, tokens). Safe to call repeatedly."""
-    global _pattern
+    global _stale
     fresh: set[str] = set()
     for value in values:
         if value:
             fresh |= {s for s in _spellings(value) if len(s) >= MIN_SECRET_LENGTH}
     with _lock:
         fresh -= _secrets
-        if not fresh:
-            return
-        _secrets.update(fresh)
-        ordered = sorted(_secrets, key=len, reverse=True)  # longest spelling wins
-        _pattern = re.compile("|".join(map(re.escape, ordered)))
+        if fresh:
+            _secrets.update(fresh)
+            _stale = True  # compiling the pattern waits for the first log record
+
+
+def _current() -> re.Pattern[str] | None:
+    global _pattern, _stale
+    if _stale:
+        with _lock:
+            if _stale:
+                ordered = sorted(_secrets, key=len, reverse=True)  # longest spelling wins
+                _pattern = re.compile("|".join(map(re.escape, ordered)))
+                _stale = False
+    return _pattern
 
 
 def redact(text: str) -> str:
     """``text`` with every registered secret replaced by ``[redacted]``."""
-    pattern = _pattern
+    pattern = _current()
     if pattern is None or not text:
         return text
     return pattern.sub(REDACTED, text)
@@ -86,17 +96,17 @@ def redact(text: str) -> str:
 
 def forget_secrets() -> None:
     """Clear the registry (tests only)."""
-    global _pattern
+    global _pattern, _stale
     with _lock:
         _secrets.clear()
-        _pattern = None
+        _pattern, _stale = None, False
 
 
 class RedactingFilter(logging.Filter):
     """Rewrites a record so no registered secret is emitted; never drops a record."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if _pattern is None:
+        if _current() is None:
             return True
         try:
             message = record.getMessage()
