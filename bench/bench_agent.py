@@ -301,6 +301,15 @@ def environment() -> dict[str, Any]:
     }
 
 
+def precompile() -> None:
+    """Write the bytecode of Amber's packages once, as installing a wheel does: with an
+    editable install and ``PYTHONDONTWRITEBYTECODE`` set, every timed command would
+    otherwise recompile ~40 modules (40-70 ms per command)."""
+    root = Path(__file__).resolve().parent.parent
+    dirs = [str(root / d) for d in ("agent", "hub", "protocol", "amber_ns")]
+    subprocess.run([sys.executable, "-m", "compileall", "-q", *dirs], check=True)
+
+
 def big_model(seed: int, size_mib: int) -> Path:
     """A cached single-file model of ``size_mib`` MiB (bf16), in a folder of its own."""
     base = WORK_DIR / "ainode" / f"bigmodel-v{ainode.GEN_VERSION}-seed{seed}-{size_mib}MiB"
@@ -335,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
+    precompile()
     env0 = environment()
     restic_bin = find_restic()
     rversion = restic_version(restic_bin)

@@ -58,6 +58,7 @@ from bench_agent import (
     Run,
     environment,
     fmt_bytes,
+    precompile,
     print_table,
     run_timed,
     tool,
@@ -343,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--json", action="store_true", help="JSON to stdout, table to stderr")
     args = p.parse_args(argv)
+    precompile()
     scale = args.scale if args.scale is not None else (QUICK_SCALE if args.quick else 1.0)
     out = sys.stderr if args.json else sys.stdout
     fleet_size = args.fleet or (4 if args.quick else 10)
