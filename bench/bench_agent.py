@@ -201,11 +201,9 @@ class AmberNode:
         return int(self.status()["journal_bytes"])
 
     def journal_file_bytes(self) -> int:
-        return sum(
-            p.stat().st_size
-            for p in self.state.glob("journal.db*")
-            if p.name in ("journal.db", "journal.db-wal")
-        )
+        """On disk: journal.db (and its WAL) plus the pack files."""
+        files = [p for p in self.state.glob("journal.db*") if p.name != "journal.db-shm"]
+        return sum(p.stat().st_size for p in [*files, *self.state.glob("packs/*.pack")])
 
     def restore_argv(self, target: Path) -> list[str]:
         return self.argv("restore", "latest", "--to", str(target))
