@@ -344,8 +344,13 @@ class Journal:
         return out
 
     async def discard_tentative(self) -> None:
-        """Delete chunks a crashed or cancelled checkpoint left behind, and their blobs."""
+        """Delete chunks a crashed or cancelled checkpoint left behind, and their blobs.
+
+        Called whenever this process takes the state directory's write lock. Another
+        process may have written since this one last held it (appended to, compacted or
+        removed packs), so the pack store forgets its open pack and finds the end anew."""
         async with self._pack_lock:
+            await self._in_packs(self.packs.close)
             await self._write("DELETE FROM chunks WHERE state = ?", [(TENTATIVE,)])
             await self._trim()
 

@@ -16,17 +16,13 @@ from __future__ import annotations
 
 import errno
 import os
-import struct
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from amber.protocol.errors import DiskFullError, IntegrityError, JournalError, UnknownVersionError
+from amber.protocol.packfile import ENTRY, HEADER, MAGIC, VERSION
 
-MAGIC = b"AMBP"
-VERSION = 1
-HEADER = MAGIC + bytes([VERSION, 0, 0, 0])
-ENTRY = struct.Struct(">32sI")
 ROLL_BYTES = 32 * 1024 * 1024  # start a new pack once the active one is this big
 IOV_BATCH = 512  # buffers per writev (under IOV_MAX)
 
@@ -65,8 +61,12 @@ class PackStore:
     # --- writing ----------------------------------------------------------------------
 
     def _open_active(self) -> int:
-        if self._fd is not None and self._size < ROLL_BYTES:
-            return self._fd
+        if self._fd is not None:
+            # where the file ends now (O_APPEND writes there), not where this process
+            # last wrote: offsets recorded in the index must be the real ones
+            self._size = os.fstat(self._fd).st_size
+            if self._size < ROLL_BYTES:
+                return self._fd
         self._close_active()
         if not self.dir.is_dir():
             self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .sync import SyncStats
 
 log = logging.getLogger("amber.agent.remote")
+EVICT_LOCK_WAIT = 2.0  # seconds a sync pass waits for the write lock before evicting later
 
 
 async def adopt_from_hub(rt: AgentRuntime, link: HubLink) -> int:
@@ -46,7 +47,16 @@ async def sync(
     from .sync import Syncer
 
     syncer = Syncer(rt.journal, link, rt.ident.keys, rt.cfg.journal_cache_bytes, metrics)
-    return await syncer.sync_once(deadline)
+    stats = await syncer.sync_once(deadline)
+    # eviction deletes and rewrites pack files: only while no other process (a checkpoint
+    # or restore command next to the daemon) appends to them, i.e. under the write lock;
+    # if a writer holds it now, the next pass evicts
+    async with rt.writing(timeout=EVICT_LOCK_WAIT, or_skip=True) as locked:
+        if locked:
+            stats.evicted_bytes += await rt.journal.evict(rt.cfg.journal_cache_bytes)
+        else:
+            log.info("journal eviction postponed: another command is writing the journal")
+    return stats
 
 
 async def heartbeat(rt: AgentRuntime, link: HubLink) -> None:

@@ -103,8 +103,14 @@ class AgentRuntime:
                 await link.close()
 
     @asynccontextmanager
-    async def writing(self, timeout: float = 600.0) -> AsyncIterator[None]:
-        """Hold the state directory's write lock; clean up after a crashed writer."""
+    async def writing(
+        self, timeout: float = 600.0, *, or_skip: bool = False
+    ) -> AsyncIterator[bool]:
+        """Hold the state directory's write lock; clean up after a crashed writer.
+
+        Yields True once the lock is held. If another process holds it past ``timeout``
+        seconds this raises :class:`JournalError`, or with ``or_skip`` yields False
+        without the lock (for work that can wait for a later turn)."""
         self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.cfg.state_dir / "agent.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -114,6 +120,9 @@ class AgentRuntime:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
+                    if time.monotonic() > deadline and or_skip:
+                        yield False
+                        return
                     if time.monotonic() > deadline:
                         raise JournalError(
                             "another amber-agent process is writing to this journal",
@@ -121,6 +130,6 @@ class AgentRuntime:
                         ) from None
                     await asyncio.sleep(0.1)
             await self.journal.discard_tentative()
-            yield
+            yield True
         finally:
             os.close(fd)

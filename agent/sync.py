@@ -27,7 +27,7 @@ from amber.protocol.records import (
     KIND_CHECKPOINT,
     KIND_MANIFEST,
     decode_checkpoint,
-    manifest_public,
+    decode_manifest,
 )
 
 from .hublink import HubLink
@@ -75,7 +75,6 @@ class Syncer:
         for row in rows:
             await self._sync_checkpoint(row.seq, row.id, deadline)
             self.stats.checkpoints += 1
-        self.stats.evicted_bytes += await self.journal.evict(self.cache_bytes)
         return self.stats
 
     async def _sync_checkpoint(self, seq: int, cp_id: bytes, deadline: float) -> None:
@@ -85,15 +84,18 @@ class Syncer:
         cp = decode_checkpoint(cp_data, self.keys)  # type: ignore[arg-type]
         states = await self.journal.record_states(list(cp.manifests.values()))
         manifests: list[tuple[bytes, bytes]] = []
-        chunk_ids: set[bytes] = set()
+        # chunks in manifest (file) order, each once: the hub packs them in the order they
+        # arrive, and a restore reads them back in file order, in a few ranged reads
+        chunk_ids: dict[bytes, None] = {}
         for mid in cp.manifests.values():
             if states.get(mid, DURABLE) == DURABLE:
                 continue  # already at the hub (or adopted from it)
             data = await self.journal.record(mid)
             assert data is not None
             manifests.append((mid, data))
-            chunk_ids.update(manifest_public(data)["chunks"])
-        ids = sorted(chunk_ids)
+            m = await asyncio.to_thread(decode_manifest, data, self.keys)  # type: ignore[arg-type]
+            chunk_ids.update(dict.fromkeys(cid for e in m.entries for cid, _ in e.chunks))
+        ids = list(chunk_ids)
         missing = await self._missing(ids)
         self.stats.chunks_skipped += len(ids) - len(missing)
         if self.metrics is not None:

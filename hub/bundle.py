@@ -46,7 +46,7 @@ from amber.protocol.records import (
     Checkpoint,
 )
 
-from .catalog import CHUNK, Catalog, now_us
+from .catalog import Catalog, now_us
 from .config import HubConfig, load_hub_key
 from .ingest import Ingestor
 from .plans import PlanBook
@@ -213,14 +213,13 @@ async def _ingest(hd: HubData, st: Staged) -> dict[str, Any]:
     new = await _plan_chain(hd, st)
     ing, stored = hd.ingestor, 0
     for i in range(0, len(st.chunks), BATCH):
-        rows = []
-        for cid in st.chunks[i : i + BATCH]:
-            blob = st.read("chunk", cid)
-            outcome, _ = await ing.put_chunk(h.vault, wire.ChunkPut(id=cid, blob=blob))
-            if outcome == "stored":
-                rows.append((cid, CHUNK, len(blob)))
-        await hd.catalog.add_objects(h.vault, rows)  # as the NATS worker does, then acks
-        stored += len(rows)
+        msgs = [
+            wire.ChunkPut(id=cid, blob=st.read("chunk", cid)) for cid in st.chunks[i : i + BATCH]
+        ]
+        for res in await ing.put_chunks(h.vault, msgs):  # as the NATS worker does
+            if isinstance(res, AmberError):
+                raise res
+            stored += res == "stored"
     for mid in st.manifests:
         await _put_record(hd, st, mid, KIND_MANIFEST)
     for cid, _ in sorted(st.checkpoints.items(), key=lambda kv: kv[1].seq):

@@ -23,7 +23,7 @@ from amber.logs import register_secret
 from amber.protocol.errors import JournalError, NotFoundError
 from amber.protocol.records import Checkpoint
 
-CHUNK, RECORD = "c", "r"
+CHUNK, RECORD, PACK = "c", "r", "p"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes(
@@ -33,7 +33,7 @@ CREATE TABLE IF NOT EXISTS nodes(
     PRIMARY KEY(vault, node));
 CREATE TABLE IF NOT EXISTS objects(
     vault TEXT NOT NULL, id BLOB NOT NULL, kind TEXT NOT NULL, size INTEGER NOT NULL,
-    stored_us INTEGER NOT NULL, PRIMARY KEY(vault, id)) WITHOUT ROWID;
+    stored_us INTEGER NOT NULL, pack BLOB, off INTEGER, PRIMARY KEY(vault, id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS checkpoints(
     vault TEXT NOT NULL, node TEXT NOT NULL, seq INTEGER NOT NULL, id BLOB NOT NULL,
     prev BLOB, time_us INTEGER NOT NULL, kind TEXT NOT NULL, labels TEXT NOT NULL,
@@ -48,6 +48,18 @@ CREATE TABLE IF NOT EXISTS manifests(
     kind TEXT NOT NULL, tier TEXT NOT NULL, time_us INTEGER NOT NULL, size INTEGER NOT NULL,
     chunks INTEGER NOT NULL, PRIMARY KEY(vault, id)) WITHOUT ROWID;
 """
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where an object's bytes are in the store."""
+
+    kind: str
+    size: int
+    pack: bytes | None = None
+    """The pack object holding it (a chunk), or None: the object has its own key."""
+    off: int | None = None
+    """Offset of its bytes in the pack."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +124,7 @@ class Catalog:
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=FULL")
             await db.executescript(SCHEMA)
+            await _migrate(db)
             rdb = await aiosqlite.connect(path, isolation_level=None, timeout=30)
         except sqlite3.Error as exc:
             raise JournalError(
@@ -208,10 +221,23 @@ class Catalog:
     # --- objects --------------------------------------------------------------------
 
     async def add_objects(self, vault: str, rows: Iterable[tuple[bytes, str, int]]) -> None:
+        """Index objects stored under their own key (records; chunks of older hubs)."""
         t = now_us()
         await self._many(
-            "INSERT OR IGNORE INTO objects VALUES(?,?,?,?,?)",
+            "INSERT OR IGNORE INTO objects(vault, id, kind, size, stored_us) VALUES(?,?,?,?,?)",
             [(vault, oid, kind, size, t) for oid, kind, size in rows],
+        )
+
+    async def add_packed(
+        self, vault: str, pack: bytes, rows: Iterable[tuple[bytes, int, int]]
+    ) -> None:
+        """Index chunks stored in pack object ``pack``: rows of (chunk id, blob offset,
+        blob length). A chunk already indexed (in another pack) keeps its first place."""
+        t = now_us()
+        await self._many(
+            "INSERT OR IGNORE INTO objects(vault, id, kind, size, stored_us, pack, off) "
+            "VALUES(?,?,?,?,?,?,?)",
+            [(vault, cid, CHUNK, size, t, pack, off) for cid, off, size in rows],
         )
 
     async def _by_ids(self, select: str, vault: str, ids: Sequence[bytes]) -> list[Any]:
@@ -228,10 +254,10 @@ class Catalog:
         rows = await self._by_ids("SELECT id, kind FROM objects", vault, ids)
         return {r[0]: r[1] for r in rows}
 
-    async def present_sizes(self, vault: str, ids: Sequence[bytes]) -> dict[bytes, tuple[str, int]]:
-        """Like :meth:`present`, with each object's stored size."""
-        rows = await self._by_ids("SELECT id, kind, size FROM objects", vault, ids)
-        return {r[0]: (r[1], r[2]) for r in rows}
+    async def locate(self, vault: str, ids: Sequence[bytes]) -> dict[bytes, Location]:
+        """Where each stored id's bytes are: its own object, or a range of a pack."""
+        rows = await self._by_ids("SELECT id, kind, size, pack, off FROM objects", vault, ids)
+        return {r[0]: Location(r[1], r[2], r[3], r[4]) for r in rows}
 
     async def refuse(self, vault: str, oid: bytes, reason: str) -> None:
         """Remember that ingest refused a record, so the node's receipt query says so."""
@@ -342,3 +368,12 @@ class Catalog:
         """Forget objects, manifests and checkpoints (before a rebuild from the store)."""
         for table in ("objects", "manifests", "checkpoints"):
             await self._exec(f"DELETE FROM {table}")
+
+
+async def _migrate(db: aiosqlite.Connection) -> None:
+    """Catalogs made before pack objects lack the objects' ``pack`` and ``off`` columns."""
+    async with db.execute("PRAGMA table_info(objects)") as cur:
+        columns = {row[1] for row in await cur.fetchall()}
+    for name, decl in (("pack", "BLOB"), ("off", "INTEGER")):
+        if name not in columns:
+            await db.execute(f"ALTER TABLE objects ADD COLUMN {name} {decl}")

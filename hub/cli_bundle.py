@@ -29,10 +29,11 @@ from amber.protocol.records import manifest_public, record_id
 from amber.secretfile import read_secret
 
 from .bundle import HubData, import_bundle, list_receipts, open_hub_data, write_rows
-from .catalog import CHUNK, RECORD, Catalog, CheckpointEntry, now_us
+from .catalog import RECORD, Catalog, CheckpointEntry, now_us
 from .config import load_hub_config
 from .coordinator import ORDER_TTL_US
 from .layout import object_key
+from .objread import read_objects
 from .plans import PlanSpec, pick_checkpoint
 
 T = TypeVar("T")
@@ -136,7 +137,7 @@ def _checked(data: bytes, oid: bytes) -> bytes:
 
 
 async def _write_chunks(hd: HubData, w: BundleWriter, vault: str, ids: list[bytes]) -> None:
-    have = await hd.catalog.present(vault, ids)
+    have = await hd.catalog.locate(vault, ids)
     missing = [i for i in ids if i not in have]
     if missing:
         raise NotFoundError(
@@ -144,8 +145,10 @@ async def _write_chunks(hd: HubData, w: BundleWriter, vault: str, ids: list[byte
             f"e.g. {missing[0].hex()[:16]}",
             hint="the checkpoint is not restorable from this hub; choose another point",
         )
-    for cid in ids:
-        w.add(f"{b.CHUNK_DIR}{cid.hex()}", await _get(hd, vault, cid, CHUNK))
+    for i in range(0, len(ids), 64):  # ranged reads of the hub's packs, 64 chunks at a time
+        part = [(cid, have[cid]) for cid in ids[i : i + 64]]
+        for (cid, _), blob in zip(part, await read_objects(hd.store, vault, part), strict=True):
+            w.add(f"{b.CHUNK_DIR}{cid.hex()}", blob)
 
 
 def _order(req: ExportRequest, point: CheckpointEntry, bundle_id: bytes) -> wire.RestoreOrder:

@@ -13,12 +13,16 @@ retried later; a bad one is rejected, counted and logged with the node's name.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from amber.protocol import wire
+from blake3 import blake3
+
+from amber.protocol import packfile, wire
 from amber.protocol.chunk import ID_SIZE, parse_chunk_header
 from amber.protocol.errors import AmberError, ChainError, FormatError
 from amber.protocol.records import (
@@ -32,13 +36,15 @@ from amber.protocol.records import (
     record_id,
 )
 
-from .catalog import CHUNK, RECORD, Catalog
+from .catalog import PACK, RECORD, Catalog
 from .layout import DEFAULT_RETENTION_DAYS, object_key, retain_until, tier_days
 from .store import ObjectStore
 
 log = logging.getLogger("amber.hub.ingest")
 Outcome = Literal["stored", "duplicate", "retry"]
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+PACK_BYTES = 16 * 1024 * 1024
+"""New chunks of one ingest batch are stored in pack objects of about this size."""
 
 
 @dataclass
@@ -62,18 +68,63 @@ class Ingestor:
         self.retention = retention if retention is not None else dict(DEFAULT_RETENTION_DAYS)
         self.stats = IngestStats()
 
-    async def put_chunk(self, vault: str, msg: wire.ChunkPut) -> tuple[Outcome, int]:
-        if len(msg.id) != ID_SIZE:
-            raise FormatError("chunk id must have 32 bytes")
-        parse_chunk_header(msg.blob)
-        if await self.catalog.present(vault, [msg.id]):
-            self.stats.duplicates += 1
-            return "duplicate", 0
+    async def put_chunks(
+        self, vault: str, msgs: Sequence[wire.ChunkPut]
+    ) -> list[Outcome | AmberError]:
+        """Store the new chunks among ``msgs`` in pack objects of about PACK_BYTES and
+        index them; returns each message's outcome, or the error that refused it
+        (:class:`StoreError` when the store failed: the message should be redelivered).
+        Every "stored" or "duplicate" chunk is durable and indexed when this returns."""
+        results: list[Outcome | AmberError | None] = [None] * len(msgs)
+        first: dict[bytes, int] = {}
+        for i, msg in enumerate(msgs):
+            try:
+                if len(msg.id) != ID_SIZE:
+                    raise FormatError("chunk id must have 32 bytes")
+                parse_chunk_header(msg.blob)
+            except AmberError as exc:
+                results[i] = exc
+                continue
+            first.setdefault(msg.id, i)
+        have = await self.catalog.present(vault, list(first))
+        for cid in have:
+            results[first.pop(cid)] = "duplicate"
+        groups: list[list[int]] = [[]]
+        size = 0
+        for i in first.values():
+            if groups[-1] and size + len(msgs[i].blob) > PACK_BYTES:
+                groups.append([])
+                size = 0
+            groups[-1].append(i)
+            size += len(msgs[i].blob)
+        stored = await asyncio.gather(
+            *(self._store_pack(vault, [msgs[i] for i in g]) for g in groups if g),
+            return_exceptions=True,
+        )
+        for group, outcome in zip((g for g in groups if g), stored, strict=True):
+            if isinstance(outcome, BaseException) and not isinstance(outcome, AmberError):
+                raise outcome
+            for i in group:
+                results[i] = outcome if isinstance(outcome, AmberError) else "stored"
+        out: list[Outcome | AmberError] = []
+        for i, msg in enumerate(msgs):
+            res = results[i]
+            if res is None:  # a repeat of an id earlier in this batch: as that one went
+                earlier = results[first.get(msg.id, i)] if msg.id in first else "duplicate"
+                res = earlier if isinstance(earlier, AmberError) else "duplicate"
+            if res == "stored":
+                self.stats.chunks += 1
+                self.stats.chunk_bytes += len(msg.blob)
+            elif res == "duplicate":
+                self.stats.duplicates += 1
+            out.append(res)
+        return out
+
+    async def _store_pack(self, vault: str, msgs: Sequence[wire.ChunkPut]) -> None:
+        data, pid, index = await asyncio.to_thread(_pack, msgs)
         until = retain_until(tier_days(self.retention, []))
-        await self.store.put(object_key(vault, msg.id, CHUNK), msg.blob, retain_until=until)
-        self.stats.chunks += 1
-        self.stats.chunk_bytes += len(msg.blob)
-        return "stored", len(msg.blob)
+        await self.store.put(object_key(vault, pid, PACK), data, retain_until=until)
+        await self.catalog.add_packed(vault, pid, index)
 
     async def put_record(self, vault: str, node: str, msg: wire.RecordPut) -> Outcome:
         if record_id(msg.data) != msg.id:
@@ -157,6 +208,12 @@ class Ingestor:
             exc,
             extra={"vault": vault, "node": node},
         )
+
+
+def _pack(msgs: Sequence[wire.ChunkPut]) -> tuple[bytes, bytes, list[tuple[bytes, int, int]]]:
+    """A pack object of ``msgs``' blobs: its bytes, its id (their BLAKE3) and its index."""
+    data, index = packfile.build([(m.id, m.blob) for m in msgs])
+    return data, blake3(data).digest(), index
 
 
 def _check_fields(what: str, **values: int) -> None:

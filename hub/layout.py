@@ -1,6 +1,9 @@
 """Where objects live in the store, and how long Object Lock keeps them.
 
-<vault>/chunks/<id hex[:2]>/<id hex>   encrypted chunk blobs
+<vault>/packs/<id hex[:2]>/<id hex>    packs of encrypted chunk blobs (FORMAT.md §18);
+                                       the id is the BLAKE3 of the pack's bytes
+<vault>/chunks/<id hex[:2]>/<id hex>   one encrypted chunk blob (written by hubs before
+                                       packs; still read)
 <vault>/records/<id hex>               signed manifests and checkpoints
 """
 
@@ -8,7 +11,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from .catalog import CHUNK
+from .catalog import CHUNK, PACK
 
 DEFAULT_RETENTION_DAYS = {"hot": 7, "warm": 30, "cold": 365}
 
@@ -17,6 +20,8 @@ def object_key(vault: str, oid: bytes, kind: str) -> str:
     h = oid.hex()
     if kind == CHUNK:
         return f"{vault}/chunks/{h[:2]}/{h}"
+    if kind == PACK:
+        return f"{vault}/packs/{h[:2]}/{h}"
     return f"{vault}/records/{h}"
 
 
@@ -26,6 +31,8 @@ def parse_key(key: str) -> tuple[str, bytes, str] | None:
     try:
         if len(parts) == 4 and parts[1] == "chunks":
             return parts[0], bytes.fromhex(parts[3]), CHUNK
+        if len(parts) == 4 and parts[1] == "packs":
+            return parts[0], bytes.fromhex(parts[3]), PACK
         if len(parts) == 3 and parts[1] == "records":
             return parts[0], bytes.fromhex(parts[2]), "r"
     except ValueError:

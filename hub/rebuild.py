@@ -1,8 +1,8 @@
 """`amber-hub catalog rebuild`: recreate the catalog's index from the store alone.
 
 Manifests and checkpoints are stored objects, so the store is the source of truth:
-list every object, re-read every record's public part (its signature is checked),
-and insert objects, manifests and checkpoints again. Node enrolments are kept.
+list every object, re-read every record's public part (its signature is checked) and
+every pack's entries, and insert objects, manifests and checkpoints again. Node enrolments are kept.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 
+from amber.protocol import packfile
+from amber.protocol.chunk import parse_chunk_header
 from amber.protocol.errors import AmberError
 from amber.protocol.records import (
     KIND_CHECKPOINT,
@@ -18,7 +20,7 @@ from amber.protocol.records import (
     parse,
 )
 
-from .catalog import CHUNK, RECORD, Catalog
+from .catalog import CHUNK, PACK, RECORD, Catalog
 from .layout import parse_key
 from .store import ObjectStore
 
@@ -27,7 +29,7 @@ log = logging.getLogger("amber.hub.rebuild")
 
 async def rebuild_catalog(store: ObjectStore, catalog: Catalog) -> dict[str, int]:
     await catalog.clear_index()
-    counts = {"chunks": 0, "manifests": 0, "checkpoints": 0, "skipped": 0}
+    counts = {"chunks": 0, "packs": 0, "manifests": 0, "checkpoints": 0, "skipped": 0}
     objects: dict[str, list[tuple[bytes, str, int]]] = defaultdict(list)
     checkpoints = []
     async for key in store.list(""):
@@ -37,6 +39,12 @@ async def rebuild_catalog(store: ObjectStore, catalog: Catalog) -> dict[str, int
             counts["skipped"] += 1
             continue
         vault, oid, kind = parsed
+        if kind == PACK:
+            rows = await _pack_rows(store, key, counts)
+            await catalog.add_packed(vault, oid, rows)
+            counts["chunks"] += len(rows)
+            counts["packs"] += 1
+            continue
         if kind == CHUNK:
             objects[vault].append((oid, CHUNK, info.size))
             counts["chunks"] += 1
@@ -60,3 +68,25 @@ async def rebuild_catalog(store: ObjectStore, catalog: Catalog) -> dict[str, int
         await catalog.add_checkpoint(cp, oid, signer)
         counts["checkpoints"] += 1
     return counts
+
+
+async def _pack_rows(
+    store: ObjectStore, key: str, counts: dict[str, int]
+) -> list[tuple[bytes, int, int]]:
+    """The index of one pack object: (chunk id, blob offset, length) of each entry whose
+    blob header is sound. A damaged pack keeps the entries before the damage."""
+    data = memoryview(await store.get(key))
+    rows: list[tuple[bytes, int, int]] = []
+    try:
+        for cid, off, length in packfile.entries(data, f"pack object {key}"):
+            try:
+                parse_chunk_header(data[off : off + length])
+            except AmberError as exc:
+                log.warning("skipping a damaged chunk in %s: %s", key, exc)
+                counts["skipped"] += 1
+                continue
+            rows.append((cid, off, length))
+    except AmberError as exc:
+        log.warning("pack %s is damaged after %d entries: %s", key, len(rows), exc)
+        counts["skipped"] += 1
+    return rows

@@ -1,7 +1,8 @@
 """The hub's NATS side: the ingest stream and its workers, request/reply, heartbeats.
 
 Subjects (``amber.<vault>.<node>.<kind>``):
-- ``ingest``: JetStream stream AMBER_INGEST (work queue); several workers share one
+- ``ingest``: JetStream stream AMBER_INGEST (work queue); one fetcher per hub process
+  hands batches to a few concurrent batch tasks, and every hub process shares one
   durable pull consumer, so more hub processes scale ingest out;
 - ``rpc``: requests (chunk query, receipts, fetch, checkpoint list), answered by a
   queue group of all hub processes;
@@ -23,9 +24,10 @@ from nats.js.errors import FetchTimeoutError
 from amber.protocol import wire
 from amber.protocol.errors import AmberError, FormatError, NotFoundError, StoreError
 
-from .catalog import CHUNK, Catalog
+from .catalog import Catalog
 from .ingest import Ingestor, subject_owner
 from .layout import object_key
+from .objread import read_objects
 from .store import ObjectStore
 
 log = logging.getLogger("amber.hub.service")
@@ -34,7 +36,6 @@ DURABLE = "hub-ingest"
 BATCH = 64
 LEASE_SECONDS = 60.0  # how long a node told to upload a chunk keeps others from sending it
 LEASE_MAX = 1_000_000  # leases kept before expired ones are swept
-FETCH_PARALLEL = 16  # store reads in flight per fetch request
 MAX_REPLY = 6 * 1024 * 1024
 MAX_LIST = 256
 # A message fetched by a hub process that then died is redelivered after ACK_WAIT; a live
@@ -75,6 +76,7 @@ class HubService:
         self.js = nc.jetstream(timeout=10)
         self.workers = workers
         self.tasks: list[asyncio.Task[None]] = []
+        self.batches: set[asyncio.Task[None]] = set()  # ingest batches being handled
         self.subs: list[Any] = []
         self.coordinator: Any = None  # set by the hub once restores are set up
         self.leases: dict[tuple[str, bytes], tuple[str, float]] = {}
@@ -97,13 +99,12 @@ class HubService:
         self.subs.append(psub)
         self.subs.append(await self.nc.subscribe("amber.*.*.rpc", queue="hub", cb=self._rpc))
         self.subs.append(await self.nc.subscribe("amber.*.*.status", cb=self._status))
-        for i in range(self.workers):
-            self.tasks.append(asyncio.create_task(self._ingest_loop(psub), name=f"ingest-{i}"))
+        self.tasks.append(asyncio.create_task(self._ingest_loop(psub), name="ingest"))
 
     async def stop(self) -> None:
-        for t in self.tasks:
+        for t in [*self.tasks, *self.batches]:
             t.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await asyncio.gather(*self.tasks, *self.batches, return_exceptions=True)
         for s in self.subs:
             try:
                 await s.unsubscribe()
@@ -113,20 +114,35 @@ class HubService:
     # --- ingest ---------------------------------------------------------------------
 
     async def _ingest_loop(self, psub: Any) -> None:
+        """One fetcher hands batches to up to ``workers`` concurrent batch tasks. A batch
+        is a run of consecutive stream messages, so the chunks a node sent in file order
+        land in a pack in file order (two fetchers would interleave them)."""
+        gate = asyncio.Semaphore(self.workers)
         while True:
+            await gate.acquire()
             try:
                 msgs = await psub.fetch(BATCH, timeout=0.25)
             except (FetchTimeoutError, TimeoutError):
+                gate.release()
                 continue
             except Exception as exc:
+                gate.release()
                 log.warning("ingest fetch failed: %s", exc)
                 await asyncio.sleep(0.5)
                 continue
-            ticker = asyncio.create_task(self._in_progress(msgs))
-            try:
-                await self._ingest_batch(msgs)
-            finally:
-                ticker.cancel()
+            task = asyncio.create_task(self._run_batch(msgs))
+            self.batches.add(task)
+            task.add_done_callback(self.batches.discard)
+            task.add_done_callback(lambda _: gate.release())
+
+    async def _run_batch(self, msgs: list[Msg]) -> None:
+        ticker = asyncio.create_task(self._in_progress(msgs))
+        try:
+            await self._ingest_batch(msgs)
+        except Exception:  # a bug, not the node's fault: the batch is redelivered
+            log.exception("ingest batch of %d message(s) failed", len(msgs))
+        finally:
+            ticker.cancel()
 
     async def _in_progress(self, msgs: list[Msg]) -> None:
         while True:
@@ -145,31 +161,33 @@ class HubService:
                 await m.term()
         chunks = [(m, d) for m, d in decoded if isinstance(d[2], wire.ChunkPut)]
         records = [(m, d) for m, d in decoded if isinstance(d[2], wire.RecordPut)]
-        results = await asyncio.gather(
-            *(self.ingestor.put_chunk(d[0], d[2]) for _, d in chunks), return_exceptions=True
-        )
-        rows: dict[str, list[tuple[bytes, str, int]]] = {}
-        done: list[Msg] = []
-        for (m, (vault, node, msg)), res in zip(chunks, results, strict=True):
-            if isinstance(res, AmberError) and not isinstance(res, StoreError):
-                self.ingestor.reject(vault, node, res)
-                await m.term()
-            elif isinstance(res, BaseException):
-                log.error(
-                    "storing chunk from %s/%s failed: %s",
-                    vault,
-                    node,
-                    res,
-                    extra={"vault": vault, "node": node},
-                )
-                await m.nak(delay=2)
-            else:
-                rows.setdefault(vault, []).append((msg.id, CHUNK, len(msg.blob)))
-                done.append(m)
-        for vault, vrows in rows.items():
-            await self.catalog.add_objects(vault, vrows)
-        for m in done:  # acknowledged only once the catalog says the chunks are durable
-            await m.ack()
+        by_vault: dict[str, list[tuple[Msg, tuple[str, str, Any]]]] = {}
+        for m, d in chunks:
+            by_vault.setdefault(d[0], []).append((m, d))
+        for vault, items in by_vault.items():
+            # the vault's new chunks go into pack objects; acks only once indexed
+            try:
+                results = await self.ingestor.put_chunks(vault, [d[2] for _, d in items])
+            except Exception as exc:  # the catalog's trouble: every chunk is redelivered
+                log.error("indexing chunks of vault %s failed: %s", vault, exc)
+                for m, _ in items:
+                    await m.nak(delay=2)
+                continue
+            for (m, (_, node, _msg)), res in zip(items, results, strict=True):
+                if isinstance(res, StoreError):
+                    log.error(
+                        "storing chunk from %s/%s failed: %s",
+                        vault,
+                        node,
+                        res,
+                        extra={"vault": vault, "node": node},
+                    )
+                    await m.nak(delay=2)
+                elif isinstance(res, AmberError):
+                    self.ingestor.reject(vault, node, res)
+                    await m.term()
+                else:
+                    await m.ack()
         for m, (vault, node, msg) in records:
             await self._ingest_record(m, vault, node, msg)
 
@@ -287,24 +305,20 @@ class HubService:
         return tuple(missing)
 
     async def _fetch(self, vault: str, req: wire.FetchRequest) -> wire.FetchReply:
-        """Objects by id, read from the store concurrently, up to MAX_REPLY bytes (the
-        node asks again for what did not fit)."""
-        known = await self.catalog.present_sizes(vault, req.ids)
+        """Objects by id, up to MAX_REPLY bytes (the node asks again for what did not
+        fit); packed chunks are read as merged ranges of their packs."""
+        known = await self.catalog.locate(vault, req.ids)
         chosen, missing, size = [], [], 0
         for oid in req.ids:
             if oid not in known:
                 missing.append(oid)
             elif size < MAX_REPLY:
-                chosen.append(oid)
-                size += known[oid][1]
-        gate = asyncio.Semaphore(FETCH_PARALLEL)
-
-        async def get(oid: bytes) -> bytes:
-            async with gate:
-                return await self.store.get(object_key(vault, oid, known[oid][0]))
-
-        blobs = await asyncio.gather(*(get(oid) for oid in chosen))
-        return wire.FetchReply(ids=tuple(chosen), blobs=tuple(blobs), missing=tuple(missing))
+                chosen.append((oid, known[oid]))
+                size += known[oid].size
+        blobs = await read_objects(self.store, vault, chosen)
+        return wire.FetchReply(
+            ids=tuple(oid for oid, _ in chosen), blobs=tuple(blobs), missing=tuple(missing)
+        )
 
     async def _list(self, vault: str, node: str, req: wire.ListCheckpoints) -> wire.Message:
         if req.node != node:

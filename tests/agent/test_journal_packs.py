@@ -181,3 +181,23 @@ async def test_version_1_journal_is_migrated_and_keeps_its_blobs(tmp_path: Path)
         await j.evict(0)  # the old blobs are durable: evicted from SQLite as before
         assert await j.get_chunks([c for c, _, _ in old]) == {}
     assert sql(path, "SELECT value FROM meta WHERE key = 'version'") == [("2",)]
+
+
+async def test_writers_taking_turns_record_where_their_blobs_really_are(tmp_path: Path) -> None:
+    # the daemon and a CLI command write the same journal in turns (the state directory's
+    # lock); each must append where the pack ends now, not where it last wrote, or its
+    # index points into the other's entries (a restore would then fail on them)
+    path = tmp_path / "journal.db"
+    first, second, third = blobs(5), blobs(5), blobs(5)
+    async with await open_journal(path) as daemon:
+        await daemon.discard_tentative()  # taking the lock, as runtime.writing does
+        await daemon.put_chunks(first, 1)
+        sql(path, "UPDATE chunks SET state = ?", (COMMITTED,))
+        async with await open_journal(path) as cli:  # `amber-agent checkpoint`, its turn
+            await cli.discard_tentative()
+            await cli.put_chunks(second, 2)
+            sql(path, "UPDATE chunks SET state = ?", (COMMITTED,))
+        await daemon.discard_tentative()  # the daemon's next turn
+        await daemon.put_chunks(third, 3)
+        rows = first + second + third
+        assert await daemon.get_chunks([c for c, _, _ in rows]) == {c: b for c, _, b in rows}

@@ -71,7 +71,7 @@ def index_state(hub: HubProcess) -> dict[str, Any]:
     """The catalog's index tables, read directly (hub stopped), minus local times."""
     return {
         "objects": hub.catalog_query(
-            "SELECT vault, hex(id), kind, size FROM objects ORDER BY vault, id"
+            "SELECT vault, hex(id), kind, size, hex(pack), off FROM objects ORDER BY vault, id"
         ),
         "manifests": hub.catalog_query("SELECT * FROM manifests ORDER BY vault, id"),
         "checkpoints": hub.catalog_query(
@@ -102,6 +102,7 @@ def test_rebuild_restores_the_index_from_the_store(
     hub.stop()
     before = index_state(hub)
     assert len(before["manifests"]) > 0 and len(before["objects"]) == before_api["objects"]
+    assert all(o[4] for o in before["objects"] if o[2] == "c")  # every chunk is in a pack
 
     if loss == "index wiped":
         con = sqlite3.connect(hub.catalog_path)
@@ -149,7 +150,8 @@ def test_rebuild_skips_and_reports_damaged_records(
     hub.stop()
     before = index_state(hub)
 
-    # one manifest with a flipped byte, one checkpoint cut short, one stray file
+    # one manifest with a flipped byte, one checkpoint cut short, one stray file, and
+    # one pack object of the other vault cut inside its second entry
     manifest = next(r for r in before["manifests"] if r[0] == VAULT and r[2] == "edge2")
     manifest_hex = manifest[1].hex()
     newest = next(c for c in before["checkpoints"] if c[:3] == (VAULT, "edge1", 1))
@@ -163,16 +165,25 @@ def test_rebuild_skips_and_reports_damaged_records(
     flipped.write_bytes(bytes(data))
     cut.write_bytes(cut.read_bytes()[:40])
     (hub.record_path(VAULT, "not-a-record")).write_bytes(b"junk")
+    in_pack = [o for o in before["objects"] if o[0] == "lab" and o[4]]
+    pack_hex = max({o[4] for o in in_pack}, key=lambda p: sum(o[4] == p for o in in_pack))
+    entries = sorted(o[5] for o in in_pack if o[4] == pack_hex)
+    assert len(entries) >= 2
+    pack = hub.objects_dir / "lab" / "packs" / pack_hex[:2].lower() / pack_hex.lower()
+    pack.chmod(0o644)
+    pack.write_bytes(pack.read_bytes()[: entries[1] + 10])
+    lost = {o[1] for o in in_pack if o[4] == pack_hex and o[5] > entries[0]}
 
     counts = rebuild(hub)
-    assert counts["skipped"] == 3
+    assert counts["skipped"] == 4
     assert counts["checkpoints"] == 3 and counts["manifests"] == len(before["manifests"]) - 1
-    for rid in (manifest_hex, checkpoint_hex):
+    for rid in (manifest_hex, checkpoint_hex, pack_hex.lower()):
         assert rid in str(counts["_stderr"]), counts["_stderr"]
+    assert "truncated" in str(counts["_stderr"])
 
     after = index_state(hub)
     damaged = {manifest_hex.upper(), checkpoint_hex.upper()}
-    assert after["objects"] == [o for o in before["objects"] if o[1] not in damaged]
+    assert after["objects"] == [o for o in before["objects"] if o[1] not in damaged | lost]
     assert after["manifests"] == [m for m in before["manifests"] if m[1].hex() != manifest_hex]
     assert after["checkpoints"] == [c for c in before["checkpoints"] if c != newest]
 

@@ -88,7 +88,8 @@ def test_sync_to_s3_hub_locks_objects_and_restores(s3_hub, s3_server, tmp_path: 
     client = s3_server.client()
     keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
             for o in page.get("Contents", [])]
-    assert any("/chunks/" in k for k in keys) and any("/records/" in k for k in keys)
+    assert any("/packs/" in k for k in keys) and any("/records/" in k for k in keys)
+    assert not any("/chunks/" in k for k in keys)  # chunks travel in pack objects
     now = datetime.now(UTC)
     for key in keys:
         head = client.head_object(Bucket=bucket, Key=key)

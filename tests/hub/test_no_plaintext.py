@@ -158,7 +158,7 @@ def test_hub_stores_no_plaintext_names_or_keys(hub: HubProc, tmp_path: Path) -> 
     at_hub = [r["id"] for r in hub.checkpoints(vault=VAULT, node=NODE)]
     assert at_hub == [first["id"], second["id"]]
     chunk_bytes = sum(
-        size for key, size in hub.stored_files().items() if f"/{VAULT}/chunks/" in f"/{key}"
+        size for key, size in hub.stored_files().items() if f"/{VAULT}/packs/" in f"/{key}"
     )
     assert chunk_bytes > 700_000 + 1_200_000  # the incompressible data is at the hub
     hub.stop()  # flush everything to disk before reading it

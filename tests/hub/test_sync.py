@@ -10,6 +10,8 @@ catching up when the hub comes up.
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import shutil
 import time
 from pathlib import Path
@@ -196,6 +198,29 @@ def test_eviction_after_sync_keeps_restores_working_from_the_hub(
 
     agent.restore_to("latest", tmp_path / "restored")
     assert_restored(tmp_path / "restored", snap, db_source="memory")
+
+
+def test_eviction_waits_while_another_command_writes_the_journal(
+    hub: HubProcess, tmp_path: Path
+) -> None:
+    # eviction rewrites and deletes pack files: never while another process (a checkpoint
+    # or restore command next to the daemon) holds the write lock and appends to them
+    agent = new_agent(hub, tmp_path, "edge1", VAULT)
+    agent.configure(journal_cache_bytes=256 * 1024)
+    memory_and_model(agent, tmp_path, 8 * MiB)
+    agent.checkpoint()
+    held = agent.held_chunk_bytes()
+    packs = sorted((agent.state / "packs").iterdir())
+    fd = os.open(agent.state / "agent.lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another command is writing
+        stats = agent.sync()
+        assert stats["checkpoints"] == 1 and stats["evicted_bytes"] == 0
+        assert agent.held_chunk_bytes() == held
+        assert sorted((agent.state / "packs").iterdir()) == packs
+    finally:
+        os.close(fd)
+    assert agent.sync()["evicted_bytes"] > 7 * MiB  # the next pass catches up
 
 
 def test_lost_disk_relists_restores_and_continues_the_chain(

@@ -15,7 +15,7 @@ from typing import Any
 import blake3
 import pytest
 
-from amber.protocol import chunk, keys, records, wire
+from amber.protocol import chunk, keys, packfile, records, wire
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 EXPECTED: dict[str, Any] = json.loads((FIXTURES / "expected.json").read_text())
@@ -88,6 +88,16 @@ def test_chunk_v1(vault: keys.VaultKeys, name: str) -> None:
     plain = chunk.decode_chunk(vault, bytes.fromhex(want["id"]), blob)
     assert plain.hex() == want["plaintext"]
     assert chunk.chunk_id(vault, plain).hex() == want["id"]
+
+
+def test_pack_v1(vault: keys.VaultKeys) -> None:
+    data = sample("pack_v1.bin")
+    got = [[cid.hex(), off, n] for cid, off, n in packfile.entries(data, "pack_v1.bin")]
+    assert got == EXPECTED["pack_v1.bin"]["entries"]
+    for (cid, off, n), name in zip(got, ["chunk_v1_raw.bin", "chunk_v1_zstd.bin"], strict=True):
+        assert data[off : off + n] == sample(name)  # the entries are the chunk samples
+        assert cid == EXPECTED[name]["id"]
+        chunk.decode_chunk(vault, bytes.fromhex(cid), data[off : off + n])
 
 
 def test_manifest_v1(vault: keys.VaultKeys, signer_public: bytes) -> None:

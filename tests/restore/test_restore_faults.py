@@ -104,17 +104,20 @@ def test_agent_killed_mid_restore_ends_on_its_previous_state(fresh: Fleet, when:
     assert [j[1:] for j in node.jobs(plan["id"])] == [("restore", row["state"])]
 
 
-def flip_last_byte(path: Path) -> bytes:
-    """Damage a stored object (the local store keeps them read-only); returns the original."""
+def flip_chunk_at_hub(fleet: Fleet, cid: bytes) -> tuple[Path, bytes]:
+    """Flip the last byte of one chunk's blob inside the hub pack that holds it; returns
+    the pack's path and its original bytes."""
+    ((vault, pack, off, size),) = fleet.hub.catalog_query(
+        "SELECT vault, hex(pack), off, size FROM objects WHERE id=?", (cid,)
+    )
+    path = fleet.hub.objects_dir / vault / "packs" / pack[:2].lower() / pack.lower()
     original = path.read_bytes()
+    damaged = bytearray(original)
+    damaged[off + size - 1] ^= 0x01
     os.chmod(path, 0o644)
-    path.write_bytes(original[:-1] + bytes([original[-1] ^ 0x01]))
+    path.write_bytes(bytes(damaged))
     os.chmod(path, 0o444)
-    return original
-
-
-def chunk_files(fleet: Fleet) -> set[Path]:
-    return {p for p in fleet.hub.store_files() if p.parent.parent.name == "chunks"}
+    return path, original
 
 
 def journal_chunk_ids(node: Node) -> set[bytes]:
@@ -129,9 +132,8 @@ def test_tampered_chunk_at_the_hub_is_detected_and_the_node_stays_put(fresh: Fle
     new = sorted(journal_chunk_ids(node) - before)  # the chunks of n2's new state A
     assert new
     wait_until("n2's journal to evict", lambda: not node.agent.held_chunk_bytes(), 20)
-    by_name = {p.name: p for p in chunk_files(fresh)}
-    victim = by_name[new[len(new) // 2].hex()]  # at the hub only, now
-    original = flip_last_byte(victim)
+    damaged = new[len(new) // 2]  # at the hub only, now
+    victim, original = flip_chunk_at_hub(fresh, damaged)
     try:
         plan = fresh.plan("--nodes", "n2,n1", "--canary", "1")
         fresh.start_plan(plan["id"])
@@ -143,7 +145,7 @@ def test_tampered_chunk_at_the_hub_is_detected_and_the_node_stays_put(fresh: Fle
     assert final["state"] == "halted" and "n2" in final["reason"], final
     assert node_states(final) == {"n2": "failed", "n1": "planned"}
     detail = next(n["detail"] for n in final["nodes"] if n["node"] == "n2")
-    assert victim.name[:16] in detail, detail  # names the damaged chunk
+    assert damaged.hex()[:16] in detail, detail  # names the damaged chunk
     assert_untouched(node, prep["n2"].b)
     assert fresh["n1"].jobs(plan["id"]) == []
     assert_untouched(fresh["n1"], prep["n1"].b)
