@@ -191,6 +191,9 @@ class Syncer:
                         hint="this node's history no longer matches the hub's; see "
                         "docs/OPERATIONS.md 'The hub refuses a node's checkpoints'",
                     )
+            # while the hub is working through the backlog, ask again soon; back off
+            # only while nothing moves
+            delay = 0.1 if len(still) < len(pending) else min(delay * 2, 1.0)
             pending = still
             if not pending:
                 return
@@ -200,4 +203,3 @@ class Syncer:
                     hint="the hub may be busy or its store failing; the next sync resumes",
                 )
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)

@@ -25,7 +25,7 @@ from amber.protocol import wire
 from amber.protocol.errors import AmberError, FormatError, NotFoundError, StoreError
 
 from .catalog import Catalog
-from .ingest import Ingestor, subject_owner
+from .ingest import PACK_BYTES, Ingestor, subject_owner
 from .layout import object_key
 from .objread import read_objects
 from .store import ObjectStore
@@ -33,7 +33,9 @@ from .store import ObjectStore
 log = logging.getLogger("amber.hub.service")
 STREAM = "AMBER_INGEST"
 DURABLE = "hub-ingest"
-BATCH = 64
+BATCH = 64  # messages per fetch
+MAX_BATCH = 512  # messages per batch handled (and per pack object, at most)
+GATHER_SECONDS = 0.1  # how long a fetched batch waits for more messages to fill a pack
 LEASE_SECONDS = 60.0  # how long a node told to upload a chunk keeps others from sending it
 LEASE_MAX = 1_000_000  # leases kept before expired ones are swept
 MAX_REPLY = 6 * 1024 * 1024
@@ -130,10 +132,34 @@ class HubService:
                 log.warning("ingest fetch failed: %s", exc)
                 await asyncio.sleep(0.5)
                 continue
+            if not msgs:
+                gate.release()
+                continue
+            msgs = await self._top_up(psub, msgs)
             task = asyncio.create_task(self._run_batch(msgs))
             self.batches.add(task)
             task.add_done_callback(self.batches.discard)
             task.add_done_callback(lambda _: gate.release())
+
+    async def _top_up(self, psub: Any, msgs: list[Msg]) -> list[Msg]:
+        """A fetch returns what the stream holds at that moment, often a few messages
+        while a node is still sending: wait up to GATHER_SECONDS for more, so a batch,
+        and the pack object made of it, holds up to MAX_BATCH messages or PACK_BYTES
+        (fetched BATCH at a time, so a batch never exceeds PACK_BYTES by more than one
+        fetch of large messages)."""
+        size = sum(len(m.data) for m in msgs)
+        until = time.monotonic() + GATHER_SECONDS
+        while len(msgs) < MAX_BATCH and size < PACK_BYTES:
+            left = until - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                more = await psub.fetch(min(BATCH, MAX_BATCH - len(msgs)), timeout=left)
+            except Exception:  # nothing more came (or the fetch failed): go with what we have
+                break
+            msgs += more
+            size += sum(len(m.data) for m in more)
+        return msgs
 
     async def _run_batch(self, msgs: list[Msg]) -> None:
         ticker = asyncio.create_task(self._in_progress(msgs))
