@@ -247,7 +247,14 @@ class Journal:
         any error or cancellation; SQLite errors become typed errors."""
         async with self._tx_lock:
             try:
-                await self.db.execute("BEGIN IMMEDIATE")
+                try:
+                    await self.db.execute("BEGIN IMMEDIATE")
+                except BaseException:
+                    # cancelled while the BEGIN waited on the connection's thread: it runs
+                    # anyway, and would leave a transaction open for the next writer (the
+                    # ROLLBACK queues behind it; "no transaction" is ignored)
+                    await asyncio.shield(self._rollback())
+                    raise
                 try:
                     yield self.db
                     await self.db.execute("COMMIT")

@@ -145,7 +145,11 @@ class Catalog:
 
     async def _many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         async with self.lock:
-            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                await self.db.execute("BEGIN IMMEDIATE")
+            except BaseException:  # cancelled meanwhile: the BEGIN still runs; undo it
+                await asyncio.shield(_rollback_if_open(self.db))
+                raise
             try:
                 await self.db.executemany(sql, rows)
                 await self.db.execute("COMMIT")
@@ -377,3 +381,11 @@ async def _migrate(db: aiosqlite.Connection) -> None:
     for name, decl in (("pack", "BLOB"), ("off", "INTEGER")):
         if name not in columns:
             await db.execute(f"ALTER TABLE objects ADD COLUMN {name} {decl}")
+
+
+async def _rollback_if_open(db: aiosqlite.Connection) -> None:
+    try:
+        await db.execute("ROLLBACK")
+    except sqlite3.Error:
+        if db.in_transaction:
+            raise

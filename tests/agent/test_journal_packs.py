@@ -9,6 +9,7 @@ and its old blobs stay readable.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import stat
@@ -201,3 +202,23 @@ async def test_writers_taking_turns_record_where_their_blobs_really_are(tmp_path
         await daemon.put_chunks(third, 3)
         rows = first + second + third
         assert await daemon.get_chunks([c for c, _, _ in rows]) == {c: b for c, _, b in rows}
+
+
+async def test_a_write_cancelled_at_any_point_leaves_no_transaction_open(
+    tmp_path: Path,
+) -> None:
+    # a checkpoint cancelled (SIGTERM, a failing source) while its chunk insert waits on
+    # SQLite's thread: the next writer must still be able to start a transaction
+    path = tmp_path / "journal.db"
+    rows = blobs(3, size=2_000)
+    async with await open_journal(path) as j:
+        for ticks in range(40):  # cancel after 0, 1, 2, ... turns of the event loop
+            task = asyncio.create_task(j.put_chunks(rows, ticks))
+            for _ in range(ticks):
+                await asyncio.sleep(0)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await j.discard_tentative()  # raised "cannot start a transaction within a
+            assert not j.db.in_transaction  # transaction" when the BEGIN was cancelled
+        await j.put_chunks(rows, 99)
+        assert set(await j.get_chunks([c for c, _, _ in rows])) == {c for c, _, _ in rows}

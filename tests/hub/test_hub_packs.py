@@ -10,6 +10,7 @@ wrote.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 from pathlib import Path
@@ -205,3 +206,22 @@ def test_a_synced_file_sits_in_its_packs_in_file_order(
         runs[-1][1].append(off)
     assert len({pack for pack, _ in runs}) == len(runs) <= 3  # one run per pack
     assert all(offs == sorted(offs) for _, offs in runs)  # front to back
+
+
+async def test_a_catalog_write_cancelled_at_any_point_leaves_no_transaction_open(
+    tmp_path: Path,
+) -> None:
+    # ingest batches are cancelled when the hub stops; the catalog must stay writable
+    catalog = await Catalog.open(tmp_path / "catalog.db")
+    try:
+        for ticks in range(40):
+            rows = [(bytes([ticks]) * 32, 8, 10)]
+            task = asyncio.create_task(catalog.add_packed(VAULT, b"p" * 32, rows))
+            for _ in range(ticks):
+                await asyncio.sleep(0)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await catalog.add_objects(VAULT, [(b"r" * 31 + bytes([ticks]), "r", 1)])
+            assert not catalog.db.in_transaction
+    finally:
+        await catalog.close()
