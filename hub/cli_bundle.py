@@ -145,7 +145,10 @@ async def _write_chunks(hd: HubData, w: BundleWriter, vault: str, ids: list[byte
             f"e.g. {missing[0].hex()[:16]}",
             hint="the checkpoint is not restorable from this hub; choose another point",
         )
-    for i in range(0, len(ids), 64):  # ranged reads of the hub's packs, 64 chunks at a time
+    # in the order they sit in the hub's packs (members may come in any order, FORMAT.md
+    # §13.1), so each group of 64 is a few merged ranged reads rather than 64
+    ids = sorted(ids, key=lambda c: (have[c].pack or b"", have[c].off or 0, c))
+    for i in range(0, len(ids), 64):
         part = [(cid, have[cid]) for cid in ids[i : i + 64]]
         for (cid, _), blob in zip(part, await read_objects(hd.store, vault, part), strict=True):
             w.add(f"{b.CHUNK_DIR}{cid.hex()}", blob)
