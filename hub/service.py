@@ -201,14 +201,7 @@ class HubService:
                 continue
             for (m, (_, node, _msg)), res in zip(items, results, strict=True):
                 if isinstance(res, StoreError):
-                    log.error(
-                        "storing chunk from %s/%s failed: %s",
-                        vault,
-                        node,
-                        res,
-                        extra={"vault": vault, "node": node},
-                    )
-                    await m.nak(delay=2)
+                    await self._retry_later(m, "chunk", vault, node, res)
                 elif isinstance(res, AmberError):
                     self.ingestor.reject(vault, node, res)
                     await m.term()
@@ -216,6 +209,20 @@ class HubService:
                     await m.ack()
         for m, (vault, node, msg) in records:
             await self._ingest_record(m, vault, node, msg)
+
+    async def _retry_later(
+        self, m: Msg, what: str, vault: str, node: str, exc: BaseException
+    ) -> None:
+        """The store's (or the hub's) trouble, not the node's: redelivered in 2 s."""
+        log.error(
+            "storing %s from %s/%s failed: %s",
+            what,
+            vault,
+            node,
+            exc,
+            extra={"vault": vault, "node": node},
+        )
+        await m.nak(delay=2)
 
     def _decode(self, m: Msg) -> tuple[str, str, Any]:
         try:
@@ -240,15 +247,7 @@ class HubService:
                 await self.catalog.refuse(vault, msg.id, str(exc))  # it learns by receipt
                 await m.term()
                 return
-            # the store's (or the hub's) trouble, not the node's: try again later
-            log.error(
-                "storing record from %s/%s failed: %s",
-                vault,
-                node,
-                exc,
-                extra={"vault": vault, "node": node},
-            )
-            await m.nak(delay=2)
+            await self._retry_later(m, "record", vault, node, exc)
             return
         if outcome == "retry" and _deliveries(m) >= MAX_RETRIES:
             # its prerequisites never came: drop it (not a refusal: a later re-send that
