@@ -120,10 +120,10 @@ class AgentRuntime:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
-                    if time.monotonic() > deadline and or_skip:
-                        yield False
-                        return
                     if time.monotonic() > deadline:
+                        if or_skip:
+                            yield False
+                            return
                         raise JournalError(
                             "another amber-agent process is writing to this journal",
                             hint="wait for it to finish (or stop the daemon) and retry",

@@ -154,7 +154,7 @@ class Catalog:
                 await self.db.executemany(sql, rows)
                 await self.db.execute("COMMIT")
             except BaseException:
-                await self.db.execute("ROLLBACK")
+                await _rollback_if_open(self.db)
                 raise
 
     # --- nodes ----------------------------------------------------------------------
@@ -384,6 +384,8 @@ async def _migrate(db: aiosqlite.Connection) -> None:
 
 
 async def _rollback_if_open(db: aiosqlite.Connection) -> None:
+    """ROLLBACK, unless there is nothing to roll back (a BEGIN that never ran, a COMMIT
+    that ran while its task was cancelled): then the original error is the one to report."""
     try:
         await db.execute("ROLLBACK")
     except sqlite3.Error:

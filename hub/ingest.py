@@ -87,21 +87,21 @@ class Ingestor:
                 continue
             first.setdefault(msg.id, i)
         have = await self.catalog.present(vault, list(first))
-        for cid in have:
-            results[first.pop(cid)] = "duplicate"
-        groups: list[list[int]] = [[]]
+        groups: list[list[int]] = []  # the new chunks, in pack objects of <= PACK_BYTES
         size = 0
-        for i in first.values():
-            if groups[-1] and size + len(msgs[i].blob) > PACK_BYTES:
+        for cid, i in first.items():
+            if cid in have:
+                continue
+            if not groups or size + len(msgs[i].blob) > PACK_BYTES:
                 groups.append([])
                 size = 0
             groups[-1].append(i)
             size += len(msgs[i].blob)
         stored = await asyncio.gather(
-            *(self._store_pack(vault, [msgs[i] for i in g]) for g in groups if g),
+            *(self._store_pack(vault, [msgs[i] for i in g]) for g in groups),
             return_exceptions=True,
         )
-        for group, outcome in zip((g for g in groups if g), stored, strict=True):
+        for group, outcome in zip(groups, stored, strict=True):
             if isinstance(outcome, BaseException) and not isinstance(outcome, AmberError):
                 raise outcome
             for i in group:
@@ -109,8 +109,8 @@ class Ingestor:
         out: list[Outcome | AmberError] = []
         for i, msg in enumerate(msgs):
             res = results[i]
-            if res is None:  # a repeat of an id earlier in this batch: as that one went
-                earlier = results[first.get(msg.id, i)] if msg.id in first else "duplicate"
+            if res is None:  # held already, or a repeat in this batch: as its first went
+                earlier = results[first[msg.id]]
                 res = earlier if isinstance(earlier, AmberError) else "duplicate"
             if res == "stored":
                 self.stats.chunks += 1

@@ -2,7 +2,8 @@
 
 Manifests and checkpoints are stored objects, so the store is the source of truth:
 list every object, re-read every record's public part (its signature is checked) and
-every pack's entries, and insert objects, manifests and checkpoints again. Node enrolments are kept.
+every pack's entries, and insert objects, manifests and checkpoints again. Node
+enrolments are kept.
 """
 
 from __future__ import annotations
