@@ -7,6 +7,7 @@ restore point. An unchanged source keeps its previous manifest id.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from concurrent.futures import Executor
@@ -34,6 +35,8 @@ from .source_sqlite import scan_sqlite
 from .sources import ScanContext, Scanner, pack_state, unpack_state
 
 log = logging.getLogger("amber.agent.checkpoint")
+
+SCANS_AT_ONCE = 2  # sources scanned concurrently (they share the reader and the pool)
 
 SCANNERS: dict[str, Scanner] = {
     "files": scan_files,
@@ -119,8 +122,8 @@ class Checkpointer:
         states: dict[str, tuple[bytes, bytes]] = {}
         referenced: set[bytes] = set()
         changed: list[str] = []
-        for src in selected:
-            mid, data, state, m = await self._scan(src, writer)
+        scans = await self._scan_all(selected, writer)
+        for src, (mid, data, state, m) in zip(selected, scans, strict=True):
             if data is not None:
                 new_records.append((mid, data))
                 changed.append(src.name)
@@ -163,6 +166,29 @@ class Checkpointer:
             },
         )
         return CheckpointResult(cp_id, cp, writer.stats, changed)
+
+    async def _scan_all(
+        self, selected: list[SourceConfig], writer: ChunkWriter
+    ) -> list[tuple[bytes, bytes | None, dict, Manifest]]:
+        """Scan the sources, ``SCANS_AT_ONCE`` at a time, results in ``selected`` order.
+
+        Two at once keep both cores busy across the gaps of one source (an SQLite
+        backup copy, a model file's first window, a log's prefix check) and let small
+        sources finish while a large one is chunked. The first failure cancels the rest.
+        """
+        gate = asyncio.Semaphore(SCANS_AT_ONCE)
+
+        async def one(src: SourceConfig) -> tuple[bytes, bytes | None, dict, Manifest]:
+            async with gate:
+                return await self._scan(src, writer)
+
+        tasks = [asyncio.create_task(one(src)) for src in selected]
+        try:
+            return list(await asyncio.gather(*tasks))
+        finally:  # nothing left running when the checkpoint is discarded
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _scan(
         self, src: SourceConfig, writer: ChunkWriter

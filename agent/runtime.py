@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from amber.protocol.errors import ConfigError, HubUnavailableError, JournalError
 
-from .checkpointer import Checkpointer
+from .checkpointer import SCANS_AT_ONCE, Checkpointer
 from .config import AgentConfig
 from .enrolment import load_installed
 from .hublink import HubLink
@@ -45,7 +45,7 @@ class AgentRuntime:
             cfg.journal_path, ident.keys, vault=cfg.vault, node=cfg.node, create=create
         )
         pool = ThreadPoolExecutor(cfg.workers, thread_name_prefix="amber-chunk")
-        reader = ThreadPoolExecutor(1, thread_name_prefix="amber-read")
+        reader = ThreadPoolExecutor(SCANS_AT_ONCE, thread_name_prefix="amber-read")
         try:
             yield cls(cfg, ident, journal, pool, reader)
         finally:

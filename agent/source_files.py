@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,9 @@ async def scan_files(ctx: ScanContext) -> ScanResult:
     prev_files: dict[str, list[int]] = ctx.prev_state.get("files", {})
     prev_scan = int(ctx.prev_state.get("scan_ns", 0))
     cdc = ctx.make_cdc(src.kind)
-    entries: list[Entry] = []
+    entries: list[Entry | None] = []
     state: dict[str, list[int]] = {}
-    artifacts: dict[str, dict[str, Any]] = {}
+    todo: list[tuple[int, Path, str, int, int]] = []  # files to read: slot, path, rel, mode, mtime
     for rel, st in walk(root, src.exclude):
         full = root if not root.is_dir() else root / rel
         mode = stat.S_IMODE(st.st_mode)
@@ -49,35 +50,41 @@ async def scan_files(ctx: ScanContext) -> ScanResult:
             prev = ctx.prev_entry(rel)
             trusted = st.st_mtime_ns < prev_scan - RACY_NS
             if prev is not None and prev_files.get(rel) == key and trusted:
-                entry = prev
+                entries.append(prev)
             else:
-                entry = await _chunk_file(ctx, full, rel, mode, st.st_mtime_ns, cdc)
-            entries.append(entry)
+                todo.append((len(entries), full, rel, mode, st.st_mtime_ns))
+                entries.append(None)
             state[rel] = key
-            if src.kind == "model":
-                artifacts[rel] = {"size": entry.size, "blake3": (entry.digest or b"").hex()}
+    # every changed file through one pipeline: it does not drain between files
+    streams = (_file_pieces(full, src.name, cdc) for _, full, _, _, _ in todo)
+    results = await ctx.writer.write_streams(streams)
+    for (slot, _, rel, mode, mtime_ns), res in zip(todo, results, strict=True):
+        entries[slot] = Entry(
+            path=rel,
+            type="f",
+            mode=mode,
+            size=res.size,
+            mtime_ns=mtime_ns,
+            digest=res.digest,
+            chunks=tuple(res.chunks),
+        )
+    done = [e for e in entries if e is not None]
     meta: dict[str, Any] = {"root_is_dir": root.is_dir(), "root_name": root.name}
     if root.is_dir():  # restored onto the root too: a 0700 secrets dir must not come back 0755
         meta["root_mode"] = stat.S_IMODE(root.stat().st_mode)
     if src.kind == "model":
-        meta["artifacts"] = artifacts
-    return ScanResult(entries, meta, {"files": state, "scan_ns": scan_start})
+        meta["artifacts"] = {
+            e.path: {"size": e.size, "blake3": (e.digest or b"").hex()}
+            for e in done
+            if e.type == "f"
+        }
+    return ScanResult(done, meta, {"files": state, "scan_ns": scan_start})
 
 
-async def _chunk_file(
-    ctx: ScanContext, full: Path, rel: str, mode: int, mtime_ns: int, cdc: Any
-) -> Entry:
-    with open_for_read(full, ctx.source.name) as fh:
+def _file_pieces(full: Path, name: str, cdc: Any) -> Iterator[bytes]:
+    """One file's content-defined chunks; opened when the reader thread gets to it."""
+    with open_for_read(full, name) as fh:
         try:
-            res = await ctx.writer.write_stream(cdc_pieces(fh, cdc))
+            yield from cdc_pieces(fh, cdc)
         except OSError as exc:
-            raise SourceError(f"source {ctx.source.name!r}: reading {full}: {exc}") from None
-    return Entry(
-        path=rel,
-        type="f",
-        mode=mode,
-        size=res.size,
-        mtime_ns=mtime_ns,
-        digest=res.digest,
-        chunks=tuple(res.chunks),
-    )
+            raise SourceError(f"source {name!r}: reading {full}: {exc}") from None

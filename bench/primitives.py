@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         stages.append(
             Stage(
                 a,
-                "compressibility sample (3 x 16 KiB, zstd-1)",
+                "compressibility sample (16 KiB, zstd-1)",
                 lambda keep: [sampler(c) for c in chunks],
                 inspect=verdicts,
             )

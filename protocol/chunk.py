@@ -62,15 +62,19 @@ def chunk_id(keys: VaultKeys, plaintext: bytes | memoryview) -> bytes:
 
 
 def _worth_compressing(data: bytes | memoryview) -> bool:
-    """A cheap, deterministic look at three samples; skips incompressible weights."""
+    """A cheap, deterministic look at one sample; skips incompressible chunks.
+
+    One 16 KiB window from the middle, compressed at level 1 (about 6 % of the work of
+    compressing a 256 KiB chunk; three windows cost 19 % and decided the same on every
+    kind of data the benchmarks hold, since one chunk of weights, archive or media is
+    uniform at this scale).
+    """
     n = len(data)
     if n < SAMPLE_FROM:
         return True
     mid = n // 2
-    sample = bytes(data[:SAMPLE_SIZE]) + bytes(data[mid : mid + SAMPLE_SIZE])
-    sample += bytes(data[n - SAMPLE_SIZE :])
-    packed = _compressor(1).compress(sample)
-    return len(packed) < len(sample) * (1 - MIN_SAVING / 2)
+    packed = _compressor(1).compress(memoryview(data)[mid : mid + SAMPLE_SIZE])
+    return len(packed) < SAMPLE_SIZE * (1 - MIN_SAVING / 2)
 
 
 def encode_chunk(
