@@ -28,7 +28,7 @@ from amber.protocol.keys import VaultKeys
 
 from .journal import Journal
 
-WINDOW_BYTES = 16 * 1024 * 1024
+WINDOW_BYTES = 8 * 1024 * 1024
 DEPTH = 2  # windows being encoded at once
 GROUP_BYTES = 2 * 1024 * 1024  # plaintext per pool task
 
