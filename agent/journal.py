@@ -242,11 +242,18 @@ class Journal:
                 raise
 
     @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def _transaction(self, *, durable: bool = True) -> AsyncIterator[aiosqlite.Connection]:
         """BEGIN IMMEDIATE ... COMMIT, one at a time on this connection; rolled back on
-        any error or cancellation; SQLite errors become typed errors."""
+        any error or cancellation; SQLite errors become typed errors.
+
+        ``durable=False`` commits without waiting for the disk (``synchronous=NORMAL``:
+        still atomic, but a power cut may take it back). Only for rows that are worthless
+        after a crash anyway (tentative chunks): the next durable commit syncs the whole
+        WAL, them included, before anything that references them becomes visible."""
         async with self._tx_lock:
             try:
+                if not durable:
+                    await self.db.execute("PRAGMA synchronous=NORMAL")
                 try:
                     await self.db.execute("BEGIN IMMEDIATE")
                 except BaseException:
@@ -263,9 +270,17 @@ class Journal:
                     raise
             except sqlite3.Error as exc:
                 raise _db_error(exc, self.path) from None
+            finally:
+                if not durable:  # shielded: the next writer must not inherit NORMAL
+                    try:
+                        await asyncio.shield(self.db.execute("PRAGMA synchronous=FULL"))
+                    except sqlite3.Error as exc:
+                        raise _db_error(exc, self.path) from None
 
-    async def _write(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        async with self._transaction():
+    async def _write(
+        self, sql: str, rows: Iterable[Sequence[Any]], *, durable: bool = True
+    ) -> None:
+        async with self._transaction(durable=durable):
             await self.db.executemany(sql, rows)
 
     # --- chunks ---------------------------------------------------------------------
@@ -306,6 +321,7 @@ class Journal:
                     (cid, size, len(blob), now_us, num, off)
                     for (cid, size, blob), (num, off) in zip(rows, locs, strict=True)
                 ],
+                durable=False,  # tentative: commit_checkpoint makes them durable
             )
 
     @asynccontextmanager

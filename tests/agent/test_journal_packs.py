@@ -220,5 +220,27 @@ async def test_a_write_cancelled_at_any_point_leaves_no_transaction_open(
             await asyncio.gather(task, return_exceptions=True)
             await j.discard_tentative()  # raised "cannot start a transaction within a
             assert not j.db.in_transaction  # transaction" when the BEGIN was cancelled
+            assert await j._one("PRAGMA synchronous") == (2,)  # FULL again for the next
         await j.put_chunks(rows, 99)
         assert set(await j.get_chunks([c for c, _, _ in rows])) == {c for c, _, _ in rows}
+
+
+async def test_tentative_inserts_do_not_wait_for_the_disk(tmp_path: Path) -> None:
+    """Tentative chunk rows are garbage after a crash, so their commits skip the WAL
+    fsync (one per window, a long wait on an SD card); every other commit keeps it."""
+    path = tmp_path / "journal.db"
+    statements: list[str] = []
+    async with await open_journal(path) as j:
+        await j.db.set_trace_callback(statements.append)
+        await j.put_chunks(blobs(3), 1)
+        await j.discard_tentative()
+        await j.db.set_trace_callback(None)
+        assert await j._one("PRAGMA synchronous") == (2,)
+    kinds = [s.split("(")[0].split(" WHERE")[0] for s in statements]
+    kinds = [k for k in kinds if k.startswith(("PRAGMA synchronous", "INSERT", "DELETE"))]
+    assert kinds == [
+        "PRAGMA synchronous=NORMAL",
+        *["INSERT OR IGNORE INTO chunks"] * 3,  # one per row of the executemany
+        "PRAGMA synchronous=FULL",
+        "DELETE FROM chunks",  # the discard commits durably, as before
+    ]
