@@ -6,12 +6,16 @@ the log still has that inode, is at least that long, and both windows still hash
 the same, only the appended tail is read and chunked; the entry keeps the old
 chunk list and adds the new chunks. Otherwise (rotation, truncation, rewrite) the
 whole log is chunked again. An incrementally saved entry has no whole-file digest:
-its content is covered by the keyed ids of its chunks.
+its content is covered by the keyed ids of its chunks. The logs of a source go
+through one pipeline, ``LOGS_AT_ONCE`` open at a time, so a directory of many small
+logs costs a few journal writes rather than one per log.
 """
 
 from __future__ import annotations
 
 import stat
+from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -23,6 +27,7 @@ from .chunking import cdc_pieces
 from .sources import ScanContext, ScanResult, open_for_read, source_root, walk
 
 WINDOW = 64 * 1024
+LOGS_AT_ONCE = 256  # logs open and streamed through one pipeline together
 
 
 def _window_hashes(fh: BinaryIO, size: int) -> tuple[bytes, bytes]:
@@ -38,55 +43,81 @@ async def scan_jsonl(ctx: ScanContext) -> ScanResult:
     src = ctx.source
     root = source_root(src)
     cdc = ctx.make_cdc("files")
-    entries: list[Entry] = []
-    state: dict[str, Any] = {}
+    entries: list[Entry | None] = []
+    logs: list[tuple[int, Path, str, Any]] = []  # (slot in entries, path, rel, stat)
     for rel, st in walk(root, src.exclude):
         if stat.S_ISDIR(st.st_mode):
             entries.append(Entry(path=rel, type="d", mode=stat.S_IMODE(st.st_mode)))
             continue
         if not stat.S_ISREG(st.st_mode) or (root.is_dir() and ".jsonl" not in rel):
             continue
-        full = root if not root.is_dir() else root / rel
-        entry, saved = await _scan_log(
-            ctx, full, rel, st, state_of=ctx.prev_state.get(rel), cdc=cdc
-        )
-        entries.append(entry)
-        state[rel] = saved
+        logs.append((len(entries), root if not root.is_dir() else root / rel, rel, st))
+        entries.append(None)
+    state: dict[str, Any] = {}
+    for i in range(0, len(logs), LOGS_AT_ONCE):
+        batch = logs[i : i + LOGS_AT_ONCE]
+        for (slot, _, rel, _), (entry, saved) in zip(
+            batch, await _scan_logs(ctx, batch, cdc), strict=True
+        ):
+            entries[slot] = entry
+            state[rel] = saved
     meta: dict[str, Any] = {"root_is_dir": root.is_dir(), "root_name": root.name}
     if root.is_dir():
         meta["root_mode"] = stat.S_IMODE(root.stat().st_mode)
-    return ScanResult(entries, meta, state)
+    return ScanResult([e for e in entries if e is not None], meta, state)
 
 
-async def _scan_log(
-    ctx: ScanContext, full: Path, rel: str, st: Any, *, state_of: Any, cdc: Any
-) -> tuple[Entry, dict[str, Any]]:
-    prev = ctx.prev_entry(rel)
-    with open_for_read(full, ctx.source.name) as fh:
-        start, chunks, digest = 0, [], True
-        if prev is not None and isinstance(state_of, dict):
-            old = int(state_of.get("size", -1))
-            if (
-                state_of.get("ino") == st.st_ino
-                and 0 <= old <= st.st_size
-                and old == prev.size
-                and list(_window_hashes(fh, old)) == [state_of.get("head"), state_of.get("tail")]
-            ):
-                start, chunks, digest = old, list(prev.chunks), False
-        fh.seek(start)
-        res = await ctx.writer.write_stream(cdc_pieces(fh, cdc), digest=digest and start == 0)
-        size = start + res.size
-        head, tail = _window_hashes(fh, size)
-    saved = {"size": size, "ino": st.st_ino, "head": head, "tail": tail}
-    if prev is not None and start > 0 and res.size == 0 and prev.mode == stat.S_IMODE(st.st_mode):
-        return prev, saved  # nothing appended: the same entry, so the manifest is reused
-    entry = Entry(
-        path=rel,
-        type="f",
-        mode=stat.S_IMODE(st.st_mode),
-        size=size,
-        mtime_ns=st.st_mtime_ns,
-        digest=res.digest if start == 0 else None,
-        chunks=tuple(chunks + res.chunks),
-    )
-    return entry, saved
+def _resume_at(fh: BinaryIO, st: Any, prev: Entry | None, state_of: Any) -> int:
+    """Where to start reading: the saved size if the saved prefix is unchanged, else 0."""
+    if prev is None or not isinstance(state_of, dict):
+        return 0
+    old = int(state_of.get("size", -1))
+    if (
+        state_of.get("ino") == st.st_ino
+        and 0 <= old <= st.st_size
+        and old == prev.size
+        and list(_window_hashes(fh, old)) == [state_of.get("head"), state_of.get("tail")]
+    ):
+        return old
+    return 0
+
+
+def _pieces_from(fh: BinaryIO, start: int, cdc: Any) -> Iterator[bytes]:
+    fh.seek(start)
+    yield from cdc_pieces(fh, cdc)
+
+
+async def _scan_logs(
+    ctx: ScanContext, batch: list[tuple[int, Path, str, Any]], cdc: Any
+) -> list[tuple[Entry, dict[str, Any]]]:
+    """Scan a batch of logs through one pipeline (appended tails and rewritten logs)."""
+    with ExitStack() as files:
+        plans: list[tuple[BinaryIO, int, Entry | None]] = []
+        for _, full, rel, st in batch:
+            fh = files.enter_context(open_for_read(full, ctx.source.name))
+            prev = ctx.prev_entry(rel)
+            plans.append((fh, _resume_at(fh, st, prev, ctx.prev_state.get(rel)), prev))
+        results = await ctx.writer.write_streams(
+            _pieces_from(fh, start, cdc) for fh, start, _ in plans
+        )
+        out = []
+        for (_, _, rel, st), (fh, start, prev), res in zip(batch, plans, results, strict=True):
+            size = start + res.size
+            head, tail = _window_hashes(fh, size)
+            saved = {"size": size, "ino": st.st_ino, "head": head, "tail": tail}
+            mode = stat.S_IMODE(st.st_mode)
+            if prev is not None and start > 0 and res.size == 0 and prev.mode == mode:
+                out.append((prev, saved))  # nothing appended: the manifest is reused
+                continue
+            chunks = list(prev.chunks) if start > 0 and prev is not None else []
+            entry = Entry(
+                path=rel,
+                type="f",
+                mode=mode,
+                size=size,
+                mtime_ns=st.st_mtime_ns,
+                digest=res.digest if start == 0 else None,  # a tail's digest says nothing
+                chunks=tuple(chunks + res.chunks),
+            )
+            out.append((entry, saved))
+        return out

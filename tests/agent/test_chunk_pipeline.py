@@ -81,6 +81,35 @@ def test_small_files_of_a_source_share_journal_writes(
     assert tree(tmp_path / "out" / "prompts") == tree(data / "prompts")
 
 
+def test_many_logs_share_journal_writes_and_append_only_their_tails(
+    node: Node, data: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    logs = data / "logs"
+    for i in range(120):
+        write(
+            logs / f"run-{i:03}.jsonl", "".join(f'{{"run": {i}, "step": {s}}}\n' for s in range(40))
+        )
+    age_tree(logs)
+    node.add("logs", "jsonl", logs)
+    writes = []
+    put = Journal.put_chunks
+
+    async def counted(self: Journal, rows: Any, now_us: int) -> None:
+        writes.append(len(rows))
+        await put(self, rows, now_us)
+
+    monkeypatch.setattr(Journal, "put_chunks", counted)
+    node.checkpoint()
+    assert len(writes) <= 2, writes
+    for i in (3, 50, 119):
+        with open(logs / f"run-{i:03}.jsonl", "a") as fh:
+            fh.write(f'{{"run": {i}, "step": 40}}\n')
+    second = node.checkpoint()
+    assert second["read_bytes"] == 3 * len('{"run": 50, "step": 40}\n')  # the tails only
+    node.restore_to("latest", tmp_path / "out")
+    assert tree(tmp_path / "out" / "logs") == tree(logs)
+
+
 def test_concurrent_streams_write_a_shared_chunk_once(tmp_path: Path) -> None:
     """Two sources holding the same bytes, scanned at once: each new chunk is encoded and
     appended once, and both results list it."""

@@ -21,9 +21,23 @@ PY = sys.executable
 
 def _start_hub(data: Path, store_url: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
-        [PY, "-m", "amber.hub.cli", "--data", str(data), "serve", "--nats-listen",
-         "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--store", store_url],
-        env=env, stdout=subprocess.DEVNULL, stderr=open(data.parent / "hub.err", "wb"),
+        [
+            PY,
+            "-m",
+            "amber.hub.cli",
+            "--data",
+            str(data),
+            "serve",
+            "--nats-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--store",
+            store_url,
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(data.parent / "hub.err", "wb"),
     )
     deadline = time.monotonic() + 30
     while not (data / "hub.json").exists():
@@ -50,8 +64,11 @@ def _stop_hub(proc: subprocess.Popen[bytes], data: Path) -> None:
 @pytest.fixture
 def s3_hub(s3_server, tmp_path: Path):  # type: ignore[no-untyped-def]
     bucket = s3_server.make_bucket(object_lock=True)
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": s3_server.access_key,
-           "AWS_SECRET_ACCESS_KEY": s3_server.secret_key}
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": s3_server.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+    }
     url = f"s3://{bucket}/amber?endpoint={s3_server.endpoint_url}&region={s3_server.region}"
     data = tmp_path / "hub"
     data.mkdir()
@@ -63,8 +80,12 @@ def s3_hub(s3_server, tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def _hub_cli(data: Path, *args: str) -> str:
-    res = subprocess.run([PY, "-m", "amber.hub.cli", "--data", str(data), *args],
-                         capture_output=True, text=True, check=True)
+    res = subprocess.run(
+        [PY, "-m", "amber.hub.cli", "--data", str(data), *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return res.stdout
 
 
@@ -78,16 +99,38 @@ def test_sync_to_s3_hub_locks_objects_and_restores(s3_hub, s3_server, tmp_path: 
     (src / "weights.bin").write_bytes(payload)
     state = tmp_path / "state"
     cfg = ["--config", str(state / "agent.toml")]
-    assert agent(["init", "--dir", str(state), "--node", "n1", "--vault", "v1",
-                  "--enroll", str(enrol)]) == 0
-    assert agent([*cfg, "source", "add", "model", "--kind", "model", "--path", str(src),
-                  "--tier", "cold"]) == 0
+    assert (
+        agent(
+            ["init", "--dir", str(state), "--node", "n1", "--vault", "v1", "--enroll", str(enrol)]
+        )
+        == 0
+    )
+    assert (
+        agent(
+            [
+                *cfg,
+                "source",
+                "add",
+                "model",
+                "--kind",
+                "model",
+                "--path",
+                str(src),
+                "--tier",
+                "cold",
+            ]
+        )
+        == 0
+    )
     assert agent([*cfg, "checkpoint"]) == 0
     assert agent([*cfg, "sync", "--once"]) == 0
 
     client = s3_server.client()
-    keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
-            for o in page.get("Contents", [])]
+    keys = [
+        o["Key"]
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        for o in page.get("Contents", [])
+    ]
     assert any("/packs/" in k for k in keys) and any("/records/" in k for k in keys)
     assert not any("/chunks/" in k for k in keys)  # chunks travel in pack objects
     now = datetime.now(UTC)
@@ -98,11 +141,28 @@ def test_sync_to_s3_hub_locks_objects_and_restores(s3_hub, s3_server, tmp_path: 
 
     # the node loses its disk; a fresh one with the vault key restores from S3 via the hub
     state2 = tmp_path / "state2"
-    assert agent(["init", "--dir", str(state2), "--node", "n1", "--vault", "v1",
-                  "--vault-key", str(state / "vault.key"), "--enroll", str(enrol)]) == 0
+    assert (
+        agent(
+            [
+                "init",
+                "--dir",
+                str(state2),
+                "--node",
+                "n1",
+                "--vault",
+                "v1",
+                "--vault-key",
+                str(state / "vault.key"),
+                "--enroll",
+                str(enrol),
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "restored"
-    assert agent(["--config", str(state2 / "agent.toml"), "restore", "latest",
-                  "--to", str(out)]) == 0
+    assert (
+        agent(["--config", str(state2 / "agent.toml"), "restore", "latest", "--to", str(out)]) == 0
+    )
     assert (out / "model" / "weights.bin").read_bytes() == payload
     listed = json.loads(_hub_cli(data, "checkpoints", "--json"))
     assert [c["seq"] for c in listed] == [0]
