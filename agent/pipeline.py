@@ -17,8 +17,9 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
+from typing import Any
 
 import blake3
 
@@ -102,6 +103,16 @@ class _StreamReader:
             close()
 
 
+async def _settle(fut: Future[Any]) -> None:
+    """Wait until a call queued on an executor has finished or was cancelled before it
+    started, even if this task is cancelled again meanwhile (it is already unwinding)."""
+    while not fut.done():
+        try:
+            await asyncio.shield(asyncio.wrap_future(fut))
+        except BaseException:  # the call's own error, or a second cancellation: wait on
+            pass
+
+
 def _encode_many(
     keys: VaultKeys, level: int, items: list[tuple[bytes, bytes]]
 ) -> list[tuple[bytes, bytes]]:
@@ -168,28 +179,28 @@ class ChunkWriter:
         open its file lazily (a generator); the stream being read when this fails or
         is cancelled is closed before it returns.
         """
-        loop = asyncio.get_running_loop()
         reader = _StreamReader(streams, self.keys, digest)
         results: list[StreamResult] = []
-        nxt = loop.run_in_executor(self.reader, reader.read_window)
+        nxt = self.reader.submit(reader.read_window)
         pending: deque[_Pending] = deque()
         try:
             while True:
-                window = await nxt
+                window = await asyncio.wrap_future(nxt)
                 if not window:
                     break
-                nxt = loop.run_in_executor(self.reader, reader.read_window)
+                nxt = self.reader.submit(reader.read_window)
                 pending.append(await self._submit(window))
                 if len(pending) >= DEPTH:
                     await self._finish(pending.popleft(), results)
             while pending:
                 await self._finish(pending.popleft(), results)
-        finally:  # never leave the reader thread reading a file the caller is closing
-            if not nxt.done():
-                await asyncio.gather(nxt, return_exceptions=True)
-            for p in pending:  # nor encode jobs running unobserved
-                await asyncio.gather(*p.jobs, return_exceptions=True)
+        finally:
+            # never close a stream (a file the caller may close next) while the reader
+            # thread is in it: a cancelled await leaves that thread running
+            await _settle(nxt)
             reader.close()
+            for p in pending:  # nor leave encode jobs running unobserved
+                await asyncio.gather(*p.jobs, return_exceptions=True)
         while len(results) < reader.count:  # empty streams at the end
             results.append(StreamResult())
         for idx, res in enumerate(results):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -55,6 +56,36 @@ def test_streams_share_one_pipeline_and_keep_their_own_results(tmp_path: Path) -
         assert res.size == len(data)
         assert res.digest == blake3.blake3(data).digest()
         assert res.chunks == [(chunk_id(KEYS, p), len(p)) for p in pieces(data)]
+
+
+def test_cancelled_while_the_reader_is_in_a_stream_closes_it_after(tmp_path: Path) -> None:
+    """A checkpoint cancelled (SIGTERM) while the reader thread is inside a stream: the
+    stream is closed once the thread is out of it, and the task ends cancelled (closing
+    it at once raised 'generator already executing' and the daemon exited with 1)."""
+    inside, release = threading.Event(), threading.Event()
+    closed: list[bool] = []
+
+    def stream() -> Iterator[bytes]:
+        try:
+            yield rand(PIECE, 5)
+            inside.set()
+            release.wait(10)  # the reader thread is busy here when the task is cancelled
+            yield rand(PIECE, 6)
+        finally:
+            closed.append(release.is_set())
+
+    async def body(journal: Journal, writer: ChunkWriter) -> Any:
+        task = asyncio.create_task(writer.write_streams([stream()]))
+        await asyncio.to_thread(inside.wait, 10)
+        task.cancel()
+        await asyncio.sleep(0.05)
+        assert not task.done()  # still waiting for the reader thread to come out
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return list(closed)
+
+    assert asyncio.run(with_writer(tmp_path, body)) == [True]
 
 
 def test_small_files_of_a_source_share_journal_writes(
