@@ -41,6 +41,19 @@ async def with_writer(tmp_path: Path, body: Any) -> Any:
             await journal.close()
 
 
+def count_journal_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Rows per ``Journal.put_chunks`` call, appended as the calls are made."""
+    writes: list[int] = []
+    put = Journal.put_chunks
+
+    async def counted(self: Journal, rows: Any, now_us: int) -> None:
+        writes.append(len(rows))
+        await put(self, rows, now_us)
+
+    monkeypatch.setattr(Journal, "put_chunks", counted)
+    return writes
+
+
 def test_streams_share_one_pipeline_and_keep_their_own_results(tmp_path: Path) -> None:
     """Windows span streams; every stream still gets its chunks, size and digest, empty
     ones included (between others and at the end)."""
@@ -98,14 +111,7 @@ def test_small_files_of_a_source_share_journal_writes(
     write(data / "prompts" / "empty.md", b"")
     age_tree(data / "prompts")
     node.add("prompts", "files", data / "prompts")
-    writes = []
-    put = Journal.put_chunks
-
-    async def counted(self: Journal, rows: Any, now_us: int) -> None:
-        writes.append(len(rows))
-        await put(self, rows, now_us)
-
-    monkeypatch.setattr(Journal, "put_chunks", counted)
+    writes = count_journal_writes(monkeypatch)
     assert node.checkpoint()["new_chunks"] == 201 - 1  # the empty file has no chunk
     assert sum(writes) == 200 and len(writes) <= 2, writes
     node.restore_to("latest", tmp_path / "out")
@@ -122,14 +128,7 @@ def test_many_logs_share_journal_writes_and_append_only_their_tails(
         )
     age_tree(logs)
     node.add("logs", "jsonl", logs)
-    writes = []
-    put = Journal.put_chunks
-
-    async def counted(self: Journal, rows: Any, now_us: int) -> None:
-        writes.append(len(rows))
-        await put(self, rows, now_us)
-
-    monkeypatch.setattr(Journal, "put_chunks", counted)
+    writes = count_journal_writes(monkeypatch)
     node.checkpoint()
     assert len(writes) <= 2, writes
     for i in (3, 50, 119):

@@ -20,21 +20,10 @@ PY = sys.executable
 
 
 def _start_hub(data: Path, store_url: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    argv = [PY, "-m", "amber.hub.cli", "--data", str(data), "serve", "--store", store_url]
+    argv += ["--nats-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]
     proc = subprocess.Popen(
-        [
-            PY,
-            "-m",
-            "amber.hub.cli",
-            "--data",
-            str(data),
-            "serve",
-            "--nats-listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--store",
-            store_url,
-        ],
+        argv,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=open(data.parent / "hub.err", "wb"),
