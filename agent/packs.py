@@ -20,8 +20,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from amber.protocol.errors import DiskFullError, IntegrityError, JournalError, UnknownVersionError
-from amber.protocol.packfile import ENTRY, HEADER, MAGIC, VERSION
+from amber.protocol.errors import DiskFullError, IntegrityError, JournalError
+from amber.protocol.packfile import ENTRY, HEADER, check_header
 
 ROLL_BYTES = 32 * 1024 * 1024  # start a new pack once the active one is this big
 IOV_BATCH = 512  # buffers per writev (under IOV_MAX)
@@ -264,13 +264,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _check_header(head: bytes, path: Path) -> None:
-    if head[:4] != MAGIC:
-        raise IntegrityError(
-            f"{path} is not an Amber journal pack",
-            hint="run 'amber-agent verify'; the pack file is damaged",
-        )
-    if head[4] != VERSION:
-        raise UnknownVersionError(f"journal pack {path} has format version {head[4]}")
+    check_header(head, f"journal pack {path}", "run 'amber-agent verify'; the pack file is damaged")
 
 
 def _os_error(exc: OSError, where: Path) -> Exception:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator, Sequence
 
-from amber.protocol.errors import FormatError, UnknownVersionError
+from amber.protocol.errors import FormatError, IntegrityError, UnknownVersionError
 
 MAGIC = b"AMBP"
 VERSION = 1
@@ -37,14 +37,17 @@ def build(entries: Sequence[tuple[bytes, bytes]]) -> tuple[bytes, list[tuple[byt
     return b"".join(parts), index
 
 
-def check_header(head: bytes, what: str) -> None:
-    """Raise unless ``head`` starts like a pack this version of Amber reads."""
-    if head[:4] != MAGIC:
-        raise FormatError(
-            f"{what} is not an Amber pack (magic {head[:4]!r})",
-            hint="the object or file is damaged or is not Amber's",
+def check_header(
+    head: bytes, what: str, hint: str = "the object or file is damaged or is not Amber's"
+) -> None:
+    """Raise unless ``head`` starts like a pack this version of Amber reads: a damaged
+    or foreign (or too short) header is an :class:`IntegrityError` with ``hint``."""
+    if len(head) < len(HEADER) or head[:4] != MAGIC:
+        raise IntegrityError(
+            f"{what} does not start with an Amber pack header (it starts {head[:8]!r})",
+            hint=hint,
         )
-    if head[4] != VERSION or len(head) < len(HEADER):
+    if head[4] != VERSION:
         raise UnknownVersionError(
             f"{what} is an Amber pack of format version {head[4]}; this Amber reads "
             f"version {VERSION}",

@@ -139,6 +139,10 @@ async def test_damaged_or_missing_pack_is_an_integrity_error(tmp_path: Path) -> 
         with pytest.raises(IntegrityError, match=r"00000000\.pack.*does not hold chunk"):
             await j.get_chunks([rows[1][0]])
         assert len(await j.get_chunks([rows[0][0]])) == 1  # its neighbours still read
+    os.truncate(pack, 4)  # not even a whole header: refused as damaged, no IndexError
+    async with await open_journal(path) as j:
+        with pytest.raises(IntegrityError, match=r"00000000\.pack does not start with"):
+            await j.get_chunks([rows[0][0]])
     pack.unlink()
     async with await open_journal(path) as j:
         with pytest.raises(IntegrityError, match="missing"):

@@ -16,6 +16,7 @@ import blake3
 import pytest
 
 from amber.protocol import chunk, keys, packfile, records, wire
+from amber.protocol.errors import IntegrityError, UnknownVersionError
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 EXPECTED: dict[str, Any] = json.loads((FIXTURES / "expected.json").read_text())
@@ -98,6 +99,18 @@ def test_pack_v1(vault: keys.VaultKeys) -> None:
         assert data[off : off + n] == sample(name)  # the entries are the chunk samples
         assert cid == EXPECTED[name]["id"]
         chunk.decode_chunk(vault, bytes.fromhex(cid), data[off : off + n])
+
+
+@pytest.mark.parametrize("head", [b"", b"AMBP", b"AMBP\x01\x00", b"PK\x03\x04\x14\x00\x00\x00"])
+def test_pack_with_a_short_or_foreign_header_is_refused(head: bytes) -> None:
+    with pytest.raises(IntegrityError, match="does not start with an Amber pack header"):
+        list(packfile.entries(head, "pack x"))
+
+
+def test_pack_of_an_unknown_version_is_refused() -> None:
+    data = sample("pack_v1.bin")
+    with pytest.raises(UnknownVersionError, match="format version 2"):
+        list(packfile.entries(data[:4] + b"\x02" + data[5:], "pack x"))
 
 
 def test_manifest_v1(vault: keys.VaultKeys, signer_public: bytes) -> None:
