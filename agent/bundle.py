@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import shutil
-import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -55,7 +54,7 @@ from amber.protocol.records import (
 from .config import AgentConfig
 from .enrolment import load_installed
 from .jobs import Job
-from .journal import DURABLE, HELD, _db_error, checkpoint_row
+from .journal import DURABLE, HELD, checkpoint_row
 from .orders import OrderExecutor
 from .runtime import AgentRuntime
 
@@ -303,20 +302,12 @@ async def _commit(rt: AgentRuntime, staging: Path | None, st: ImportState) -> No
         except OSError as exc:  # the staging area went away (another import of it ended)
             raise JournalError(f"cannot read the bundle's staging area: {exc}") from None
         await j.sync_packs()
-        async with j._tx_lock:
-            try:
-                await j.db.execute("BEGIN IMMEDIATE")
-                try:
-                    await _commit_body(rt, staging, st, placed)
-                    await j._check_bound(rt.cfg.journal_max_bytes)
-                    await j.db.execute("COMMIT")
-                except BaseException:
-                    await j._rollback()
-                    raise
-            except sqlite3.Error as exc:
-                raise _db_error(exc, j.path) from None
-            except OSError as exc:  # the staging area went away (another import of it ended)
-                raise JournalError(f"cannot read the bundle's staging area: {exc}") from None
+        try:
+            async with j._transaction():
+                await _commit_body(rt, staging, st, placed)
+                await j._check_bound(rt.cfg.journal_max_bytes)
+        except OSError as exc:  # the staging area went away (another import of it ended)
+            raise JournalError(f"cannot read the bundle's staging area: {exc}") from None
     st.added = len(st.accepted)
 
 

@@ -43,6 +43,7 @@ from amber.protocol.errors import (
 )
 from amber.protocol.keys import VaultKeys, derive_subkey
 from amber.protocol.records import KIND_CHECKPOINT, KIND_MANIFEST, Checkpoint, check_chain
+from amber.sqlitetx import begin_immediate, rollback_if_open
 
 from .packs import ENTRY, PackStore
 
@@ -230,17 +231,6 @@ class Journal:
         rows = await self._all(sql, args)
         return rows[0] if rows else None
 
-    async def _rollback(self) -> None:
-        """Roll back the open transaction, unless SQLite already did: it rolls back by
-        itself on some errors (a full disk, an I/O error), and a COMMIT that ran while
-        its task was being cancelled leaves none. Either way the original error (not
-        "cannot rollback - no transaction is active") is the one to report."""
-        try:
-            await self.db.execute("ROLLBACK")
-        except sqlite3.Error:
-            if self.db.in_transaction:
-                raise
-
     @asynccontextmanager
     async def _transaction(self, *, durable: bool = True) -> AsyncIterator[aiosqlite.Connection]:
         """BEGIN IMMEDIATE ... COMMIT, one at a time on this connection; rolled back on
@@ -254,19 +244,12 @@ class Journal:
             try:
                 if not durable:
                     await self.db.execute("PRAGMA synchronous=NORMAL")
-                try:
-                    await self.db.execute("BEGIN IMMEDIATE")
-                except BaseException:
-                    # cancelled while the BEGIN waited on the connection's thread: it runs
-                    # anyway, and would leave a transaction open for the next writer (the
-                    # ROLLBACK queues behind it; "no transaction" is ignored)
-                    await asyncio.shield(self._rollback())
-                    raise
+                await begin_immediate(self.db)
                 try:
                     yield self.db
                     await self.db.execute("COMMIT")
                 except BaseException:
-                    await self._rollback()
+                    await rollback_if_open(self.db)
                     raise
             except sqlite3.Error as exc:
                 raise _db_error(exc, self.path) from None

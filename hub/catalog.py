@@ -22,6 +22,7 @@ import aiosqlite
 from amber.logs import register_secret
 from amber.protocol.errors import JournalError, NotFoundError
 from amber.protocol.records import Checkpoint
+from amber.sqlitetx import begin_immediate, rollback_if_open
 
 CHUNK, RECORD, PACK = "c", "r", "p"
 
@@ -145,16 +146,12 @@ class Catalog:
 
     async def _many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         async with self.lock:
-            try:
-                await self.db.execute("BEGIN IMMEDIATE")
-            except BaseException:  # cancelled meanwhile: the BEGIN still runs; undo it
-                await asyncio.shield(_rollback_if_open(self.db))
-                raise
+            await begin_immediate(self.db)
             try:
                 await self.db.executemany(sql, rows)
                 await self.db.execute("COMMIT")
             except BaseException:
-                await _rollback_if_open(self.db)
+                await rollback_if_open(self.db)
                 raise
 
     # --- nodes ----------------------------------------------------------------------
@@ -381,13 +378,3 @@ async def _migrate(db: aiosqlite.Connection) -> None:
     for name, decl in (("pack", "BLOB"), ("off", "INTEGER")):
         if name not in columns:
             await db.execute(f"ALTER TABLE objects ADD COLUMN {name} {decl}")
-
-
-async def _rollback_if_open(db: aiosqlite.Connection) -> None:
-    """ROLLBACK, unless there is nothing to roll back (a BEGIN that never ran, a COMMIT
-    that ran while its task was cancelled): then the original error is the one to report."""
-    try:
-        await db.execute("ROLLBACK")
-    except sqlite3.Error:
-        if db.in_transaction:
-            raise
