@@ -14,11 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from amber.protocol.errors import SourceError
 from amber.protocol.records import Entry
 
-from .chunking import cdc_pieces
-from .sources import ScanContext, ScanResult, open_for_read, source_root, walk
+from .sources import ScanContext, ScanResult, open_for_read, read_pieces, source_root, walk
 
 RACY_NS = 2_000_000_000
 
@@ -84,7 +82,4 @@ async def scan_files(ctx: ScanContext) -> ScanResult:
 def _file_pieces(full: Path, name: str, cdc: Any) -> Iterator[bytes]:
     """One file's content-defined chunks; opened when the reader thread gets to it."""
     with open_for_read(full, name) as fh:
-        try:
-            yield from cdc_pieces(fh, cdc)
-        except OSError as exc:
-            raise SourceError(f"source {name!r}: reading {full}: {exc}") from None
+        yield from read_pieces(fh, 0, cdc, full, name)

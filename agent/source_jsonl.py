@@ -14,7 +14,6 @@ logs costs a few journal writes rather than one per log.
 from __future__ import annotations
 
 import stat
-from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -23,8 +22,7 @@ import blake3
 
 from amber.protocol.records import Entry
 
-from .chunking import cdc_pieces
-from .sources import ScanContext, ScanResult, open_for_read, source_root, walk
+from .sources import ScanContext, ScanResult, open_for_read, read_pieces, source_root, walk
 
 WINDOW = 64 * 1024
 LOGS_AT_ONCE = 256  # logs open and streamed through one pipeline together
@@ -82,11 +80,6 @@ def _resume_at(fh: BinaryIO, st: Any, prev: Entry | None, state_of: Any) -> int:
     return 0
 
 
-def _pieces_from(fh: BinaryIO, start: int, cdc: Any) -> Iterator[bytes]:
-    fh.seek(start)
-    yield from cdc_pieces(fh, cdc)
-
-
 async def _scan_logs(
     ctx: ScanContext, batch: list[tuple[int, Path, str, Any]], cdc: Any
 ) -> list[tuple[Entry, dict[str, Any]]]:
@@ -98,7 +91,8 @@ async def _scan_logs(
             prev = ctx.prev_entry(rel)
             plans.append((fh, _resume_at(fh, st, prev, ctx.prev_state.get(rel)), prev))
         results = await ctx.writer.write_streams(
-            _pieces_from(fh, start, cdc) for fh, start, _ in plans
+            read_pieces(fh, start, cdc, full, ctx.source.name)
+            for (_, full, _, _), (fh, start, _) in zip(batch, plans, strict=True)
         )
         out = []
         for (_, _, rel, st), (fh, start, prev), res in zip(batch, plans, results, strict=True):

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import msgpack
 
 from amber.protocol.errors import SourceError
 from amber.protocol.records import Entry, Manifest
 
+from .chunking import cdc_pieces
 from .config import SourceConfig
 from .pipeline import ChunkWriter
 
@@ -119,3 +120,13 @@ def open_for_read(path: Path, name: str) -> Any:
         return open(path, "rb")
     except OSError as exc:
         raise SourceError(f"source {name!r}: cannot read {path}: {exc.strerror}") from None
+
+
+def read_pieces(fh: BinaryIO, start: int, cdc: Any, path: Path, name: str) -> Iterator[bytes]:
+    """Content-defined chunks of the open file ``fh`` from offset ``start`` to its end; a
+    read error (an I/O error, a file gone stale on a network mount) is a SourceError."""
+    try:
+        fh.seek(start)
+        yield from cdc_pieces(fh, cdc)
+    except OSError as exc:
+        raise SourceError(f"source {name!r}: reading {path}: {exc}") from None

@@ -3,11 +3,13 @@ and leaves the journal exactly as it was."""
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,7 @@ from agent_helpers import (
     write,
 )
 
+from amber.agent import sources
 from amber.agent.journal import PACK_DIR
 from amber.agent.packs import ENTRY
 
@@ -59,6 +62,23 @@ def test_missing_source_path(saved: Node, data: Path) -> None:
     refused(saved, 30, "checkpoint", "--source", "gone")
     # the other sources still checkpoint on their own
     assert saved.checkpoint("--source", "fresh")["changed"] == ["fresh"]
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "files"])
+def test_read_error_midway_is_a_source_error(
+    saved: Node, data: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """An I/O error while a file is being read (a failing disk, a stale network mount)
+    names the file, and the checkpoint leaves the journal as it was."""
+    log = write(data / "logs" / "agent.jsonl", '{"step": 1}\n' * 5000)
+    saved.add("logs", kind, data / "logs")
+
+    def failing(fh: object, cdc: object) -> Iterator[bytes]:
+        yield b"x" * 1000
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(sources, "cdc_pieces", failing)
+    refused(saved, 30, "checkpoint", says=("'logs'", f"reading {log}", "Input/output error"))
 
 
 def test_unreadable_file_even_for_root(saved: Node, data: Path, tmp_path: Path) -> None:
