@@ -22,7 +22,15 @@ import blake3
 
 from amber.protocol.records import Entry
 
-from .sources import ScanContext, ScanResult, open_for_read, read_pieces, source_root, walk
+from .sources import (
+    ScanContext,
+    ScanResult,
+    open_for_read,
+    read_pieces,
+    reading,
+    source_root,
+    walk,
+)
 
 WINDOW = 64 * 1024
 LOGS_AT_ONCE = 256  # logs open and streamed through one pipeline together
@@ -89,15 +97,18 @@ async def _scan_logs(
         for _, full, rel, st in batch:
             fh = files.enter_context(open_for_read(full, ctx.source.name))
             prev = ctx.prev_entry(rel)
-            plans.append((fh, _resume_at(fh, st, prev, ctx.prev_state.get(rel)), prev))
+            with reading(full, ctx.source.name):
+                start = _resume_at(fh, st, prev, ctx.prev_state.get(rel))
+            plans.append((fh, start, prev))
         results = await ctx.writer.write_streams(
             read_pieces(fh, start, cdc, full, ctx.source.name)
             for (_, full, _, _), (fh, start, _) in zip(batch, plans, strict=True)
         )
         out = []
-        for (_, _, rel, st), (fh, start, prev), res in zip(batch, plans, results, strict=True):
+        for (_, full, rel, st), (fh, start, prev), res in zip(batch, plans, results, strict=True):
             size = start + res.size
-            head, tail = _window_hashes(fh, size)
+            with reading(full, ctx.source.name):
+                head, tail = _window_hashes(fh, size)
             saved = {"size": size, "ino": st.st_ino, "head": head, "tail": tail}
             mode = stat.S_IMODE(st.st_mode)
             if prev is not None and start > 0 and res.size == 0 and prev.mode == mode:

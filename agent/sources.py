@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import os
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -122,11 +123,18 @@ def open_for_read(path: Path, name: str) -> Any:
         raise SourceError(f"source {name!r}: cannot read {path}: {exc.strerror}") from None
 
 
-def read_pieces(fh: BinaryIO, start: int, cdc: Any, path: Path, name: str) -> Iterator[bytes]:
-    """Content-defined chunks of the open file ``fh`` from offset ``start`` to its end; a
-    read error (an I/O error, a file gone stale on a network mount) is a SourceError."""
+@contextmanager
+def reading(path: Path, name: str) -> Iterator[None]:
+    """Turn a read error (an I/O error, a file gone stale on a network mount) into a
+    SourceError naming the file."""
     try:
-        fh.seek(start)
-        yield from cdc_pieces(fh, cdc)
+        yield
     except OSError as exc:
         raise SourceError(f"source {name!r}: reading {path}: {exc}") from None
+
+
+def read_pieces(fh: BinaryIO, start: int, cdc: Any, path: Path, name: str) -> Iterator[bytes]:
+    """Content-defined chunks of the open file ``fh`` from offset ``start`` to its end."""
+    with reading(path, name):
+        fh.seek(start)
+        yield from cdc_pieces(fh, cdc)

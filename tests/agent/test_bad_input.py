@@ -27,7 +27,7 @@ from agent_helpers import (
     write,
 )
 
-from amber.agent import sources
+from amber.agent import source_jsonl, sources
 from amber.agent.journal import PACK_DIR
 from amber.agent.packs import ENTRY
 
@@ -78,6 +78,22 @@ def test_read_error_midway_is_a_source_error(
         raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(sources, "cdc_pieces", failing)
+    refused(saved, 30, "checkpoint", says=("'logs'", f"reading {log}", "Input/output error"))
+
+
+def test_read_error_checking_a_logs_saved_prefix_is_a_source_error(
+    saved: Node, data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = write(data / "logs" / "agent.jsonl", '{"step": 1}\n' * 500)
+    saved.add("logs", "jsonl", data / "logs")
+    saved.checkpoint()
+    with open(log, "a") as fh:
+        fh.write('{"step": 2}\n')
+
+    def failing(fh: object, size: int) -> tuple[bytes, bytes]:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(source_jsonl, "_window_hashes", failing)
     refused(saved, 30, "checkpoint", says=("'logs'", f"reading {log}", "Input/output error"))
 
 
