@@ -3,13 +3,22 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# The editable install is strict (a link tree, so type checkers and editors follow
+# `amber.agent.x` to its file); a strict install does not see modules added later, so the
+# install is redone whenever the list of modules changes (build/modules.txt).
+MODULES := build/modules.txt
 
-.PHONY: demo test lint bench dist clean
+.PHONY: demo test test-fast lint bench dist clean FORCE
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+$(MODULES): FORCE
+	@mkdir -p build
+	@find amber_ns protocol agent hub -name '*.py' | LC_ALL=C sort > $@.new
+	@cmp -s $@.new $@ && rm -f $@.new || mv $@.new $@
+
+$(STAMP): pyproject.toml $(MODULES)
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[agent,hub,s3,test]'
+	$(BIN)/python -m pip install -q -e '.[agent,hub,s3,test]' --config-settings editable_mode=strict
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -17,6 +26,10 @@ demo: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q tests
+
+# The inner loop: unit and in-process tests, no server processes (under 90 s).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not servers" tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -23,6 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from amber.agent.config import AgentConfig
+from amber.agent.enrolment import load_installed
+from amber.agent.journal import DURABLE, HELD, checkpoint_row
+from amber.agent.restore.jobs import Job
+from amber.agent.restore.orders import OrderExecutor
+from amber.agent.runtime import AgentRuntime
 from amber.bundlefile import BundleStream, BundleWriter, iso, open_input
 from amber.protocol import bundle as b
 from amber.protocol import wire
@@ -50,13 +56,6 @@ from amber.protocol.records import (
     decode_manifest,
     manifest_public,
 )
-
-from .config import AgentConfig
-from .enrolment import load_installed
-from .jobs import Job
-from .journal import DURABLE, HELD, checkpoint_row
-from .orders import OrderExecutor
-from .runtime import AgentRuntime
 
 STAGING = "bundle-staging"
 STALE_STAGING_S = 86400.0

@@ -13,6 +13,15 @@ import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
+from amber.agent.config import AgentConfig, SourceConfig
+from amber.agent.identity import NodeIdentity
+from amber.agent.journal import Journal
+from amber.agent.pipeline import ChunkWriter, Progress, WriteStats
+from amber.agent.sources.chunking import FILES_CDC, MODEL_CDC, make_cdc
+from amber.agent.sources.files import scan_files
+from amber.agent.sources.jsonl import scan_jsonl
+from amber.agent.sources.registry import ScanContext, Scanner, pack_state, unpack_state
+from amber.agent.sources.sqlite import scan_sqlite
 from amber.protocol.errors import AmberError
 from amber.protocol.records import (
     Checkpoint,
@@ -23,16 +32,6 @@ from amber.protocol.records import (
     encode_manifest,
     record_id,
 )
-
-from .chunking import FILES_CDC, MODEL_CDC, make_cdc
-from .config import AgentConfig, SourceConfig
-from .identity import NodeIdentity
-from .journal import Journal
-from .pipeline import ChunkWriter, Progress, WriteStats
-from .source_files import scan_files
-from .source_jsonl import scan_jsonl
-from .source_sqlite import scan_sqlite
-from .sources import ScanContext, Scanner, pack_state, unpack_state
 
 log = logging.getLogger("amber.agent.checkpoint")
 

@@ -15,18 +15,17 @@ import time
 from typing import TYPE_CHECKING
 
 from amber import sdnotify
+from amber.agent.config import AgentConfig
+from amber.agent.enrolment import load_installed
+from amber.agent.metrics import AgentMetrics, serving
+from amber.agent.remote import heartbeat, sync
+from amber.agent.restore.orders import OrderExecutor
+from amber.agent.runtime import AgentRuntime
 from amber.protocol import wire
 from amber.protocol.errors import AmberError
 
-from .config import AgentConfig
-from .enrolment import load_installed
-from .metrics import AgentMetrics, serving
-from .orders import OrderExecutor
-from .remote import heartbeat, sync
-from .runtime import AgentRuntime
-
 if TYPE_CHECKING:
-    from .hublink import HubLink
+    from amber.agent.hublink import HubLink
 
 log = logging.getLogger("amber.agent")
 MIN_SLEEP = 1.0

@@ -16,10 +16,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from amber.agent.enrolment import Enrolment
 from amber.protocol import wire
 from amber.protocol.errors import AmberError, HubUnavailableError
-
-from .enrolment import Enrolment
 
 log = logging.getLogger("amber.agent.hub")
 FETCH_BYTES = 5 * 1024 * 1024

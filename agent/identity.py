@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from getpass import getpass
 from pathlib import Path
 
+from amber.agent.config import AgentConfig
 from amber.logs import register_secret
 from amber.protocol.errors import KeyFileError
 from amber.protocol.keys import (
@@ -17,8 +18,6 @@ from amber.protocol.keys import (
     import_vault_key,
 )
 from amber.secretfile import read_secret
-
-from .config import AgentConfig
 
 PASSPHRASE_ENV = "AMBER_VAULT_PASSPHRASE"
 

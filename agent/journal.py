@@ -31,6 +31,7 @@ import aiosqlite
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from amber.agent.packs import ENTRY, PackStore
 from amber.protocol.errors import (
     AmberError,
     DiskFullError,
@@ -44,8 +45,6 @@ from amber.protocol.errors import (
 from amber.protocol.keys import VaultKeys, derive_subkey
 from amber.protocol.records import KIND_CHECKPOINT, KIND_MANIFEST, Checkpoint, check_chain
 from amber.sqlitetx import begin_immediate, rollback_if_open
-
-from .packs import ENTRY, PackStore
 
 log = logging.getLogger("amber.agent.journal")
 JOURNAL_FORMAT = "amber-journal"

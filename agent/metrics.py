@@ -40,17 +40,16 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from amber import __version__
+from amber.agent.config import AgentConfig
+from amber.agent.sources.registry import scanned_us
 from amber.protocol.errors import ConfigError
-
-from .config import AgentConfig
-from .sources import scanned_us
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-    from .checkpointer import CheckpointResult
-    from .journal import Journal
-    from .runtime import AgentRuntime
+    from amber.agent.checkpointer import CheckpointResult
+    from amber.agent.journal import Journal
+    from amber.agent.runtime import AgentRuntime
 
 log = logging.getLogger("amber.agent.metrics")
 RUNTIME_FILE = "agent.json"

@@ -23,11 +23,10 @@ from typing import Any
 
 import blake3
 
+from amber.agent.journal import Journal
 from amber.protocol.chunk import chunk_id, encode_chunk
 from amber.protocol.errors import JournalFullError
 from amber.protocol.keys import VaultKeys
-
-from .journal import Journal
 
 WINDOW_BYTES = 8 * 1024 * 1024
 DEPTH = 2  # windows being encoded at once

@@ -17,10 +17,10 @@ from amber.protocol.errors import AmberError
 from amber.protocol.records import checkpoint_public, record_id
 
 if TYPE_CHECKING:
-    from .hublink import HubLink
-    from .metrics import AgentMetrics
-    from .runtime import AgentRuntime
-    from .sync import SyncStats
+    from amber.agent.hublink import HubLink
+    from amber.agent.metrics import AgentMetrics
+    from amber.agent.runtime import AgentRuntime
+    from amber.agent.sync import SyncStats
 
 log = logging.getLogger("amber.agent.remote")
 EVICT_LOCK_WAIT = 2.0  # seconds a sync pass waits for the write lock before evicting later
@@ -44,7 +44,7 @@ async def sync(
     deadline: float | None = None,
     metrics: AgentMetrics | None = None,
 ) -> SyncStats:
-    from .sync import Syncer
+    from amber.agent.sync import Syncer
 
     syncer = Syncer(rt.journal, link, rt.ident.keys, rt.cfg.journal_cache_bytes, metrics)
     stats = await syncer.sync_once(deadline)

@@ -18,15 +18,14 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from amber.agent.checkpointer import SCANS_AT_ONCE, Checkpointer
+from amber.agent.config import AgentConfig
+from amber.agent.enrolment import load_installed
+from amber.agent.hublink import HubLink
+from amber.agent.identity import NodeIdentity, load_identity
+from amber.agent.journal import Journal
+from amber.agent.restore.restorer import ChainedChunks, ChainedRecords, Restorer
 from amber.protocol.errors import ConfigError, HubUnavailableError, JournalError
-
-from .checkpointer import SCANS_AT_ONCE, Checkpointer
-from .config import AgentConfig
-from .enrolment import load_installed
-from .hublink import HubLink
-from .identity import NodeIdentity, load_identity
-from .journal import Journal
-from .restorer import ChainedChunks, ChainedRecords, Restorer
 
 
 @dataclass

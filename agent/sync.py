@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from amber.agent.hublink import HubLink
+from amber.agent.journal import DURABLE, Journal
 from amber.protocol import wire
 from amber.protocol.errors import HubUnavailableError, JournalError, ProtocolError
 from amber.protocol.records import (
@@ -30,11 +32,8 @@ from amber.protocol.records import (
     decode_manifest,
 )
 
-from .hublink import HubLink
-from .journal import DURABLE, Journal
-
 if TYPE_CHECKING:
-    from .metrics import AgentMetrics
+    from amber.agent.metrics import AgentMetrics
 
 log = logging.getLogger("amber.agent.sync")
 QUERY_BATCH = 4096

@@ -6,7 +6,7 @@ mutates a copy):
 (a) **empty-node restore**: an original node checkpoints the whole node and ``sync
     --once`` to a hub in a box (``amber-hub serve``, embedded nats-server, local
     store), another to a hub whose store is a SeaweedFS S3 gateway
-    (``tests/servers.py``), and restic backs the same paths up to the same SeaweedFS
+    (``tests/support/servers.py``), and restic backs the same paths up to the same SeaweedFS
     (another bucket). Then, per round, a *fresh* node (``amber-agent init --dir NEW
     --node N --vault V --vault-key K --enroll FILE``: a replacement machine with the
     vault key and the enrolment, and nothing else) runs ``restore ID --to DIR``, which
@@ -27,7 +27,7 @@ mutates a copy):
     ``restore status --json`` until the node is ``healthy``. Reported: the chunks the
     node fetched from the hub and reused from its local files (the plan's ``detail``),
     the bytes the hub sent it (every byte on the wire hub -> node during the restore,
-    counted by a TCP proxy, ``tests/faultproxy.py``), and the *changed* chunks: those
+    counted by a TCP proxy, ``tests/support/faultproxy.py``), and the *changed* chunks: those
     of the original checkpoint that the mutated data does not contain (from the
     manifests of the original checkpoint and of the safety checkpoint the restore
     took of the mutated data). Target: fetched at most 1.1x changed. The restored
@@ -81,7 +81,9 @@ from amber.agent.config import load_config, save_config
 from amber.protocol.keys import VaultKeys
 from amber.protocol.records import decode_checkpoint, decode_manifest
 from amber.secretfile import read_secret
-from tests.servers import SeaweedS3  # importable once bench_sync put the repository on sys.path
+from tests.support.servers import (
+    SeaweedS3,  # importable once bench_sync put the repository on sys.path
+)
 
 TARGETS = {
     "box_vs_restic_s3": (">=", 1.5),

@@ -8,7 +8,7 @@ In one run, on the generated AI node (``ainode.py``, read-only: nothing is mutat
    throughput is source MiB per wall-clock second of the two commands together (sync
    only returns once the hub has confirmed every object durable in its store).
 2. **hub on S3**: the same, with the hub's store on a SeaweedFS S3 gateway
-   (``tests/servers.py``'s ``SeaweedS3``; bucket with Object Lock).
+   (``tests/support/servers.py``'s ``SeaweedS3``; bucket with Object Lock).
 3. **restic on S3**: ``restic backup`` of the same paths to the same SeaweedFS, in
    another bucket. Target: Amber's checkpoint+sync to the S3 hub at least 2x restic.
    With ``--runs 2`` or more the S3 runs alternate their order (fresh bucket each).
@@ -21,7 +21,7 @@ In one run, on the generated AI node (``ainode.py``, read-only: nothing is mutat
      model rolls out to a fleet at one time.
    Network bytes are the sum of the nodes' ``sync --once --json`` ``bytes_sent`` (chunk
    blobs), and, as a cross-check, every byte on the wire in both directions, counted by
-   a TCP proxy (``tests/faultproxy.py``) between the agents and NATS. Target: ten nodes
+   a TCP proxy (``tests/support/faultproxy.py``) between the agents and NATS. Target: ten nodes
    at most 1.1x one node.
 
 The page cache is warmed by reading the node once before anything is timed. SeaweedFS
@@ -69,8 +69,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from tests.faultproxy import FaultProxy  # noqa: E402
-from tests.servers import SeaweedS3  # noqa: E402
+from tests.support.faultproxy import FaultProxy  # noqa: E402
+from tests.support.servers import SeaweedS3  # noqa: E402
 
 TARGETS = {
     "s3_throughput_ratio": (">=", 2.0),

@@ -1,6 +1,6 @@
 """What SeaweedFS alone costs: the CPU floor under any client's S3 throughput here.
 
-Starts the same SeaweedFS S3 gateway as the tests and benches (``tests/servers.py``),
+Starts the same SeaweedFS S3 gateway as the tests and benches (``tests/support/servers.py``),
 PUTs ``--mib`` MiB of incompressible data as ``--object-mib`` MiB objects from 4
 threads, then GETs them all back, and reports the CPU-seconds the weed process (with its
 children) used for each phase, per GiB, next to the client's own CPU. On a machine where
@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.servers import SeaweedS3  # noqa: E402
+from tests.support.servers import SeaweedS3  # noqa: E402
 
 
 def proc_cpu(pid: int) -> float:

@@ -22,7 +22,7 @@ from amber.protocol.errors import AmberError, NotFoundError, UsageError
 from amber.protocol.wire import check_name
 
 if TYPE_CHECKING:
-    from .server import Hub
+    from amber.hub.server import Hub
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 HUB_KEY = web.AppKey("hub", object)
@@ -182,7 +182,7 @@ async def restores(request: web.Request) -> web.Response:
 
 
 async def restore_plan(request: web.Request) -> web.Response:
-    from .plans import PlanSpec
+    from amber.hub.plans import PlanSpec
 
     try:
         body: dict[str, Any] = await request.json()

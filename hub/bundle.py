@@ -26,6 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from amber.bundlefile import BundleStream, open_input
+from amber.hub.catalog import Catalog, now_us
+from amber.hub.config import HubConfig, load_hub_key
+from amber.hub.ingest import Ingestor
+from amber.hub.plans import PlanBook
+from amber.hub.store.base import ObjectStore, open_store
 from amber.protocol import bundle as b
 from amber.protocol import wire
 from amber.protocol.errors import (
@@ -45,12 +50,6 @@ from amber.protocol.records import (
     KIND_MANIFEST,
     Checkpoint,
 )
-
-from .catalog import Catalog, now_us
-from .config import HubConfig, load_hub_key
-from .ingest import Ingestor
-from .plans import PlanBook
-from .store import ObjectStore, open_store
 
 STAGING = "bundle-staging"
 BATCH = 64

@@ -14,12 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from amber.hub.store.layout import DEFAULT_RETENTION_DAYS
 from amber.logs import register_secret
 from amber.protocol.errors import ConfigError
 from amber.protocol.keys import SigningKey
 from amber.secretfile import read_secret, write_secret
-
-from .layout import DEFAULT_RETENTION_DAYS
 
 DEFAULT_DATA = "./amber-hub-data"
 

@@ -21,11 +21,10 @@ from typing import Any
 import nats
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 
+from amber.hub.plans import PlanBook
 from amber.protocol import wire
 from amber.protocol.errors import AmberError, NotFoundError
 from amber.protocol.keys import SigningKey
-
-from .plans import PlanBook
 
 log = logging.getLogger("amber.hub.coordinator")
 CMD_STREAM = "AMBER_CMD"

@@ -22,6 +22,9 @@ from typing import Literal
 
 from blake3 import blake3
 
+from amber.hub.catalog import PACK, RECORD, Catalog
+from amber.hub.store.base import ObjectStore
+from amber.hub.store.layout import DEFAULT_RETENTION_DAYS, object_key, retain_until, tier_days
 from amber.protocol import packfile, wire
 from amber.protocol.chunk import ID_SIZE, parse_chunk_header
 from amber.protocol.errors import AmberError, ChainError, FormatError
@@ -35,10 +38,6 @@ from amber.protocol.records import (
     parse,
     record_id,
 )
-
-from .catalog import PACK, RECORD, Catalog
-from .layout import DEFAULT_RETENTION_DAYS, object_key, retain_until, tier_days
-from .store import ObjectStore
 
 log = logging.getLogger("amber.hub.ingest")
 Outcome = Literal["stored", "duplicate", "retry"]

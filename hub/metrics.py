@@ -27,9 +27,8 @@ Ingest rate: ``rate(amber_hub_ingested_bytes_total[5m])``.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Iterator
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, TypeVar
 
 from aiohttp import web
 from prometheus_client import (
@@ -43,15 +42,15 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from amber import __version__
-from amber.protocol.errors import ConfigError, NotFoundError, ObjectLockedError
-
-from .config import split_hostport
-from .plans import NODE_STATES, PLAN_STATES
-from .store import ObjectInfo, ObjectStore
+from amber.hub.config import split_hostport
+from amber.hub.plans import NODE_STATES, PLAN_STATES
+from amber.hub.store.base import ObjectStore
+from amber.hub.store.counting import CountingStore
+from amber.protocol.errors import ConfigError
 
 if TYPE_CHECKING:
-    from .catalog import Catalog
-    from .server import Hub
+    from amber.hub.catalog import Catalog
+    from amber.hub.server import Hub
 
 log = logging.getLogger("amber.hub.metrics")
 T = TypeVar("T")
@@ -234,51 +233,3 @@ async def _restore_counts(catalog: Catalog) -> tuple[dict[str, int], dict[str, i
         ACTIVE_PLAN_STATES,
     )
     return {r[0]: int(r[1]) for r in plans}, {r[0]: int(r[1]) for r in nodes}
-
-
-class CountingStore:
-    """An :class:`ObjectStore` that counts its backend's failures (not the documented
-    outcomes NotFoundError and ObjectLockedError) and re-raises them unchanged."""
-
-    EXPECTED = (NotFoundError, ObjectLockedError)
-
-    def __init__(self, inner: ObjectStore, errors: Counter) -> None:
-        self.inner, self.errors = inner, errors
-        self.name = inner.name
-
-    async def _count(self, op: Awaitable[T]) -> T:
-        try:
-            return await op
-        except self.EXPECTED:
-            raise
-        except Exception:
-            self.errors.inc()
-            raise
-
-    async def put(self, key: str, data: bytes, *, retain_until: datetime | None = None) -> bool:
-        return await self._count(self.inner.put(key, data, retain_until=retain_until))
-
-    async def get(self, key: str, *, offset: int = 0, length: int | None = None) -> bytes:
-        return await self._count(self.inner.get(key, offset=offset, length=length))
-
-    async def head(self, key: str) -> ObjectInfo | None:
-        return await self._count(self.inner.head(key))
-
-    async def list(self, prefix: str = "") -> AsyncIterator[str]:
-        try:
-            async for key in self.inner.list(prefix):
-                yield key
-        except self.EXPECTED:
-            raise
-        except Exception:
-            self.errors.inc()
-            raise
-
-    async def delete(self, key: str) -> None:
-        await self._count(self.inner.delete(key))
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-    def __getattr__(self, name: str) -> Any:  # backend extras (bucket, root, ...)
-        return getattr(self.inner, name)

@@ -19,9 +19,8 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from amber.hub.catalog import NodeRow
 from amber.protocol.errors import ConfigError, HubUnavailableError
-
-from .catalog import NodeRow
 
 HUB_USER = "amber-hub"
 log = logging.getLogger("amber.hub.nats")

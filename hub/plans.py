@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from amber.hub.catalog import Catalog, CheckpointEntry, NodeRow, now_us
 from amber.protocol import wire
 from amber.protocol.errors import NotFoundError, UsageError
-
-from .catalog import Catalog, CheckpointEntry, NodeRow, now_us
 
 PLAN_SCHEMA = """
 CREATE TABLE IF NOT EXISTS plans(

@@ -11,6 +11,9 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 
+from amber.hub.catalog import CHUNK, PACK, RECORD, Catalog
+from amber.hub.store.base import ObjectStore
+from amber.hub.store.layout import parse_key
 from amber.protocol import packfile
 from amber.protocol.chunk import parse_chunk_header
 from amber.protocol.errors import AmberError
@@ -20,10 +23,6 @@ from amber.protocol.records import (
     manifest_public,
     parse,
 )
-
-from .catalog import CHUNK, PACK, RECORD, Catalog
-from .layout import parse_key
-from .store import ObjectStore
 
 log = logging.getLogger("amber.hub.rebuild")
 

@@ -15,18 +15,17 @@ from typing import Any
 import nats
 from aiohttp import web
 
+from amber.hub.admin import make_app
+from amber.hub.catalog import Catalog
+from amber.hub.config import HubConfig, load_hub_key, load_secrets, split_hostport, write_runtime
+from amber.hub.coordinator import Coordinator, ensure_cmd_stream, ensure_node_consumer
+from amber.hub.ingest import Ingestor
+from amber.hub.metrics import HubMetrics
+from amber.hub.natsbox import HUB_USER, EmbeddedNats
+from amber.hub.plans import PlanBook
+from amber.hub.service import HubService
+from amber.hub.store.base import ObjectStore, open_store
 from amber.protocol.errors import ConfigError, HubUnavailableError
-
-from .admin import make_app
-from .catalog import Catalog
-from .config import HubConfig, load_hub_key, load_secrets, split_hostport, write_runtime
-from .coordinator import Coordinator, ensure_cmd_stream, ensure_node_consumer
-from .ingest import Ingestor
-from .metrics import HubMetrics
-from .natsbox import HUB_USER, EmbeddedNats
-from .plans import PlanBook
-from .service import HubService
-from .store import ObjectStore, open_store
 
 log = logging.getLogger("amber.hub")
 ENROLMENT_FORMAT = "amber-enrolment"

@@ -21,14 +21,13 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import FetchTimeoutError
 
+from amber.hub.catalog import Catalog
+from amber.hub.ingest import PACK_BYTES, Ingestor, subject_owner
+from amber.hub.store.base import ObjectStore
+from amber.hub.store.layout import object_key
+from amber.hub.store.ranged import read_objects
 from amber.protocol import wire
 from amber.protocol.errors import AmberError, FormatError, NotFoundError, StoreError
-
-from .catalog import Catalog
-from .ingest import PACK_BYTES, Ingestor, subject_owner
-from .layout import object_key
-from .objread import read_objects
-from .store import ObjectStore
 
 log = logging.getLogger("amber.hub.service")
 STREAM = "AMBER_INGEST"

@@ -18,17 +18,23 @@ from typing import Any
 
 import blake3
 
-from . import wire
-from .chunk import FLAG_ZSTD, HEADER_SIZE, MAX_CHUNK_SIZE, TAG_SIZE, parse_chunk_header
-from .errors import (
+from amber.protocol import wire
+from amber.protocol.chunk import (
+    FLAG_ZSTD,
+    HEADER_SIZE,
+    MAX_CHUNK_SIZE,
+    TAG_SIZE,
+    parse_chunk_header,
+)
+from amber.protocol.errors import (
     FormatError,
     IntegrityError,
     ProtocolError,
     SignatureError,
     UnknownVersionError,
 )
-from .keys import SigningKey, verify_signature
-from .records import (
+from amber.protocol.keys import SigningKey, verify_signature
+from amber.protocol.records import (
     KIND_CHECKPOINT,
     MAX_RECORD_SIZE,
     Checkpoint,
@@ -59,7 +65,7 @@ MAX_CHUNK_MEMBER = MAX_CHUNK_SIZE + 64 * 1024  # a zstd frame may outgrow its pl
 MAX_MEMBERS = 1_000_000
 MAX_INDEX_SIZE = 192 * 1024 * 1024
 OUTCOMES = ("imported", "executed", "replayed", "refused")
-JOB_STATES = (*wire.REPORT_STATES, "swapping", "cancelled")  # agent/jobs.py's states
+JOB_STATES = (*wire.REPORT_STATES, "swapping", "cancelled")  # agent/restore/jobs.py's states
 INT64_MAX = 2**63 - 1
 
 # role of a member -> its size limit in bytes

@@ -20,8 +20,8 @@ import zstandard
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .errors import FormatError, IntegrityError, UnknownVersionError
-from .keys import VaultKeys
+from amber.protocol.errors import FormatError, IntegrityError, UnknownVersionError
+from amber.protocol.keys import VaultKeys
 
 CHUNK_MAGIC = b"AMBC"
 CHUNK_VERSION = 1

@@ -12,7 +12,7 @@ from typing import Any
 
 import msgpack
 
-from .errors import FormatError
+from amber.protocol.errors import FormatError
 
 MAX_DEPTH = 16
 

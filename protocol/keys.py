@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from .errors import FormatError, KeyFileError, SignatureError, UnknownVersionError
+from amber.protocol.errors import FormatError, KeyFileError, SignatureError, UnknownVersionError
 
 VAULT_KEY_MAGIC = b"AMBK"
 VAULT_EXPORT_MAGIC = b"AMBE"

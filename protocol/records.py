@@ -19,9 +19,15 @@ import blake3
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from . import codec as c
-from .errors import ChainError, FormatError, IntegrityError, SignatureError, UnknownVersionError
-from .keys import SigningKey, VaultKeys, verify_signature
+from amber.protocol import codec as c
+from amber.protocol.errors import (
+    ChainError,
+    FormatError,
+    IntegrityError,
+    SignatureError,
+    UnknownVersionError,
+)
+from amber.protocol.keys import SigningKey, VaultKeys, verify_signature
 
 RECORD_MAGIC = b"AMBR"
 RECORD_VERSION = 1

@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, get_type_hints
 
-from . import codec as c
-from .errors import FormatError, ProtocolError, UnknownVersionError
+from amber.protocol import codec as c
+from amber.protocol.errors import FormatError, ProtocolError, UnknownVersionError
 
 WIRE_VERSION = 1
 MAX_MESSAGE_SIZE = 8 * 1024 * 1024 - 64 * 1024  # fits nats max_payload 8MB with headers
@@ -241,8 +241,8 @@ def sign_order(order: RestoreOrder, signer: Any) -> SignedOrder:
 
 def open_order(msg: SignedOrder, trusted: bytes) -> RestoreOrder:
     """Check the hub's signature and decode the order inside."""
-    from .errors import SignatureError
-    from .keys import verify_signature
+    from amber.protocol.errors import SignatureError
+    from amber.protocol.keys import verify_signature
 
     if msg.signer != trusted:
         raise SignatureError("restore order is signed by a key that is not this node's hub")

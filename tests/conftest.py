@@ -1,4 +1,4 @@
-"""Shared pytest fixtures. Process logic lives in tests/servers.py; keep this file thin.
+"""Shared pytest fixtures. Process logic lives in tests/support/servers.py; keep this file thin.
 
 Sections: real servers (below). Add new fixtures under a section heading of their own.
 """
@@ -9,9 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
-# `tests.servers` / `tests.faultproxy` are importable however pytest is launched:
+# `tests.support.servers` / `tests.support.faultproxy` are importable however pytest is launched:
 # pyproject.toml puts the repository root on sys.path (pytest's `pythonpath`).
-from tests.servers import NatsServer, SeaweedS3
+from tests.support.servers import NatsServer, SeaweedS3
 
 # --------------------------------------------------------------------------- real servers
 

@@ -95,7 +95,7 @@ def matches(cell: str, expected: Any) -> bool:
 
 
 def resolve(dotted: str) -> Any:
-    """``amber.agent.chunking.MODEL_CDC.max_size`` → its value."""
+    """``amber.agent.sources.chunking.MODEL_CDC.max_size`` → its value."""
     parts = dotted.split(".")
     for cut in range(len(parts), 0, -1):
         try:
@@ -298,7 +298,7 @@ def leaf_commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -
 
 def cli_commands() -> list[str]:
     out = []
-    for module in ("amber.agent.cli", "amber.hub.cli"):
+    for module in ("amber.agent.cli.parser", "amber.hub.cli.parser"):
         try:
             out += list(leaf_commands(importlib.import_module(module).build_parser()))
         except ImportError:

@@ -11,8 +11,8 @@ import nats
 import pytest
 from nats.aio.msg import Msg
 
-from tests.faultproxy import FaultProxy
-from tests.servers import NatsServer
+from tests.support.faultproxy import FaultProxy
+from tests.support.servers import NatsServer
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Smoke tests for the real-server test bed in tests/servers.py."""
+"""Smoke tests for the real-server test bed in tests/support/servers.py."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from botocore.exceptions import ClientError
 from nats.js.api import StreamConfig
 
-from tests.servers import NatsServer, SeaweedS3, ServerError, find_binary, free_port
+from tests.support.servers import NatsServer, SeaweedS3, ServerError, find_binary, free_port
 
 MiB = 1024 * 1024
 

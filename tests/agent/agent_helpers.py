@@ -1,7 +1,7 @@
 """Helpers for the edge agent's tests: run the CLI, build source trees, compare restores.
 
-The CLI is driven in-process through ``amber.agent.cli.main`` (fast) or as a real
-``python -m amber.agent.cli`` subprocess where a separate process matters.
+The CLI is driven in-process through ``amber.agent.cli.parser.main`` (fast) or as a real
+``python -m amber.agent.cli.parser`` subprocess where a separate process matters.
 """
 
 from __future__ import annotations

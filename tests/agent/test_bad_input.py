@@ -27,9 +27,10 @@ from agent_helpers import (
     write,
 )
 
-from amber.agent import source_jsonl, sources
 from amber.agent.journal import PACK_DIR
 from amber.agent.packs import ENTRY
+from amber.agent.sources import jsonl as source_jsonl
+from amber.agent.sources import registry as sources
 
 
 @pytest.fixture

@@ -44,7 +44,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from amber.agent import cli
+from amber.agent.cli import parser as cli
 from amber.agent.config import load_config
 from amber.agent.identity import NodeIdentity, load_identity
 from amber.agent.journal import TENTATIVE

@@ -24,7 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import IO
 
-from amber.agent import cli
+from amber.agent.cli import parser as cli
 from amber.agent.config import TierPolicy, load_config, save_config
 from amber.agent.daemon import AgentDaemon
 from amber.agent.journal import TENTATIVE

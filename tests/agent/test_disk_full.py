@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from amber.agent import cli
+from amber.agent.cli import parser as cli
 from amber.agent.config import load_config
 from amber.agent.journal import TENTATIVE
 from amber.protocol.errors import DiskFullError

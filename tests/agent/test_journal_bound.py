@@ -21,7 +21,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from amber.agent import cli
+from amber.agent.cli import parser as cli
 from amber.agent.config import load_config, save_config
 from amber.agent.journal import TENTATIVE
 from amber.protocol.errors import JournalFullError

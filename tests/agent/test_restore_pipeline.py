@@ -1,4 +1,4 @@
-"""The restore file pipeline (agent/filerestore.py), driven through Restorer with records
+"""The restore file pipeline (agent/restore/files.py), driven through Restorer with records
 and chunks held in memory: batching, bounded memory, sync before rename, failures."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from pathlib import Path
 import blake3
 import pytest
 
-from amber.agent import filerestore
 from amber.agent.identity import NodeIdentity
-from amber.agent.restorer import Restorer
+from amber.agent.restore import files as filerestore
+from amber.agent.restore.restorer import Restorer
 from amber.protocol.chunk import encode_chunk
 from amber.protocol.errors import IntegrityError, NotFoundError
 from amber.protocol.keys import SigningKey, VaultKeys

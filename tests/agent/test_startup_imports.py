@@ -23,7 +23,7 @@ LOCAL_COMMANDS = textwrap.dedent(
     from pathlib import Path
 
     heavy, tmp = json.loads(sys.argv[1]), Path(sys.argv[2])
-    from amber.agent import cli
+    from amber.agent.cli import parser as cli
 
     def loaded():
         return sorted(m for m in heavy if m in sys.modules)
@@ -63,7 +63,7 @@ def run_python(code: str, *args: str) -> str:
 
 def test_importing_the_cli_loads_no_hub_client() -> None:
     code = (
-        "import sys, amber.agent.cli, amber.agent.commands, amber.agent.remote, "
+        "import sys, amber.agent.cli.parser, amber.agent.cli.commands, amber.agent.remote, "
         "amber.agent.hublink, amber.agent.runtime; "
         f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
     )

@@ -1,13 +1,13 @@
 """Process helpers for the hub and sync tests: a real hub in a box, real agents.
 
-- :class:`HubProcess` runs ``python -m amber.hub.cli --data D serve`` as a subprocess,
+- :class:`HubProcess` runs ``python -m amber.hub.cli.parser --data D serve`` as a subprocess,
   waits for D/hub.json to name *this* process, and stops or SIGKILLs it by pid. The hub
   starts its own nats-server (pid in D/nats/nats-server.pid), which outlives a hub killed
   with SIGKILL; :meth:`HubProcess.cleanup` kills every nats-server the data dir ever
   had, by pid, after checking the pid still is that server.
 - :class:`Agent` drives ``amber-agent`` in this process (fast) or as a real subprocess
   (when it must run while the test injects faults, or as the daemon).
-- :class:`ThreadedProxy` runs tests/faultproxy.py's asyncio FaultProxy on its own event
+- :class:`ThreadedProxy` runs tests/support/faultproxy.py's asyncio FaultProxy on its own event
   loop thread, so synchronous tests can cut and slow a link while a child process syncs.
 - Sample data (agent memory, a model), tree digests, and inspectors for the agent's
   journal and the hub's catalog (read-only SQLite).
@@ -43,7 +43,7 @@ from typing import Any
 from amber.agent.cli import main as agent_main
 from amber.agent.config import TierPolicy, load_config, save_config
 from amber.hub.cli import main as hub_main
-from tests.faultproxy import FaultProxy
+from tests.support.faultproxy import FaultProxy
 
 PY = sys.executable
 
@@ -520,7 +520,7 @@ class Agent:
 
 
 class ThreadedProxy:
-    """tests/faultproxy.py's FaultProxy on an event loop in a thread of its own."""
+    """tests/support/faultproxy.py's FaultProxy on an event loop in a thread of its own."""
 
     def __init__(self, target_port: int) -> None:
         self.loop = asyncio.new_event_loop()

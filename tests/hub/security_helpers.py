@@ -59,7 +59,7 @@ def wait_for(check: Callable[[], Any], timeout: float = 10.0, what: str = "condi
 
 
 class HubProc:
-    """``python -m amber.hub.cli --data D serve`` on free ports, as a real process."""
+    """``python -m amber.hub.cli.parser --data D serve`` on free ports, as a real process."""
 
     def __init__(self, data: Path) -> None:
         self.data = data

@@ -21,9 +21,9 @@ from hub_helpers import HubProcess, make_model, new_agent
 
 from amber.hub.catalog import CHUNK, PACK, Catalog, Location
 from amber.hub.ingest import PACK_BYTES, Ingestor
-from amber.hub.layout import object_key
-from amber.hub.objread import read_objects
-from amber.hub.store_local import LocalStore
+from amber.hub.store.layout import object_key
+from amber.hub.store.local import LocalStore
+from amber.hub.store.ranged import read_objects
 from amber.protocol import packfile, wire
 from amber.protocol.chunk import encode_chunk
 from amber.protocol.errors import FormatError, IntegrityError

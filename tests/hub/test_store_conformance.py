@@ -19,7 +19,7 @@ from uuid import uuid4
 
 import pytest
 
-from amber.hub.store import ObjectInfo, ObjectStore, open_store
+from amber.hub.store.base import ObjectInfo, ObjectStore, open_store
 from amber.protocol.errors import NotFoundError, ObjectLockedError, StoreError
 
 BACKENDS = ["local", "s3", "s3-nolock"]

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from amber.hub.store import open_store
-from amber.hub.store_local import TEMP_PREFIX, LocalStore
+from amber.hub.store.base import open_store
+from amber.hub.store.local import TEMP_PREFIX, LocalStore
 from amber.protocol.errors import ConfigError, ObjectLockedError, StoreError
 
 

@@ -13,7 +13,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from amber.hub.store_s3 import S3Store
+from amber.hub.store.s3 import S3Store
 from amber.protocol.errors import NotFoundError, ObjectLockedError, StoreError
 
 
@@ -75,7 +75,7 @@ async def test_no_lock_bucket_ignores_retention_with_one_warning(
 ) -> None:
     store = make_store(s3_server, plain_bucket)
     until = datetime.now(UTC) + timedelta(days=30)
-    with caplog.at_level(logging.WARNING, logger="amber.hub.store_s3"):
+    with caplog.at_level(logging.WARNING, logger="amber.hub.store.s3"):
         assert await store.put("a", b"1", retain_until=until) is True
         assert await store.put("b", b"2", retain_until=until) is True
     warnings = [r for r in caplog.records if "Object Lock" in r.getMessage()]

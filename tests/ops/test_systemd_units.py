@@ -142,8 +142,8 @@ def test_unit_is_the_documented_service(unit: str) -> None:
 
 def test_units_start_the_real_entry_points() -> None:
     """ExecStart's command lines parse with the real CLIs (no typo in an option)."""
-    from amber.agent.cli import build_parser as agent_parser
-    from amber.hub.cli import build_parser as hub_parser
+    from amber.agent.cli.parser import build_parser as agent_parser
+    from amber.hub.cli.parser import build_parser as hub_parser
 
     for unit, parser in (("amber-agent.service", agent_parser), ("amber-hub.service", hub_parser)):
         argv = directives((UNITS / unit).read_text())["ExecStart"][0].split()[1:]

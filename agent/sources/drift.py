@@ -5,12 +5,11 @@ from __future__ import annotations
 import stat
 from dataclasses import dataclass
 
+from amber.agent.config import SourceConfig
+from amber.agent.journal import Journal
+from amber.agent.sources.registry import unpack_state, walk
+from amber.agent.sources.sqlite import _stat_key as sqlite_stat
 from amber.protocol.errors import SourceError
-
-from .config import SourceConfig
-from .journal import Journal
-from .source_sqlite import _stat_key as sqlite_stat
-from .sources import unpack_state, walk
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from amber.protocol.keys import VaultKeys
 from amber.protocol.records import Entry
 
 if TYPE_CHECKING:
-    from .restorer import ChunkSource
+    from amber.agent.restore.restorer import ChunkSource
 
 WINDOW_BYTES = 8 * 1024 * 1024
 DEPTH = 2  # windows fetched (and being decoded) ahead of the one being written

@@ -14,10 +14,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from amber.hub.config import load_secrets, read_runtime
 from amber.logs import register_secret
 from amber.protocol.errors import ConfigError, HubUnavailableError, NotFoundError, UsageError
-
-from .config import load_secrets, read_runtime
 
 TOKEN_ENV = "AMBER_HUB_TOKEN"
 

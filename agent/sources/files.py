@@ -14,9 +14,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from amber.agent.sources.registry import (
+    ScanContext,
+    ScanResult,
+    open_for_read,
+    read_pieces,
+    source_root,
+    walk,
+)
 from amber.protocol.records import Entry
-
-from .sources import ScanContext, ScanResult, open_for_read, read_pieces, source_root, walk
 
 RACY_NS = 2_000_000_000
 

@@ -12,11 +12,10 @@ import asyncio
 from collections import defaultdict
 from collections.abc import Sequence
 
+from amber.hub.catalog import PACK, Location
+from amber.hub.store.base import ObjectStore
+from amber.hub.store.layout import object_key
 from amber.protocol.errors import IntegrityError
-
-from .catalog import PACK, Location
-from .layout import object_key
-from .store import ObjectStore
 
 MERGE_GAP = 1024 * 1024
 """Ranges of one pack at most this far apart are read together (the gap is discarded)."""

@@ -20,9 +20,7 @@ from typing import Any, BinaryIO
 
 import blake3
 
-from amber.protocol.records import Entry
-
-from .sources import (
+from amber.agent.sources.registry import (
     ScanContext,
     ScanResult,
     open_for_read,
@@ -31,6 +29,7 @@ from .sources import (
     source_root,
     walk,
 )
+from amber.protocol.records import Entry
 
 WINDOW = 64 * 1024
 LOGS_AT_ONCE = 256  # logs open and streamed through one pipeline together

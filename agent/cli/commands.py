@@ -17,21 +17,20 @@ from pathlib import Path
 from typing import Any
 
 from amber import __version__
+from amber.agent.cli.progress import ProgressLine
+from amber.agent.config import AgentConfig, config_path, load_config, make_source, save_config
+from amber.agent.enrolment import install_enrolment
+from amber.agent.identity import PASSPHRASE_ENV, read_vault_key_input, register_key_secrets
+from amber.agent.journal import Journal
+from amber.agent.remote import adopt_from_hub, heartbeat, sync
+from amber.agent.restore.inplace import restore_in_place
+from amber.agent.runtime import AgentRuntime
+from amber.agent.sources.drift import source_drift
+from amber.agent.sources.registry import scanned_us
 from amber.protocol.errors import AmberError, ConfigError, UsageError
 from amber.protocol.keys import SigningKey, VaultKeys, export_vault_key
 from amber.protocol.records import decode_checkpoint
 from amber.secretfile import read_secret, write_secret
-
-from .config import AgentConfig, config_path, load_config, make_source, save_config
-from .drift import source_drift
-from .enrolment import install_enrolment
-from .identity import PASSPHRASE_ENV, read_vault_key_input, register_key_secrets
-from .inplace import restore_in_place
-from .journal import Journal
-from .progress import ProgressLine
-from .remote import adopt_from_hub, heartbeat, sync
-from .runtime import AgentRuntime
-from .sources import scanned_us
 
 
 def out(text: str) -> None:
@@ -101,7 +100,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         vault_key_file=state / "vault.key",
         signing_key_file=state / "node.key",
     )
-    from .config import parse_config  # validate names the same way load does
+    from amber.agent.config import parse_config  # validate names the same way load does
 
     parse_config({"agent": {"node": args.node, "vault": args.vault, "state_dir": "."}}, cfg.path)
     write_secret(cfg.vault_key_file, keys.to_file_bytes())
@@ -438,7 +437,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .daemon import AgentDaemon  # its metrics exporter (prometheus_client) only here
+    from amber.agent.daemon import AgentDaemon  # its metrics exporter (prometheus_client) only here
 
     cfg = load(args)
 

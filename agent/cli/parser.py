@@ -1,4 +1,4 @@
-"""`amber-agent`: the command line. Parsing only; the work is in commands.py.
+"""`amber-agent`: the command line. Parsing only; the work is in commands.py and bundle.py.
 
 Exit codes: 0 success; 2 usage; every other code is an error class's stable
 exit_code, listed in docs/ERRORS.md.
@@ -13,11 +13,10 @@ import sys
 from collections.abc import Sequence
 
 from amber import __version__, logs
+from amber.agent.cli import commands as c
+from amber.agent.cli.bundle import add_commands as add_bundle_commands
+from amber.agent.config import CONFIG_ENV, DEFAULT_CONFIG
 from amber.protocol.errors import AmberError
-
-from . import commands as c
-from .cli_bundle import add_commands as add_bundle_commands
-from .config import CONFIG_ENV, DEFAULT_CONFIG
 
 EPILOG = (
     "exit codes: 0 ok, 2 usage, 3 config, 10-14 damaged data, 20-21 keys, 30-31 sources, "
@@ -130,7 +129,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         os._exit(0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from amber.hub.store import (
+from amber.hub.store.base import (
     ObjectInfo,
     retention_deadline,
     retention_in_force,
@@ -101,7 +101,7 @@ class S3Store:
     # --- the ObjectStore interface ----------------------------------------------
 
     async def put(self, key: str, data: bytes, *, retain_until: datetime | None = None) -> bool:
-        """See :meth:`amber.hub.store.ObjectStore.put` (a conditional create here)."""
+        """See :meth:`amber.hub.store.base.ObjectStore.put` (a conditional create here)."""
         validate_key(key)
         deadline = retention_deadline(retain_until)
         # Conditional create (If-None-Match: *): the server refuses with 412 if the key
@@ -126,7 +126,7 @@ class S3Store:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def get(self, key: str, *, offset: int = 0, length: int | None = None) -> bytes:
-        """See :meth:`amber.hub.store.ObjectStore.get` (``Range: bytes=a-b``)."""
+        """See :meth:`amber.hub.store.base.ObjectStore.get` (``Range: bytes=a-b``)."""
         validate_key(key)
         validate_range(offset, length)
         if length == 0:
@@ -147,7 +147,7 @@ class S3Store:
             raise self._error(exc, "get", key) from exc
 
     async def head(self, key: str) -> ObjectInfo | None:
-        """See :meth:`amber.hub.store.ObjectStore.head`."""
+        """See :meth:`amber.hub.store.base.ObjectStore.head`."""
         validate_key(key)
         try:
             meta = await self._call("head_object", Key=self._full(key))
@@ -159,7 +159,7 @@ class S3Store:
         return ObjectInfo(key, meta["ContentLength"], _utc(meta.get("ObjectLockRetainUntilDate")))
 
     async def list(self, prefix: str = "") -> AsyncIterator[str]:
-        """See :meth:`amber.hub.store.ObjectStore.list`; keys outside the alphabet are skipped.
+        """See :meth:`amber.hub.store.base.ObjectStore.list`; keys outside the alphabet are skipped.
 
         Servers do not all list in key order (SeaweedFS 4.48 walks its directory
         tree and sorts directory ``a`` as ``a``, not ``a/``), so the store lists one
@@ -177,7 +177,7 @@ class S3Store:
             stack.extend(reversed(await self._list_level(name)))
 
     async def delete(self, key: str) -> None:
-        """See :meth:`amber.hub.store.ObjectStore.delete`: every version, or none."""
+        """See :meth:`amber.hub.store.base.ObjectStore.delete`: every version, or none."""
         validate_key(key)
         versions, markers = await self._versions(key)
         if not versions:

@@ -36,7 +36,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
-from amber.hub.store import (
+from amber.hub.store.base import (
     ObjectInfo,
     retention_deadline,
     retention_in_force,
@@ -73,24 +73,24 @@ class LocalStore:
     # --- the ObjectStore interface ----------------------------------------------
 
     async def put(self, key: str, data: bytes, *, retain_until: datetime | None = None) -> bool:
-        """See :meth:`amber.hub.store.ObjectStore.put`."""
+        """See :meth:`amber.hub.store.base.ObjectStore.put`."""
         validate_key(key)
         deadline = retention_deadline(retain_until)
         return await self._run(self._put_sync, key, bytes(data), deadline)
 
     async def get(self, key: str, *, offset: int = 0, length: int | None = None) -> bytes:
-        """See :meth:`amber.hub.store.ObjectStore.get`."""
+        """See :meth:`amber.hub.store.base.ObjectStore.get`."""
         validate_key(key)
         validate_range(offset, length)
         return await self._run(self._get_sync, key, offset, length)
 
     async def head(self, key: str) -> ObjectInfo | None:
-        """See :meth:`amber.hub.store.ObjectStore.head`."""
+        """See :meth:`amber.hub.store.base.ObjectStore.head`."""
         validate_key(key)
         return await self._run(self._head_sync, key)
 
     async def list(self, prefix: str = "") -> AsyncIterator[str]:
-        """See :meth:`amber.hub.store.ObjectStore.list`.
+        """See :meth:`amber.hub.store.base.ObjectStore.list`.
 
         Walks depth-first, one directory per thread hop, ordering siblings with
         directories as ``name/``: that visits keys in exactly sorted order, so keys
@@ -113,7 +113,7 @@ class LocalStore:
                 stack.append((f"{rel}/{name}" if rel else name, child_is_dir))
 
     async def delete(self, key: str) -> None:
-        """See :meth:`amber.hub.store.ObjectStore.delete` (retention is advisory here)."""
+        """See :meth:`amber.hub.store.base.ObjectStore.delete` (retention is advisory here)."""
         validate_key(key)
         await self._run(self._delete_sync, key)
 

@@ -21,20 +21,19 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from amber.bundlefile import BundleStream, BundleWriter, open_input, render_summary, summarize
+from amber.hub.bundle import HubData, import_bundle, list_receipts, open_hub_data, write_rows
+from amber.hub.catalog import RECORD, Catalog, CheckpointEntry, now_us
+from amber.hub.config import load_hub_config
+from amber.hub.coordinator import ORDER_TTL_US
+from amber.hub.plans import PlanSpec, pick_checkpoint
+from amber.hub.store.layout import object_key
+from amber.hub.store.ranged import read_objects
 from amber.protocol import bundle as b
 from amber.protocol import wire
 from amber.protocol.errors import IntegrityError, NotFoundError
 from amber.protocol.keys import SigningKey
 from amber.protocol.records import manifest_public, record_id
 from amber.secretfile import read_secret
-
-from .bundle import HubData, import_bundle, list_receipts, open_hub_data, write_rows
-from .catalog import RECORD, Catalog, CheckpointEntry, now_us
-from .config import load_hub_config
-from .coordinator import ORDER_TTL_US
-from .layout import object_key
-from .objread import read_objects
-from .plans import PlanSpec, pick_checkpoint
 
 T = TypeVar("T")
 EPILOG = (

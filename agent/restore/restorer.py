@@ -2,7 +2,7 @@
 
 Every chunk is authenticated and hashed back to its id, and every file is checked
 against its size and digest before anything is moved into place. Files are written
-(through the pipeline in filerestore.py) into a staging directory on the target's
+(through the pipeline in restore/files.py) into a staging directory on the target's
 filesystem and renamed into place only when all of them verified and were fsynced,
 so a failure leaves the target as it was.
 """
@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from amber.agent.identity import NodeIdentity
+from amber.agent.restore.files import FileRestore, FileTask, Window
 from amber.protocol.errors import IntegrityError, NotFoundError, RestoreError
 from amber.protocol.records import Checkpoint, Manifest, decode_checkpoint, decode_manifest
-
-from .filerestore import FileRestore, FileTask, Window
-from .identity import NodeIdentity
 
 
 class ChunkSource(Protocol):
@@ -112,7 +111,7 @@ class Restorer:
         await self.materialize_all([(m, root)])
 
     async def materialize_all(self, jobs: Sequence[tuple[Manifest, Path | None]]) -> None:
-        """Materialize several manifests through one file pipeline (see filerestore.py):
+        """Materialize several manifests through one file pipeline (see restore/files.py):
         directories first, then every regular file, then symlinks, modes and mtimes."""
         files: list[FileTask] = []
         for m, root in jobs:

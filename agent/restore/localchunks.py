@@ -13,11 +13,10 @@ from collections.abc import Sequence
 from concurrent.futures import Executor
 from pathlib import Path
 
+from amber.agent.config import SourceConfig
 from amber.protocol.chunk import chunk_id, encode_chunk
 from amber.protocol.keys import VaultKeys
 from amber.protocol.records import Manifest
-
-from .config import SourceConfig
 
 
 class LocalChunks:

@@ -12,12 +12,11 @@ from typing import Any, BinaryIO
 
 import msgpack
 
+from amber.agent.config import SourceConfig
+from amber.agent.pipeline import ChunkWriter
+from amber.agent.sources.chunking import cdc_pieces
 from amber.protocol.errors import SourceError
 from amber.protocol.records import Entry, Manifest
-
-from .chunking import cdc_pieces
-from .config import SourceConfig
-from .pipeline import ChunkWriter
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from .catalog import CHUNK, PACK
+from amber.hub.catalog import CHUNK, PACK
 
 DEFAULT_RETENTION_DAYS = {"hot": 7, "warm": 30, "cold": 365}
 

@@ -8,10 +8,9 @@ import sys
 import time
 from typing import Any
 
+from amber.hub.cli.client import AdminClient
+from amber.hub.plans import parse_waves
 from amber.protocol.errors import UsageError
-
-from .client import AdminClient
-from .plans import parse_waves
 
 
 def out(text: str) -> None:

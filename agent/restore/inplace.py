@@ -15,9 +15,9 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from .checkpointer import Checkpointer
-from .config import AgentConfig, SourceConfig
-from .restorer import Restorer, RestoreStats, _select
+from amber.agent.checkpointer import Checkpointer
+from amber.agent.config import AgentConfig, SourceConfig
+from amber.agent.restore.restorer import Restorer, RestoreStats, _select
 
 SQLITE_KINDS = ("sqlite", "state")
 

@@ -19,17 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from amber import __version__, logs, sdnotify
+from amber.hub.catalog import Catalog
+from amber.hub.cli.bundle import add_commands as add_bundle_commands
+from amber.hub.cli.client import AdminClient
+from amber.hub.cli.restore import add_commands as add_restore_commands
+from amber.hub.config import load_hub_config
+from amber.hub.rebuild import rebuild_catalog
+from amber.hub.server import Hub
+from amber.hub.store.base import open_store
 from amber.protocol.errors import AmberError
 from amber.secretfile import write_secret
-
-from .catalog import Catalog
-from .cli_bundle import add_commands as add_bundle_commands
-from .cli_restore import add_commands as add_restore_commands
-from .client import AdminClient
-from .config import load_hub_config
-from .rebuild import rebuild_catalog
-from .server import Hub
-from .store import open_store
 
 
 def out(text: str) -> None:
@@ -229,7 +228,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

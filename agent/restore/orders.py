@@ -20,18 +20,17 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from amber.agent.config import SourceConfig
+from amber.agent.hublink import HubLink
+from amber.agent.restore.inplace import SQLITE_KINDS, _fsync_dir
+from amber.agent.restore.jobs import RestoreJobs
+from amber.agent.restore.localchunks import LocalChunks
+from amber.agent.restore.restorer import ChainedChunks
+from amber.agent.runtime import AgentRuntime
 from amber.protocol import wire
 from amber.protocol.errors import AmberError, RestoreError
 
-from .config import SourceConfig
-from .hublink import HubLink
-from .inplace import SQLITE_KINDS, _fsync_dir
-from .jobs import RestoreJobs
-from .localchunks import LocalChunks
-from .restorer import ChainedChunks
-from .runtime import AgentRuntime
-
-log = logging.getLogger("amber.agent.orders")
+log = logging.getLogger("amber.agent.restore.orders")
 HOOK_TIMEOUT = 300.0
 
 
@@ -238,7 +237,7 @@ class OrderExecutor:
         ]
         for j in mine:
             if j.state in ("swapped", "healthy", "swapping") and j.safety:
-                from .inplace import restore_in_place
+                from amber.agent.restore.inplace import restore_in_place
 
                 await restore_in_place(
                     self.rt.cfg,

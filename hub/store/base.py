@@ -9,8 +9,8 @@ interface, not in the backends.
 
 Backends (one module each, registered in :data:`BACKENDS`, the one list of them):
 
-- ``file``: :class:`amber.hub.store_local.LocalStore`, a local directory (default);
-- ``s3``: :class:`amber.hub.store_s3.S3Store`, S3 via boto3 with Object Lock.
+- ``file``: :class:`amber.hub.store.local.LocalStore`, a local directory (default);
+- ``s3``: :class:`amber.hub.store.s3.S3Store`, S3 via boto3 with Object Lock.
 
 Keys are ``/``-separated paths over the alphabet ``[A-Za-z0-9._-]``: no leading or
 trailing ``/``, no empty segment, no ``..`` anywhere, at most
@@ -178,7 +178,7 @@ def retention_in_force(retain_until: datetime | None) -> bool:
 
 
 def _open_file(url: SplitResult, options: dict[str, Any]) -> ObjectStore:
-    from amber.hub.store_local import LocalStore
+    from amber.hub.store.local import LocalStore
 
     if url.netloc not in ("", "localhost") or url.query:
         raise ConfigError(
@@ -189,7 +189,7 @@ def _open_file(url: SplitResult, options: dict[str, Any]) -> ObjectStore:
 
 
 def _open_s3(url: SplitResult, options: dict[str, Any]) -> ObjectStore:
-    from amber.hub.store_s3 import S3Store
+    from amber.hub.store.s3 import S3Store
 
     query = dict(parse_qsl(url.query, keep_blank_values=True))
     renames = {"endpoint": "endpoint_url", "region": "region_name"}

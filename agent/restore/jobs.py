@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .journal import Journal
+from amber.agent.journal import Journal
 
 JOBS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS restore_jobs(

@@ -15,11 +15,10 @@ import stat
 import time
 from pathlib import Path
 
+from amber.agent.sources.chunking import aligned_block_size, block_pieces
+from amber.agent.sources.registry import ScanContext, ScanResult, source_root
 from amber.protocol.errors import DiskFullError, SourceBusyError, SourceError
 from amber.protocol.records import Entry
-
-from .chunking import aligned_block_size, block_pieces
-from .sources import ScanContext, ScanResult, source_root
 
 
 def _stat_key(path: Path) -> list[int]:

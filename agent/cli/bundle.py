@@ -20,14 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from amber.bundlefile import BundleStream, BundleWriter, open_input, render_summary, summarize
-from amber.protocol import bundle as b
-from amber.protocol.errors import AmberError, JournalError, NotFoundError, RestoreError
-from amber.protocol.keys import SigningKey
-from amber.protocol.records import checkpoint_public, manifest_public
-from amber.secretfile import read_secret
-
-from .bundle import (
+from amber.agent.bundle import (
     ImportState,
     batches,
     import_bundle,
@@ -35,9 +28,15 @@ from .bundle import (
     trusted_hub_keys,
     write_receipt,
 )
-from .config import config_path, load_config
-from .journal import DURABLE, HELD
-from .runtime import AgentRuntime
+from amber.agent.config import config_path, load_config
+from amber.agent.journal import DURABLE, HELD
+from amber.agent.runtime import AgentRuntime
+from amber.bundlefile import BundleStream, BundleWriter, open_input, render_summary, summarize
+from amber.protocol import bundle as b
+from amber.protocol.errors import AmberError, JournalError, NotFoundError, RestoreError
+from amber.protocol.keys import SigningKey
+from amber.protocol.records import checkpoint_public, manifest_public
+from amber.secretfile import read_secret
 
 EPILOG = (
     "exit codes: 0 ok, 10-13 damaged, truncated or untrusted bundle, 15 bundle for another "
