@@ -1,4 +1,4 @@
-"""Chunk blobs of the journal, in append-only pack files (docs/FORMAT.md §14a).
+"""Chunk blobs of the journal, in append-only pack files (docs/FORMAT.md §14, "Pack files").
 
 SQLite in WAL mode writes every byte twice (once to the WAL, once more when the WAL
 is checkpointed into the database), which made the journal the costliest stage of a
@@ -9,7 +9,7 @@ offset). A pack file is ``AMBP`` ‖ version ‖ 3 zero bytes, then entries
 
 Every method here is blocking and runs on the journal's single pack thread, so
 appends, reads, truncation and deletion never interleave within one process; the
-journal serialises the steps that span SQLite and the packs (docs/FORMAT.md §14a).
+journal serialises the steps that span SQLite and the packs (docs/FORMAT.md §14, "Pack files").
 """
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""The hub: ingest, stores, catalog, replication, restore coordinator, admin API."""
+"""The hub: ingest, object stores, catalog, restore coordinator, admin API (docs/ARCHITECTURE.md)."""

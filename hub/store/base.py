@@ -1,6 +1,6 @@
 """The hub's object store interface: immutable objects named by string keys.
 
-Everything the hub keeps durably (chunks, manifests, checkpoints, audit anchors) is
+Everything the hub keeps durably (pack objects of chunks, manifests, checkpoints) is
 an immutable object in an :class:`ObjectStore`. The interface is deliberately small,
 in the manner of restic's backend interface: each method's docstring is its
 contract, and ``tests/hub/test_store_conformance.py`` runs one suite against every
