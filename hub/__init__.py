@@ -1,1 +1,1 @@
-"""The hub: ingest, object stores, catalog, restore coordinator, admin API (docs/ARCHITECTURE.md)."""
+"""The hub: ingest, object stores, catalog, restore coordinator, admin API."""
