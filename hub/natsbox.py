@@ -19,10 +19,14 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import nats
+
 from amber.hub.catalog import NodeRow
 from amber.protocol.errors import ConfigError, HubUnavailableError
+from amber.secretfile import write_secret
 
 HUB_USER = "amber-hub"
+RELOAD_TIMEOUT = 10.0
 log = logging.getLogger("amber.hub.nats")
 
 
@@ -95,13 +99,10 @@ class EmbeddedNats:
         return f"nats://{host}:{self.port}"
 
     def write_config(self, nodes: list[NodeRow]) -> None:
+        """The config holds passwords: 0600, fsynced, atomically replaced."""
         self.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
         text = render_config(self.host, self.port, self.workdir / "js", self.hub_password, nodes)
-        tmp = self.config_path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, self.config_path)
+        write_secret(self.config_path, text.encode(), overwrite=True)
 
     def _stale_pid(self) -> int | None:
         try:
@@ -151,6 +152,37 @@ class EmbeddedNats:
             self.proc.send_signal(signal.SIGHUP)
         elif self.adopted is not None:
             os.kill(self.adopted, signal.SIGHUP)
+
+    async def reload_for(
+        self, nodes: list[NodeRow], user: str, password: str, timeout: float = RELOAD_TIMEOUT
+    ) -> None:
+        """Reload the server and return once ``user`` can log in with ``password``: the
+        server applies SIGHUP asynchronously, so an enrolment handed out before that would
+        be refused on its first use."""
+        self.reload(nodes)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        last = ""
+        while loop.time() < deadline:
+            try:
+                nc = await nats.connect(
+                    self.url,
+                    user=user,
+                    password=password,
+                    connect_timeout=1,
+                    allow_reconnect=False,
+                    max_reconnect_attempts=0,
+                )
+            except Exception as exc:  # refused until the reload is applied
+                last = str(exc) or type(exc).__name__
+                await asyncio.sleep(0.02)
+                continue
+            await nc.close()
+            return
+        raise HubUnavailableError(
+            f"nats-server did not apply its new configuration within {timeout:.0f} s ({last})",
+            hint="see nats-server.log in the hub's data directory; the enrolment was not issued",
+        )
 
     def alive(self) -> bool:
         if self.proc is not None:

@@ -167,8 +167,7 @@ class Hub:
 
     async def _issue(self, vault: str, node: str, user: str, password: str) -> dict[str, Any]:
         assert self.embedded is not None
-        self.embedded.reload(await self.catalog.nodes())
-        await asyncio.sleep(0.2)  # the server applies SIGHUP asynchronously
+        await self.embedded.reload_for(await self.catalog.nodes(), user, password)
         return {
             "format": ENROLMENT_FORMAT,
             "version": ENROLMENT_VERSION,
