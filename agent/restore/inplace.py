@@ -18,6 +18,7 @@ from pathlib import Path
 from amber.agent.checkpointer import Checkpointer
 from amber.agent.config import AgentConfig, SourceConfig
 from amber.agent.restore.restorer import Restorer, RestoreStats, _select
+from amber.fsutil import fsync_dir
 
 SQLITE_KINDS = ("sqlite", "state")
 
@@ -67,21 +68,13 @@ def swap_in(src: SourceConfig, stage: Path, root_is_dir: bool) -> None:
             for suffix in ("-wal", "-shm", "-journal"):
                 path.with_name(path.name + suffix).unlink(missing_ok=True)
         os.replace(staged_file, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         return
     old = None
     if path.exists():
         old = path.with_name(f".amber-old-{path.name}-{uuid.uuid4().hex[:8]}")
         os.rename(path, old)
     os.rename(stage, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -22,11 +22,12 @@ from typing import Any
 
 from amber.agent.config import SourceConfig
 from amber.agent.hublink import HubLink
-from amber.agent.restore.inplace import SQLITE_KINDS, _fsync_dir
+from amber.agent.restore.inplace import SQLITE_KINDS
 from amber.agent.restore.jobs import RestoreJobs
 from amber.agent.restore.localchunks import LocalChunks
 from amber.agent.restore.restorer import ChainedChunks
 from amber.agent.runtime import AgentRuntime
+from amber.fsutil import fsync_dir
 from amber.protocol import wire
 from amber.protocol.errors import AmberError, RestoreError
 
@@ -315,7 +316,7 @@ def swap_keep_old(src: SourceConfig, stage: Path, old: Path, root_is_dir: bool) 
             staged = next(stage.iterdir())
         os.rename(staged, path)
         shutil.rmtree(stage, ignore_errors=True)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def swap_back(src: SourceConfig, old: Path, existed: bool) -> None:
@@ -323,7 +324,7 @@ def swap_back(src: SourceConfig, old: Path, existed: bool) -> None:
     path = src.path
     if not existed:
         _remove(path)  # the source was absent before: absent again
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         return
     if not old.exists() and not old.with_name(old.name + "-wal").exists():
         return  # never swapped, or already swapped back
@@ -337,7 +338,7 @@ def swap_back(src: SourceConfig, old: Path, existed: bool) -> None:
         if side_old.exists():
             side.unlink(missing_ok=True)
             os.rename(side_old, side)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _remove(path: Path) -> None:
