@@ -24,7 +24,8 @@ from amber.agent.enrolment import load_installed
 from amber.agent.hublink import HubLink
 from amber.agent.identity import NodeIdentity, load_identity
 from amber.agent.journal import Journal
-from amber.agent.restore.restorer import ChainedChunks, ChainedRecords, Restorer
+from amber.agent.restore.chunksource import ChainedChunks, ChainedRecords
+from amber.agent.restore.restorer import Restorer
 from amber.protocol.errors import ConfigError, HubUnavailableError, JournalError
 
 

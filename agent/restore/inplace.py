@@ -17,7 +17,7 @@ from pathlib import Path
 
 from amber.agent.checkpointer import Checkpointer
 from amber.agent.config import AgentConfig, SourceConfig
-from amber.agent.restore.restorer import Restorer, RestoreStats, _select
+from amber.agent.restore.restorer import Restorer, RestoreStats, select_sources
 from amber.fsutil import fsync_dir
 
 SQLITE_KINDS = ("sqlite", "state")
@@ -32,7 +32,7 @@ async def restore_in_place(
 ) -> tuple[bytes | None, RestoreStats]:
     """Return the safety checkpoint's id (None if nothing existed to save) and stats."""
     _, manifests = await restorer.load(cp_id)
-    chosen = _select(manifests, sources)
+    chosen = select_sources(manifests, sources)
     targets = {name: cfg.source(name) for name in chosen}
     present = [n for n, s in targets.items() if s.path.exists()]
     safety_id = None

@@ -22,10 +22,10 @@ from typing import Any
 
 from amber.agent.config import SourceConfig
 from amber.agent.hublink import HubLink
+from amber.agent.restore.chunksource import ChainedChunks
 from amber.agent.restore.inplace import SQLITE_KINDS
 from amber.agent.restore.jobs import RestoreJobs
 from amber.agent.restore.localchunks import LocalChunks
-from amber.agent.restore.restorer import ChainedChunks
 from amber.agent.runtime import AgentRuntime
 from amber.fsutil import fsync_dir
 from amber.protocol import wire
