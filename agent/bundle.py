@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+import aiosqlite
+
 from amber.agent.config import AgentConfig
 from amber.agent.enrolment import load_installed
 from amber.agent.journal import DURABLE, HELD, checkpoint_row
@@ -267,7 +269,9 @@ async def _check_order_chunks(rt: AgentRuntime, st: ImportState, order: wire.Res
             assert data is not None  # _check_complete saw every manifest
             st.manifests[mid] = manifest_public(data)["chunks"]
         needed.update(st.manifests[mid])
-    lacking = needed - set(st.chunks) - await _held(rt, sorted(needed - set(st.chunks)))
+    lacking = (
+        needed - set(st.chunks) - await rt.journal.held_chunks(sorted(needed - set(st.chunks)))
+    )
     if lacking:
         raise IntegrityError(
             f"the bundle lacks {len(lacking)} chunk(s) the restore needs and the journal "
@@ -276,21 +280,12 @@ async def _check_order_chunks(rt: AgentRuntime, st: ImportState, order: wire.Res
         )
 
 
-async def _held(rt: AgentRuntime, ids: list[bytes]) -> set[bytes]:
-    found: set[bytes] = set()
-    for i in range(0, len(ids), 500):
-        part = ids[i : i + 500]
-        sql = f"SELECT id FROM chunks WHERE {HELD} AND id IN ({','.join('?' * len(part))})"
-        found.update(r[0] for r in await rt.journal._all(sql, part))
-    return found
-
-
 async def _commit(rt: AgentRuntime, staging: Path | None, st: ImportState) -> None:
     """One transaction: chunks, records and the new index rows, or nothing."""
     assert staging is not None
     j = rt.journal
     st.new_chunks = len(st.chunks) - len(await j.known_chunks(sorted(st.chunks)))
-    wanted = sorted(set(st.chunks) - await _held(rt, sorted(st.chunks)))
+    wanted = sorted(set(st.chunks) - await rt.journal.held_chunks(sorted(st.chunks)))
     async with j.appending() as append:  # blobs into the packs first, then one transaction
         placed: dict[bytes, tuple[int, int, int]] = {}
         try:
@@ -302,19 +297,23 @@ async def _commit(rt: AgentRuntime, staging: Path | None, st: ImportState) -> No
             raise JournalError(f"cannot read the bundle's staging area: {exc}") from None
         await j.sync_packs()
         try:
-            async with j._transaction():
-                await _commit_body(rt, staging, st, placed)
-                await j._check_bound(rt.cfg.journal_max_bytes)
+            async with j.transaction() as db:
+                await _commit_body(db, staging, st, placed)
+                await j.check_bound(rt.cfg.journal_max_bytes)
         except OSError as exc:  # the staging area went away (another import of it ended)
             raise JournalError(f"cannot read the bundle's staging area: {exc}") from None
     st.added = len(st.accepted)
 
 
 async def _commit_body(
-    rt: AgentRuntime, staging: Path, st: ImportState, placed: dict[bytes, tuple[int, int, int]]
+    db: aiosqlite.Connection,
+    staging: Path,
+    st: ImportState,
+    placed: dict[bytes, tuple[int, int, int]],
 ) -> None:
-    """``placed``: chunk id -> (pack, offset, stored) of the blobs appended for this import."""
-    db, now = rt.journal.db, time.time_ns() // 1000
+    """In the journal's transaction ``db``; ``placed``: chunk id -> (pack, offset, stored)
+    of the blobs appended for this import."""
+    now = time.time_ns() // 1000
     for batch in batches(sorted(placed)):
         await db.executemany(
             "INSERT OR IGNORE INTO chunks(id, size, stored, state, used_us, pack, off) "

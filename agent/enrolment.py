@@ -1,62 +1,30 @@
 """The enrolment a hub hands a node: NATS address and credentials, scoped to the node.
 
 Written by ``amber-hub node add --out FILE``; read by ``amber-agent init --enroll FILE``
-or ``amber-agent enroll FILE``, which keep a copy (0600) in the state directory.
-Format in docs/PROTOCOL.md ("Enrolment").
+or ``amber-agent enroll FILE``, which keep a copy (0600) in the state directory. The
+codec is ``amber.protocol.enrolment``, shared with the hub; format in docs/PROTOCOL.md
+("Enrolment").
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from amber.logs import register_secret
-from amber.protocol.errors import ConfigError, UnknownVersionError
-from amber.protocol.wire import check_name
+from amber.protocol.enrolment import FORMAT, VERSION, Enrolment, decode_enrolment
+from amber.protocol.errors import ConfigError
 from amber.secretfile import read_secret, write_secret
 
-FORMAT = "amber-enrolment"
-VERSION = 1
+__all__ = ["FILE_NAME", "FORMAT", "VERSION", "Enrolment", "parse_enrolment", "read_enrolment"]
 FILE_NAME = "enrolment.json"
 
 
-@dataclass(frozen=True, repr=False)
-class Enrolment:
-    vault: str
-    node: str
-    servers: tuple[str, ...]
-    user: str
-    password: str
-    inbox_prefix: str
-    hub_key: bytes = b""  # the hub's Ed25519 public key: restore orders must carry its signature
-
-    def __repr__(self) -> str:  # never print the password
-        return f"Enrolment({self.vault}/{self.node} via {','.join(self.servers)})"
-
-
 def parse_enrolment(data: bytes, source: str) -> Enrolment:
-    try:
-        obj = json.loads(data)
-    except ValueError:
-        raise ConfigError(f"{source} is not an enrolment file (not JSON)") from None
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise ConfigError(f"{source} is not an Amber enrolment file")
-    if obj.get("version") != VERSION:
-        raise UnknownVersionError(f"enrolment version {obj.get('version')} is not supported")
-    register_secret(str(obj.get("password") or ""))
-    try:
-        return Enrolment(
-            vault=check_name(obj["vault"], "vault"),
-            node=check_name(obj["node"], "node"),
-            servers=tuple(str(s) for s in obj["nats_servers"]),
-            user=str(obj["user"]),
-            password=str(obj["password"]),
-            inbox_prefix=str(obj["inbox_prefix"]),
-            hub_key=bytes.fromhex(str(obj.get("hub_key", ""))),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ConfigError(f"enrolment {source} lacks {exc}") from None
+    """Decode an enrolment (``amber.protocol.enrolment``); its password is kept out of
+    the logs from here on."""
+    enr = decode_enrolment(data, source)
+    register_secret(enr.password)
+    return enr
 
 
 def read_enrolment(path: Path) -> Enrolment:

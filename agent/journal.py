@@ -151,7 +151,7 @@ class Journal:
 
     async def _setup(self, keys: VaultKeys, vault: str, node: str, create: bool) -> None:
         try:
-            tables = await self._all("SELECT name FROM sqlite_master WHERE type='table'")
+            tables = await self.query("SELECT name FROM sqlite_master WHERE type='table'")
             if not tables and create:
                 await self.db.execute(f"PRAGMA page_size={PAGE_SIZE}")
                 await self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")
@@ -168,7 +168,7 @@ class Journal:
                 os.chmod(self.path, 0o600)
             await self.db.execute("PRAGMA journal_mode=WAL")
             await self.db.execute("PRAGMA synchronous=FULL")
-            meta = dict(await self._all("SELECT key, value FROM meta"))
+            meta = dict(await self.query("SELECT key, value FROM meta"))
             if meta.get("format") == JOURNAL_FORMAT and meta.get("version") == "1":
                 await self._migrate_from_1()
                 meta["version"] = str(JOURNAL_VERSION)
@@ -179,7 +179,7 @@ class Journal:
     async def _migrate_from_1(self) -> None:
         """Version 1 kept every blob in ``chunks.blob``; version 2 adds the pack index
         columns. Old blobs stay where they are and are read from there."""
-        async with self._transaction():
+        async with self.transaction():
             await self.db.execute("ALTER TABLE chunks ADD COLUMN pack INTEGER")
             await self.db.execute("ALTER TABLE chunks ADD COLUMN off INTEGER")
             await self.db.execute(
@@ -217,23 +217,34 @@ class Journal:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    # --- helpers --------------------------------------------------------------------
+    # --- SQL, for this module and for modules that keep their own tables in the journal
+    # (restore/jobs.py) or write its tables in their own transaction (bundle import) ---
 
-    async def _all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+    async def query(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        """All rows of one statement; SQLite errors become typed errors."""
         try:
             async with self.db.execute(sql, args) as cur:
                 return list(await cur.fetchall())
         except sqlite3.Error as exc:
             raise _db_error(exc, self.path) from None
 
+    async def execute_script(self, script: str) -> None:
+        """Run a schema script (``CREATE ... IF NOT EXISTS``) between transactions."""
+        async with self._tx_lock:
+            try:
+                await self.db.executescript(script)
+            except sqlite3.Error as exc:
+                raise _db_error(exc, self.path) from None
+
     async def _one(self, sql: str, args: Sequence[Any] = ()) -> Any:
-        rows = await self._all(sql, args)
+        rows = await self.query(sql, args)
         return rows[0] if rows else None
 
     @asynccontextmanager
-    async def _transaction(self, *, durable: bool = True) -> AsyncIterator[aiosqlite.Connection]:
+    async def transaction(self, *, durable: bool = True) -> AsyncIterator[aiosqlite.Connection]:
         """BEGIN IMMEDIATE ... COMMIT, one at a time on this connection; rolled back on
-        any error or cancellation; SQLite errors become typed errors.
+        any error or cancellation; SQLite errors become typed errors. Yields the
+        connection, to run the transaction's statements on (and nothing else).
 
         ``durable=False`` commits without waiting for the disk (``synchronous=NORMAL``:
         still atomic, but a power cut may take it back). Only for rows that are worthless
@@ -259,10 +270,9 @@ class Journal:
                     except sqlite3.Error as exc:
                         raise _db_error(exc, self.path) from None
 
-    async def _write(
-        self, sql: str, rows: Iterable[Sequence[Any]], *, durable: bool = True
-    ) -> None:
-        async with self._transaction(durable=durable):
+    async def write(self, sql: str, rows: Iterable[Sequence[Any]], *, durable: bool = True) -> None:
+        """One statement for each of ``rows``, in one transaction."""
+        async with self.transaction(durable=durable):
             await self.db.executemany(sql, rows)
 
     # --- chunks ---------------------------------------------------------------------
@@ -296,7 +306,7 @@ class Journal:
         durable before the checkpoint that references them becomes visible."""
         async with self._pack_lock:
             locs = await self._in_packs(self.packs.append, [(cid, blob) for cid, _, blob in rows])
-            await self._write(
+            await self.write(
                 "INSERT OR IGNORE INTO chunks(id, size, stored, state, used_us, pack, off) "
                 "VALUES(?,?,?,0,?,?,?)",
                 [
@@ -328,7 +338,7 @@ class Journal:
             part = ids[i : i + 500]
             marks = ",".join("?" * len(part))
             sql = f"SELECT id, blob, pack, off, stored FROM chunks WHERE {HELD} AND id IN ({marks})"
-            rows = await self._all(sql, part)
+            rows = await self.query(sql, part)
             in_packs = []
             for cid, blob, num, off, stored in rows:
                 if blob is not None:
@@ -340,12 +350,32 @@ class Journal:
                     out.update(await self._in_packs(self.packs.read, in_packs))
                 except IntegrityError:
                     # another process may have compacted a pack meanwhile: ask again once
-                    again = await self._all(sql, [r[0] for r in in_packs])
+                    again = await self.query(sql, [r[0] for r in in_packs])
                     out.update(
                         await self._in_packs(
                             self.packs.read, [(r[0], r[2], r[3], r[4]) for r in again]
                         )
                     )
+        return out
+
+    async def held_chunks(self, ids: Sequence[bytes]) -> set[bytes]:
+        """Which of ``ids`` the journal still holds the blob of."""
+        found: set[bytes] = set()
+        for i in range(0, len(ids), 500):
+            part = list(ids[i : i + 500])
+            marks = ",".join("?" * len(part))
+            rows = await self.query(f"SELECT id FROM chunks WHERE {HELD} AND id IN ({marks})", part)
+            found.update(r[0] for r in rows)
+        return found
+
+    async def chunk_states(self, ids: Sequence[bytes]) -> dict[bytes, tuple[int, bool]]:
+        """``id -> (state, blob still held)`` for the ids the journal has a row for."""
+        out: dict[bytes, tuple[int, bool]] = {}
+        for i in range(0, len(ids), 500):
+            part = list(ids[i : i + 500])
+            marks = ",".join("?" * len(part))
+            sql = f"SELECT id, state, {HELD} FROM chunks WHERE id IN ({marks})"
+            out.update((r[0], (r[1], bool(r[2]))) for r in await self.query(sql, part))
         return out
 
     async def discard_tentative(self) -> None:
@@ -356,12 +386,12 @@ class Journal:
         removed packs), so the pack store forgets its open pack and finds the end anew."""
         async with self._pack_lock:
             await self._in_packs(self.packs.close)
-            await self._write("DELETE FROM chunks WHERE state = ?", [(TENTATIVE,)])
+            await self.write("DELETE FROM chunks WHERE state = ?", [(TENTATIVE,)])
             await self._trim()
 
     async def _trim(self) -> int:
         """Cut what no row references off the packs (call with ``_pack_lock`` held)."""
-        rows = await self._all(
+        rows = await self.query(
             f"SELECT pack, max(off + {ENTRY.size} + stored) FROM chunks"
             " WHERE pack IS NOT NULL GROUP BY pack"
         )
@@ -397,9 +427,9 @@ class Journal:
         The packs are synced first: a committed row never points at bytes a power cut
         could take back."""
         await self.sync_packs()
-        async with self._transaction():
+        async with self.transaction():
             await self._commit_body(cp, cp_id, cp_data, manifests, states, referenced)
-            await self._check_bound(max_bytes)
+            await self.check_bound(max_bytes)
 
     async def _commit_body(
         self,
@@ -442,7 +472,7 @@ class Journal:
         )
         await db.execute("DELETE FROM chunks WHERE state = ?", (TENTATIVE,))
 
-    async def _check_bound(self, max_bytes: int) -> None:
+    async def check_bound(self, max_bytes: int) -> None:
         async with self.db.execute(
             f"SELECT (SELECT coalesce(sum(stored),0) FROM chunks WHERE {HELD})"
             " + (SELECT coalesce(sum(length(data)),0) FROM records)"
@@ -467,7 +497,7 @@ class Journal:
             sql += f" LIMIT {int(limit)}"
         return [
             CheckpointRow(r[0], r[1], r[2], r[3], json.loads(r[4]), json.loads(r[5]), r[6] == 2)
-            for r in await self._all(sql)
+            for r in await self.query(sql)
         ]
 
     async def resolve(self, ref: str) -> CheckpointRow:
@@ -491,7 +521,7 @@ class Journal:
 
     async def add_records(self, rows: Sequence[tuple[bytes, int, bytes]], state: int) -> None:
         """Add records fetched from elsewhere (e.g. the hub) without touching the index."""
-        await self._write(
+        await self.write(
             "INSERT OR IGNORE INTO records(id, kind, state, data) VALUES(?,?,?,?)",
             [(rid, kind, state, data) for rid, kind, data in rows],
         )
@@ -506,7 +536,7 @@ class Journal:
         for i in range(0, len(ids), 500):
             part = list(ids[i : i + 500])
             marks = ",".join("?" * len(part))
-            rows = await self._all(f"SELECT id, state FROM records WHERE id IN ({marks})", part)
+            rows = await self.query(f"SELECT id, state FROM records WHERE id IN ({marks})", part)
             out.update((r[0], r[1]) for r in rows)
         return out
 
@@ -514,7 +544,7 @@ class Journal:
         self, chunk_ids: Sequence[bytes], record_ids: Sequence[bytes], seq: int
     ) -> None:
         """The hub's receipt says these are durable in its object store."""
-        async with self._transaction():
+        async with self.transaction():
             await self.db.executemany(
                 "UPDATE chunks SET state = ? WHERE id = ? AND state = ?",
                 [(DURABLE, c, COMMITTED) for c in chunk_ids],
@@ -535,7 +565,7 @@ class Journal:
             f" WHERE state = ? AND {HELD}) WHERE cum > ?)"
         )
         before = await self.held_bytes()
-        await self._write(sql, [(DURABLE, cache_bytes)])
+        await self.write(sql, [(DURABLE, cache_bytes)])
         async with self._tx_lock:
             try:
                 await self.db.execute("PRAGMA incremental_vacuum")  # version 1 rows' blobs
@@ -553,7 +583,7 @@ class Journal:
         async with self._pack_lock:
             freed = await self._trim()
             sizes: dict[int, int] = await self._in_packs(self.packs.sizes)
-            live = await self._all(
+            live = await self.query(
                 f"SELECT pack, sum({ENTRY.size} + stored) FROM chunks"
                 " WHERE pack IS NOT NULL GROUP BY pack"
             )
@@ -562,7 +592,7 @@ class Journal:
                 size = sizes.get(num, 0)
                 if num == active or size == 0 or used >= COMPACT_BELOW * size:
                     continue
-                rows = await self._all(
+                rows = await self.query(
                     "SELECT id, pack, off, stored FROM chunks WHERE pack = ? ORDER BY off", (num,)
                 )
                 for i in range(0, len(rows), 256):
@@ -572,7 +602,7 @@ class Journal:
                         self.packs.append, [(r[0], blobs[r[0]]) for r in part]
                     )
                     await self._in_packs(self.packs.sync)
-                    await self._write(
+                    await self.write(
                         "UPDATE chunks SET pack = ?, off = ? WHERE id = ? AND pack = ? AND off = ?",
                         [
                             (new[0], new[1], r[0], r[1], r[2])
@@ -599,11 +629,11 @@ class Journal:
                 continue  # never splice a forked history into the index
             have[cp.seq] = cid
             new.append((cid, data, cp))
-        await self._write(
+        await self.write(
             "INSERT OR IGNORE INTO records(id, kind, state, data) VALUES(?,?,?,?)",
             [(cid, KIND_CHECKPOINT, DURABLE, data) for cid, data, _ in new],
         )
-        await self._write(
+        await self.write(
             "INSERT OR IGNORE INTO checkpoints VALUES(?,?,?,?,?,?,?)",
             [checkpoint_row(cp, cid, DURABLE) for cid, _, cp in new],
         )
@@ -628,5 +658,5 @@ class Journal:
         return (row[0], self.open_state(row[1])) if row else None
 
     async def integrity_check(self) -> list[str]:
-        rows = await self._all("PRAGMA integrity_check")
+        rows = await self.query("PRAGMA integrity_check")
         return [r[0] for r in rows if r[0] != "ok"]

@@ -20,6 +20,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from amber.fsutil import fsync_dir
 from amber.protocol.errors import DiskFullError, IntegrityError, JournalError
 from amber.protocol.packfile import ENTRY, HEADER, check_header
 
@@ -43,6 +44,7 @@ class PackStore:
         self._size = 0
         self._dirty: set[int] = set()  # packs written since the last sync
         self._new_file = False
+        self._sync_failed: OSError | None = None  # see sync()
 
     # --- naming -----------------------------------------------------------------------
 
@@ -128,7 +130,14 @@ class PackStore:
 
     def sync(self) -> None:
         """Make every entry appended so far durable (fsync of the packs written since the
-        last sync, and of the directory when a pack file was created)."""
+        last sync, and of the directory when a pack file was created).
+
+        After a failed fsync every later sync fails too, until :meth:`close`: Linux may
+        report a repeated fsync as a success although the pages it failed to write are
+        lost, so what was appended since the last good sync is never trusted again (the
+        journal discards those tentative rows before it appends anew)."""
+        if self._sync_failed is not None:
+            raise _os_error(self._sync_failed, self.dir)
         try:
             for num in sorted(self._dirty):
                 if num == self._num and self._fd is not None:
@@ -141,12 +150,14 @@ class PackStore:
                         os.close(fd)
             self._dirty.clear()
             if self._new_file:
-                _fsync_dir(self.dir)
+                fsync_dir(self.dir)
                 self._new_file = False
         except OSError as exc:
+            self._sync_failed = exc
             raise _os_error(exc, self.dir) from None
 
     def close(self) -> None:
+        self._sync_failed = None
         try:
             self._close_active()
         except OSError:
@@ -223,7 +234,7 @@ class PackStore:
                     os.truncate(path, end)
                     freed += size - end
             if freed:
-                _fsync_dir(self.dir)
+                fsync_dir(self.dir)
         except FileNotFoundError:
             pass
         except OSError as exc:
@@ -239,7 +250,7 @@ class PackStore:
             self._close_active()
         try:
             self.path(num).unlink()
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
         except FileNotFoundError:
             pass
 
@@ -253,14 +264,6 @@ def _writev_all(fd: int, bufs: list[bytes]) -> None:
             views.pop(0)
         if views and n:
             views[0] = views[0][n:]
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _check_header(head: bytes, path: Path) -> None:

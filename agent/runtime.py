@@ -4,7 +4,9 @@
         await rt.checkpointer().checkpoint()
 
 Writers (checkpoint, restore, the daemon's cycles) take the state directory's
-lock, so two agent processes never commit to one journal at once.
+lock, so two agent processes never commit to one journal at once. Whoever takes it
+cleans up after a writer that was killed: tentative chunks are discarded and a restore
+cut short mid-swap is rolled back (``restore/swap.py``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ from amber.agent.enrolment import load_installed
 from amber.agent.hublink import HubLink
 from amber.agent.identity import NodeIdentity, load_identity
 from amber.agent.journal import Journal
-from amber.agent.restore.restorer import ChainedChunks, ChainedRecords, Restorer
+from amber.agent.restore.chunksource import ChainedChunks, ChainedRecords
+from amber.agent.restore.jobs import RestoreJobs
+from amber.agent.restore.restorer import Restorer
+from amber.agent.restore.swap import roll_back_interrupted
 from amber.protocol.errors import ConfigError, HubUnavailableError, JournalError
 
 
@@ -129,6 +134,7 @@ class AgentRuntime:
                         ) from None
                     await asyncio.sleep(0.1)
             await self.journal.discard_tentative()
+            await roll_back_interrupted(RestoreJobs(self.journal), self.cfg.sources)
             yield True
         finally:
             os.close(fd)

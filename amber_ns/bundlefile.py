@@ -23,6 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
 
+from amber.fsutil import fsync_dir
 from amber.protocol import bundle as b
 from amber.protocol.errors import (
     AmberError,
@@ -89,7 +90,7 @@ class BundleWriter:
         if self._tmp is not None:
             try:
                 os.replace(self._tmp, self.out)
-                _fsync_dir(Path(self.out).parent)
+                fsync_dir(Path(self.out).parent)
             except OSError as err:
                 self._discard()
                 raise self._os_error(err, "rename") from None
@@ -160,14 +161,6 @@ class BundleWriter:
             self._fh.close()
         with contextlib.suppress(OSError):
             self._tmp.unlink()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --- reading ----------------------------------------------------------------------

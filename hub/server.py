@@ -25,11 +25,10 @@ from amber.hub.natsbox import HUB_USER, EmbeddedNats
 from amber.hub.plans import PlanBook
 from amber.hub.service import HubService
 from amber.hub.store.base import ObjectStore, open_store
+from amber.protocol.enrolment import Enrolment, enrolment_object
 from amber.protocol.errors import ConfigError, HubUnavailableError
 
 log = logging.getLogger("amber.hub")
-ENROLMENT_FORMAT = "amber-enrolment"
-ENROLMENT_VERSION = 1
 
 
 class Hub:
@@ -168,17 +167,17 @@ class Hub:
     async def _issue(self, vault: str, node: str, user: str, password: str) -> dict[str, Any]:
         assert self.embedded is not None
         await self.embedded.reload_for(await self.catalog.nodes(), user, password)
-        return {
-            "format": ENROLMENT_FORMAT,
-            "version": ENROLMENT_VERSION,
-            "vault": vault,
-            "node": node,
-            "nats_servers": self.advertised_nats(),
-            "user": user,
-            "password": password,
-            "inbox_prefix": f"_INBOX_{vault}.{node}",
-            "hub_key": self.signer.public.hex(),
-        }
+        return enrolment_object(
+            Enrolment(
+                vault=vault,
+                node=node,
+                servers=tuple(self.advertised_nats()),
+                user=user,
+                password=password,
+                inbox_prefix=f"_INBOX_{vault}.{node}",
+                hub_key=self.signer.public,
+            )
+        )
 
     async def _start_restores(self) -> None:
         """Restore plans, the command stream, and a command consumer per enrolled node."""

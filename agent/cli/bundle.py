@@ -29,7 +29,7 @@ from amber.agent.bundle import (
     write_receipt,
 )
 from amber.agent.config import config_path, load_config
-from amber.agent.journal import DURABLE, HELD
+from amber.agent.journal import DURABLE
 from amber.agent.runtime import AgentRuntime
 from amber.bundlefile import BundleStream, BundleWriter, open_input, render_summary, summarize
 from amber.protocol import bundle as b
@@ -202,9 +202,7 @@ async def _exportable_chunks(rt: AgentRuntime, wanted: dict[bytes, bool]) -> lis
     ids, out = sorted(wanted), []
     for i in range(0, len(ids), 500):
         part = ids[i : i + 500]
-        marks = ",".join("?" * len(part))
-        sql = f"SELECT id, state, {HELD} FROM chunks WHERE id IN ({marks})"
-        rows = {r[0]: (r[1], bool(r[2])) for r in await rt.journal._all(sql, part)}
+        rows = await rt.journal.chunk_states(part)
         for cid in part:
             state, held = rows.get(cid, (None, False))
             if state == DURABLE:

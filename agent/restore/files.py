@@ -31,17 +31,15 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
 import blake3
 
+from amber.agent.restore.chunksource import ChunkSource
 from amber.protocol.chunk import decode_chunk
 from amber.protocol.errors import IntegrityError, NotFoundError
 from amber.protocol.keys import VaultKeys
 from amber.protocol.records import Entry
-
-if TYPE_CHECKING:
-    from amber.agent.restore.restorer import ChunkSource
 
 WINDOW_BYTES = 8 * 1024 * 1024
 DEPTH = 2  # windows fetched (and being decoded) ahead of the one being written

@@ -4,22 +4,27 @@ Before anything is overwritten, a *safety* checkpoint records what is there now
 (sources whose path no longer exists have nothing to save and are skipped). Each
 source is then written and verified in a staging directory next to it (same
 filesystem), and only when every chosen source verified are they swapped in by
-rename. A SQLite database's stale ``-wal``/``-shm`` files are removed with it.
+rename, through the journaled swap of ``restore/swap.py`` that the hub's orders use
+too: the restore is a job in ``restore_jobs`` (action ``in_place``), the previous
+content is kept aside until the job is finished, and a process killed midway is
+rolled back by the next one that takes the write lock. A SQLite database's stale
+``-wal``/``-shm`` files go aside with it.
 """
 
 from __future__ import annotations
 
-import os
+import contextlib
 import shutil
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 from amber.agent.checkpointer import Checkpointer
-from amber.agent.config import AgentConfig, SourceConfig
-from amber.agent.restore.restorer import Restorer, RestoreStats, _select
-
-SQLITE_KINDS = ("sqlite", "state")
+from amber.agent.config import AgentConfig
+from amber.agent.restore import swap
+from amber.agent.restore.jobs import IN_PLACE, RestoreJobs
+from amber.agent.restore.restorer import Restorer, RestoreStats, select_sources
+from amber.protocol.errors import AmberError
 
 
 async def restore_in_place(
@@ -28,11 +33,18 @@ async def restore_in_place(
     checkpointer: Checkpointer,
     cp_id: bytes,
     sources: Sequence[str] | None = None,
+    *,
+    plan_id: str = "",
 ) -> tuple[bytes | None, RestoreStats]:
-    """Return the safety checkpoint's id (None if nothing existed to save) and stats."""
+    """Return the safety checkpoint's id (None if nothing existed to save) and stats.
+    Call with the state directory's write lock held."""
+    jobs = RestoreJobs(checkpointer.journal)
+    await jobs.setup()
     _, manifests = await restorer.load(cp_id)
-    chosen = _select(manifests, sources)
+    chosen = select_sources(manifests, sources)
     targets = {name: cfg.source(name) for name in chosen}
+    job = f"local-{uuid.uuid4().hex}"
+    await jobs.add(job, plan_id, IN_PLACE, cp_id)
     present = [n for n, s in targets.items() if s.path.exists()]
     safety_id = None
     if present:
@@ -40,48 +52,24 @@ async def restore_in_place(
             present, {"amber.safety_for": cp_id.hex()}, kind="safety"
         )
         safety_id = res.id
+    await jobs.update(job, state="fetching", safety=safety_id or b"")
     staged: dict[str, Path] = {}
+    swaps: list[dict[str, str]] = []
     try:
         for name, m in chosen.items():
-            parent = targets[name].path.parent
-            parent.mkdir(parents=True, exist_ok=True)
-            stage = parent / f".amber-restore-{name}-{uuid.uuid4().hex[:8]}"
-            staged[name] = stage
-            await restorer.materialize(m, stage)
-        for name, stage in staged.items():
-            swap_in(targets[name], stage, bool(chosen[name].meta.get("root_is_dir", True)))
-    finally:
+            staged[name] = swap.new_stage(targets[name])
+            await restorer.materialize(m, staged[name])
+        swaps = swap.plan(targets, staged)
+        root_is_dir = {n: bool(m.meta.get("root_is_dir", True)) for n, m in chosen.items()}
+        await swap.swap_all(jobs, job, swaps, targets, root_is_dir)
+    except BaseException as exc:
+        swap.undo(swaps, targets.values())
         for stage in staged.values():
             shutil.rmtree(stage, ignore_errors=True)
+        # the swaps are undone: the job is finished (else the next writer rolls it back)
+        with contextlib.suppress(AmberError, OSError):
+            await jobs.update(job, state="failed", detail=f"{exc}; nothing changed")
+        raise
+    await jobs.update(job, state="healthy", detail=f"restored in place from {cp_id.hex()[:16]}")
+    swap.drop_old(swaps)
     return safety_id, restorer.stats
-
-
-def swap_in(src: SourceConfig, stage: Path, root_is_dir: bool) -> None:
-    """Move a verified staging copy over the source path."""
-    path = src.path
-    if not root_is_dir:
-        staged_file = stage / path.name
-        if not staged_file.exists():  # the manifest names the file under its saved name
-            staged_file = next(p for p in stage.iterdir())
-        if src.kind in SQLITE_KINDS:
-            for suffix in ("-wal", "-shm", "-journal"):
-                path.with_name(path.name + suffix).unlink(missing_ok=True)
-        os.replace(staged_file, path)
-        _fsync_dir(path.parent)
-        return
-    old = None
-    if path.exists():
-        old = path.with_name(f".amber-old-{path.name}-{uuid.uuid4().hex[:8]}")
-        os.rename(path, old)
-    os.rename(stage, path)
-    _fsync_dir(path.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

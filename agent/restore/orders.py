@@ -14,18 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
 from amber.agent.config import SourceConfig
 from amber.agent.hublink import HubLink
-from amber.agent.restore.inplace import SQLITE_KINDS, _fsync_dir
+from amber.agent.restore import swap
+from amber.agent.restore.chunksource import ChainedChunks
+from amber.agent.restore.inplace import restore_in_place
 from amber.agent.restore.jobs import RestoreJobs
 from amber.agent.restore.localchunks import LocalChunks
-from amber.agent.restore.restorer import ChainedChunks
 from amber.agent.runtime import AgentRuntime
 from amber.protocol import wire
 from amber.protocol.errors import AmberError, RestoreError
@@ -44,7 +43,7 @@ class OrderExecutor:
     async def report(self, job_id: str) -> bool:
         """Send the job's current state; True if the hub wants the order carried on."""
         job = await self.jobs.get(job_id)
-        if job is None or self.link is None:
+        if job is None or self.link is None or job.local:
             return True
         rep = wire.RestoreReport(
             order_id=job.order_id,
@@ -126,32 +125,15 @@ class OrderExecutor:
             await _hook(self.rt.cfg.hooks.get("pre_restore"), "pre_restore hook")
             if not await self.report(job):  # aborted while the hook ran: do not swap
                 raise RestoreError("the hub halted the plan before the swap")
-            swaps = [
-                {
-                    "source": n,
-                    "path": str(targets[n].path),
-                    "stage": str(stage),
-                    "old": str(_old_name(targets[n].path)),
-                    "existed": "1" if targets[n].path.exists() else "",
-                }
-                for n, stage in staged.items()
-            ]
-            await self.jobs.update(job, state="swapping", swaps=swaps)  # journaled first
-            for s in swaps:
-                swap_keep_old(
-                    targets[s["source"]],
-                    Path(s["stage"]),
-                    Path(s["old"]),
-                    bool(chosen[s["source"]].meta.get("root_is_dir", True)),
-                )
+            swaps = swap.plan(targets, staged)
+            root_is_dir = {n: bool(m.meta.get("root_is_dir", True)) for n, m in chosen.items()}
+            await swap.swap_all(self.jobs, job, swaps, targets, root_is_dir)
             await self.set(job, state="swapped")
             await _hook(self.rt.cfg.hooks.get("post_restore"), "post_restore hook")
             await _hook(order.health_cmd, "health command")
         except (AmberError, OSError) as exc:
             await self._undo(job, swaps, f"{exc}", hooked)
             return
-        for s in swaps:
-            _remove(Path(s["old"]))
         fetched = hub.fetched if hub is not None else 0
         await self.set(
             job,
@@ -159,6 +141,7 @@ class OrderExecutor:
             detail=f"restored and healthy; {fetched} chunk(s) "
             f"fetched from the hub, {local.hits} reused from local files",
         )
+        swap.drop_old(swaps)
 
     async def _local_chunks(self, safety: bytes, targets: dict[str, SourceConfig]) -> LocalChunks:
         """Index the chunks of the files on disk now (as the safety checkpoint saw them)."""
@@ -192,10 +175,7 @@ class OrderExecutor:
         ticker = asyncio.create_task(progress())
         try:
             for name, m in chosen.items():
-                parent = targets[name].path.parent
-                parent.mkdir(parents=True, exist_ok=True)
-                stage = parent / f".amber-restore-{name}-{uuid.uuid4().hex[:8]}"
-                staged[name] = stage
+                staged[name] = stage = swap.new_stage(targets[name])
                 work = asyncio.create_task(restorer.materialize(m, stage))
                 done, _ = await asyncio.wait({work, ticker}, return_when=asyncio.FIRST_COMPLETED)
                 if ticker in done and not work.done():
@@ -216,10 +196,7 @@ class OrderExecutor:
     async def _undo(
         self, job: str, swaps: list[dict[str, str]], reason: str, hooked: bool = False
     ) -> None:
-        for s in reversed(swaps):
-            swap_back(self.rt.cfg.source(s["source"]), Path(s["old"]), bool(s["existed"]))
-            shutil.rmtree(s["stage"], ignore_errors=True)
-        _clean_stages(self.rt.cfg.sources)
+        swap.undo(swaps, self.rt.cfg.sources)
         if hooked:  # pre_restore stopped the owner of the data: start it again on the old data
             try:
                 await _hook(self.rt.cfg.hooks.get("post_restore"), "post_restore hook")
@@ -237,14 +214,13 @@ class OrderExecutor:
         ]
         for j in mine:
             if j.state in ("swapped", "healthy", "swapping") and j.safety:
-                from amber.agent.restore.inplace import restore_in_place
-
                 await restore_in_place(
                     self.rt.cfg,
                     self.rt.restorer(None, self.link),
                     self.rt.checkpointer(),
                     j.safety,
                     None,
+                    plan_id=order.plan_id,
                 )
             if not j.finished or j.state == "healthy":
                 await self.jobs.update(
@@ -257,24 +233,19 @@ class OrderExecutor:
         )
 
     async def recover(self) -> None:
-        """After a crash: a restore that was not finished is rolled back."""
-        for job in await self.jobs.all():
-            if job.finished:
-                continue
-            async with self.rt.writing():
-                for s in reversed(job.swaps):
-                    try:
-                        swap_back(
-                            self.rt.cfg.source(s["source"]), Path(s["old"]), bool(s.get("existed"))
-                        )
-                    except (AmberError, OSError) as exc:
-                        log.error("rolling back %s: %s", s["path"], exc)
-                _clean_stages(self.rt.cfg.sources)
-            await self.set(
-                job.order_id,
-                state="rolled_back",
-                detail="interrupted (the agent stopped); rolled back to the previous state",
-            )
+        """After a crash (at the daemon's start): every job left unfinished is rolled
+        back (``swap.roll_back_interrupted``, which also runs whenever a process takes
+        the write lock); orders still queued are dropped; the hub hears of each."""
+        async with self.rt.writing():
+            await swap.roll_back_interrupted(self.jobs, self.rt.cfg.sources)
+            for job in await self.jobs.all():
+                if job.state == "queued":
+                    await self.jobs.update(
+                        job.order_id,
+                        state="rolled_back",
+                        detail="interrupted (the agent stopped) before it started",
+                    )
+        await self.flush_reports()
 
 
 class CountingChunks:
@@ -291,70 +262,6 @@ class CountingChunks:
 
 def _wire_state(state: str) -> str:
     return {"swapping": "verifying", "cancelled": "rolled_back"}.get(state, state)
-
-
-def _old_name(path: Path) -> Path:
-    return path.with_name(f".amber-old-{path.name}-{uuid.uuid4().hex[:8]}")
-
-
-def swap_keep_old(src: SourceConfig, stage: Path, old: Path, root_is_dir: bool) -> None:
-    """Swap the staged copy in; the previous content is moved to ``old``, not deleted."""
-    path = src.path
-    if path.exists():
-        os.rename(path, old)
-    if src.kind in SQLITE_KINDS:
-        for suffix in ("-wal", "-shm", "-journal"):
-            sidecar = path.with_name(path.name + suffix)
-            if sidecar.exists():
-                os.rename(sidecar, old.with_name(old.name + suffix))
-    if root_is_dir:
-        os.rename(stage, path)
-    else:
-        staged = stage / path.name
-        if not staged.exists():
-            staged = next(stage.iterdir())
-        os.rename(staged, path)
-        shutil.rmtree(stage, ignore_errors=True)
-    _fsync_dir(path.parent)
-
-
-def swap_back(src: SourceConfig, old: Path, existed: bool) -> None:
-    """Undo :func:`swap_keep_old` (idempotent: safe to repeat after a crash)."""
-    path = src.path
-    if not existed:
-        _remove(path)  # the source was absent before: absent again
-        _fsync_dir(path.parent)
-        return
-    if not old.exists() and not old.with_name(old.name + "-wal").exists():
-        return  # never swapped, or already swapped back
-    if path.exists() and old.exists():
-        _remove(path)
-    if old.exists():
-        os.rename(old, path)
-    for suffix in ("-wal", "-shm", "-journal"):
-        side_old = old.with_name(old.name + suffix)
-        side = path.with_name(path.name + suffix)
-        if side_old.exists():
-            side.unlink(missing_ok=True)
-            os.rename(side_old, side)
-    _fsync_dir(path.parent)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-    for suffix in ("-wal", "-shm", "-journal"):
-        path.with_name(path.name + suffix).unlink(missing_ok=True)
-
-
-def _clean_stages(sources: tuple[SourceConfig, ...]) -> None:
-    for s in sources:
-        parent = s.path.parent
-        if parent.is_dir():
-            for leftover in parent.glob(f".amber-restore-{s.name}-*"):
-                shutil.rmtree(leftover, ignore_errors=True)
 
 
 async def _hook(cmd: str | None, what: str) -> None:

@@ -16,50 +16,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from amber.agent.identity import NodeIdentity
+from amber.agent.restore.chunksource import ChunkSource, RecordSource
 from amber.agent.restore.files import FileRestore, FileTask, Window
 from amber.protocol.errors import IntegrityError, NotFoundError, RestoreError
 from amber.protocol.records import Checkpoint, Manifest, decode_checkpoint, decode_manifest
-
-
-class ChunkSource(Protocol):
-    async def get_chunks(self, ids: Sequence[bytes]) -> dict[bytes, bytes]: ...
-
-
-class RecordSource(Protocol):
-    async def record(self, rid: bytes) -> bytes | None: ...
-
-
-class ChainedChunks:
-    """Ask each source in turn for what the earlier ones lacked (journal, then hub)."""
-
-    def __init__(self, *sources: ChunkSource) -> None:
-        self.sources = sources
-
-    async def get_chunks(self, ids: Sequence[bytes]) -> dict[bytes, bytes]:
-        found: dict[bytes, bytes] = {}
-        for src in self.sources:
-            missing = [i for i in ids if i not in found]
-            if not missing:
-                break
-            found.update(await src.get_chunks(missing))
-        return found
-
-
-class ChainedRecords:
-    """Records from the journal, else from the hub."""
-
-    def __init__(self, *sources: RecordSource) -> None:
-        self.sources = sources
-
-    async def record(self, rid: bytes) -> bytes | None:
-        for src in self.sources:
-            data = await src.record(rid)
-            if data is not None:
-                return data
-        return None
 
 
 @dataclass
@@ -157,7 +119,7 @@ class Restorer:
                 hint="restore into a new directory, or use --in-place",
             )
         _, manifests = await self.load(cp_id)
-        chosen = _select(manifests, sources)
+        chosen = select_sources(manifests, sources)
         dest.mkdir(parents=True, exist_ok=True)
         staging = dest / f".amber-staging-{uuid.uuid4().hex[:8]}"
         try:
@@ -171,7 +133,11 @@ class Restorer:
         return self.stats
 
 
-def _select(manifests: dict[str, Manifest], sources: Sequence[str] | None) -> dict[str, Manifest]:
+def select_sources(
+    manifests: dict[str, Manifest], sources: Sequence[str] | None
+) -> dict[str, Manifest]:
+    """The manifests of the chosen sources (all when none are named); an unknown name
+    raises ``NotFoundError`` listing what the checkpoint holds."""
     if not sources:
         return manifests
     unknown = [s for s in sources if s not in manifests]

@@ -36,6 +36,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
+from amber.fsutil import fsync_dir
 from amber.hub.store.base import (
     ObjectInfo,
     retention_deadline,
@@ -152,7 +153,12 @@ class LocalStore:
             written = False
         finally:
             tmp.unlink()
-        _fsync_dir(final.parent)
+        try:
+            fsync_dir(final.parent)
+        except OSError:
+            if written:  # not durable: a retried put must write it again, not find it
+                final.unlink(missing_ok=True)
+            raise
         return written
 
     def _get_sync(self, key: str, offset: int, length: int | None) -> bytes:
@@ -199,11 +205,11 @@ class LocalStore:
                 f"object {key!r} in {self.name} is retained until {retain_until.isoformat()}"
             )
         path.unlink()
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         sidecar = self._retention / key
         if sidecar.exists():
             sidecar.unlink()
-            _fsync_dir(sidecar.parent)
+            fsync_dir(sidecar.parent)
 
     def _sweep_sync(self, older_than: float) -> int:
         removed = 0
@@ -243,7 +249,7 @@ class LocalStore:
             _makedirs_durable(sidecar.parent, self.root)
             tmp = _write_temp(sidecar.parent, deadline.isoformat().encode("ascii") + b"\n")
             os.replace(tmp, sidecar)
-            _fsync_dir(sidecar.parent)
+            fsync_dir(sidecar.parent)
 
 
 # --- file system helpers ----------------------------------------------------------------
@@ -282,15 +288,7 @@ def _makedirs_durable(directory: Path, root: Path) -> None:
             if not path.is_dir():
                 raise
             continue
-        _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_dir(path.parent)
 
 
 def _exists_as_file(path: Path) -> bool:

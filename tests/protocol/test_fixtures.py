@@ -15,7 +15,7 @@ from typing import Any
 import blake3
 import pytest
 
-from amber.protocol import chunk, keys, packfile, records, wire
+from amber.protocol import chunk, enrolment, keys, packfile, records, wire
 from amber.protocol.errors import IntegrityError, UnknownVersionError
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -161,3 +161,26 @@ def test_wire_v1_chunk_query() -> None:
     msg = wire.decode(sample("wire_v1_chunk_query.bin"), expect=wire.ChunkQuery)
     assert msg.TYPE == want["type"]
     assert jsonable(msg) == want["fields"]
+
+
+def test_enrolment_v1_keeps_decoding_and_encodes_byte_identical() -> None:
+    data = sample("enrolment_v1.json")  # as amber-hub node add --out wrote it
+    enr = enrolment.decode_enrolment(data, "enrolment_v1.json")
+    assert (enr.vault, enr.node, enr.user) == ("fleet1", "edge-7", "node.fleet1.edge-7")
+    assert enr.servers == ("nats://127.0.0.1:4222", "nats://127.0.0.2:4222")
+    assert enr.password == "fixture-not-a-real-password-000"
+    assert enr.inbox_prefix == "_INBOX_fleet1.edge-7"
+    assert enr.hub_key.hex() == json.loads(data)["hub_key"]
+    assert "password" not in repr(enr) and enr.password not in repr(enr)
+    assert enrolment.encode_enrolment(enr) == data
+
+
+def test_enrolment_of_an_unknown_version_is_refused() -> None:
+    obj = json.loads(sample("enrolment_v1.json"))
+    for version in (2, 0, "1", None):
+        obj["version"] = version
+        with pytest.raises(UnknownVersionError):
+            enrolment.decode_enrolment(json.dumps(obj).encode(), "future.json")
+    obj["version"] = 1
+    del obj["hub_key"]  # optional for reading
+    assert enrolment.decode_enrolment(json.dumps(obj).encode(), "old.json").hub_key == b""
