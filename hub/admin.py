@@ -14,18 +14,37 @@ from __future__ import annotations
 import hmac
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
+from amber.hub.catalog import Catalog
+from amber.hub.coordinator import Coordinator
+from amber.hub.ingest import IngestStats
+from amber.hub.plans import PlanBook, PlanSpec, PlanState
 from amber.protocol.errors import AmberError, NotFoundError, UsageError
 from amber.protocol.wire import check_name
 
-if TYPE_CHECKING:
-    from amber.hub.server import Hub
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-HUB_KEY = web.AppKey("hub", object)
+Issue = Callable[..., Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class AdminApi:
+    """What the admin API serves from: the hub's parts it reads and the two hub actions
+    it triggers (enrol and rotate a node's NATS user)."""
+
+    token: str
+    catalog: Catalog
+    plans: PlanBook
+    coordinator: Coordinator
+    ingest_stats: IngestStats
+    enrol: Issue  # (vault, node, labels) -> enrolment
+    rotate: Issue  # (vault, node) -> enrolment
+
+
+API_KEY = web.AppKey("api", AdminApi)
 
 
 def _status_for(exc: AmberError) -> int:
@@ -38,10 +57,10 @@ def _status_for(exc: AmberError) -> int:
 
 @web.middleware
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    hub: Hub = request.app[HUB_KEY]  # type: ignore[assignment]
+    api = request.app[API_KEY]
     if request.path != "/api/v1/health":
         given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(given.encode(), hub.secrets.admin_token.encode()):
+        if not hmac.compare_digest(given.encode(), api.token.encode()):
             return web.json_response(
                 {
                     "error": "unauthorized",
@@ -64,9 +83,9 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         )
 
 
-def make_app(hub: Hub) -> web.Application:
+def make_app(api: AdminApi) -> web.Application:
     app = web.Application(middlewares=[guard], client_max_size=1024 * 1024)
-    app[HUB_KEY] = hub
+    app[API_KEY] = api
     app.router.add_get("/api/v1/health", health)
     app.router.add_get("/api/v1/status", status)
     app.router.add_get("/api/v1/nodes", nodes)
@@ -81,8 +100,8 @@ def make_app(hub: Hub) -> web.Application:
     return app
 
 
-def _hub(request: web.Request) -> Hub:
-    return request.app[HUB_KEY]  # type: ignore[return-value]
+def _api(request: web.Request) -> AdminApi:
+    return request.app[API_KEY]
 
 
 async def health(request: web.Request) -> web.Response:
@@ -90,8 +109,8 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def nodes(request: web.Request) -> web.Response:
-    hub = _hub(request)
-    rows = await hub.catalog.nodes()
+    api = _api(request)
+    rows = await api.catalog.nodes()
     return web.json_response(
         [
             {
@@ -108,35 +127,35 @@ async def nodes(request: web.Request) -> web.Response:
 
 
 async def add_node(request: web.Request) -> web.Response:
-    hub = _hub(request)
+    api = _api(request)
     try:
         body: dict[str, Any] = await request.json()
         vault, node = check_name(str(body["vault"]), "vault"), check_name(str(body["node"]), "node")
     except (KeyError, ValueError) as exc:
         raise UsageError(f"enrolment request needs vault and node: {exc}") from None
     labels = {str(k): str(v) for k, v in dict(body.get("labels", {})).items()}
-    enrolment = await hub.enrol(vault, node, labels)
+    enrolment = await api.enrol(vault, node, labels)
     return web.json_response(enrolment)
 
 
 async def rotate_node(request: web.Request) -> web.Response:
     vault = check_name(request.match_info["vault"], "vault")
     node = check_name(request.match_info["node"], "node")
-    return web.json_response(await _hub(request).rotate(vault, node))
+    return web.json_response(await _api(request).rotate(vault, node))
 
 
 async def checkpoints(request: web.Request) -> web.Response:
-    hub = _hub(request)
-    rows = await hub.catalog.checkpoints(request.query.get("vault"), request.query.get("node"))
+    api = _api(request)
+    rows = await api.catalog.checkpoints(request.query.get("vault"), request.query.get("node"))
     return web.json_response([r.to_json() for r in rows])
 
 
 async def status(request: web.Request) -> web.Response:
-    hub = _hub(request)
+    api = _api(request)
     now = time.time()
     out = []
-    for n in await hub.catalog.nodes():
-        head = await hub.catalog.checkpoints(n.vault, n.node)
+    for n in await api.catalog.nodes():
+        head = await api.catalog.checkpoints(n.vault, n.node)
         last = head[-1] if head else None
         beat = n.heartbeat or {}
         rpo = int(beat.get("rpo_seconds") or 0)
@@ -156,8 +175,8 @@ async def status(request: web.Request) -> web.Response:
                 "agent_version": beat.get("agent_version"),
             }
         )
-    objects, stored = await hub.catalog.object_count()
-    stats = hub.ingestor.stats
+    objects, stored = await api.catalog.object_count()
+    stats = api.ingest_stats
     return web.json_response(
         {
             "nodes": out,
@@ -178,36 +197,36 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def restores(request: web.Request) -> web.Response:
-    return web.json_response(await _hub(request).plans.list())
+    return web.json_response([p.to_json() for p in await _api(request).plans.list()])
 
 
 async def restore_plan(request: web.Request) -> web.Response:
-    from amber.hub.plans import PlanSpec
-
     try:
         body: dict[str, Any] = await request.json()
     except ValueError:
         raise UsageError("a restore plan request is a JSON object") from None
     spec = PlanSpec.from_json(body)
     check_name(spec.vault, "vault")
-    return web.json_response(await _hub(request).plans.create(spec))
+    return web.json_response((await _api(request).plans.create(spec)).to_json())
 
 
 async def restore_status(request: web.Request) -> web.Response:
-    return web.json_response(await _hub(request).plans.get(request.match_info["plan"]))
+    plan = await _api(request).plans.get(request.match_info["plan"])
+    return web.json_response(plan.to_json())
 
 
 async def restore_start(request: web.Request) -> web.Response:
-    hub = _hub(request)
+    api = _api(request)
     plan_id = request.match_info["plan"]
-    plan = await hub.plans.get(plan_id)
-    if plan["state"] != "draft":
-        raise UsageError(f"plan {plan_id} is {plan['state']}, not a draft")
-    await hub.plans.set_state(plan_id, "running")
-    hub.coordinator.wake.set()
-    return web.json_response(await hub.plans.get(plan_id))
+    plan = await api.plans.get(plan_id)
+    if plan.state != PlanState.DRAFT:
+        raise UsageError(f"plan {plan_id} is {plan.state}, not a draft")
+    await api.plans.set_state(plan_id, PlanState.RUNNING)
+    api.coordinator.wake.set()
+    return web.json_response((await api.plans.get(plan_id)).to_json())
 
 
 async def restore_abort(request: web.Request) -> web.Response:
-    hub = _hub(request)
-    return web.json_response(await hub.coordinator.abort(request.match_info["plan"]))
+    api = _api(request)
+    plan = await api.coordinator.abort(request.match_info["plan"])
+    return web.json_response(plan.to_json())

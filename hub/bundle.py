@@ -29,7 +29,7 @@ from amber.bundlefile import BundleStream, open_input
 from amber.hub.catalog import Catalog, now_us
 from amber.hub.config import HubConfig, load_hub_key
 from amber.hub.ingest import Ingestor
-from amber.hub.plans import PlanBook
+from amber.hub.plans import NodeState, PlanBook, PlanState
 from amber.hub.store.base import ObjectStore, open_store
 from amber.protocol import bundle as b
 from amber.protocol import wire
@@ -53,7 +53,7 @@ from amber.protocol.records import (
 
 STAGING = "bundle-staging"
 BATCH = 64
-FINAL = ("healthy", "failed", "rolled_back")
+FINAL = frozenset((NodeState.HEALTHY, NodeState.FAILED, NodeState.ROLLED_BACK))
 BUNDLE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS bundle_exports(
     bundle BLOB PRIMARY KEY, vault TEXT NOT NULL, node TEXT NOT NULL, created_us INTEGER NOT NULL,
@@ -100,8 +100,7 @@ async def open_hub_data(cfg: HubConfig) -> AsyncIterator[HubData]:
     try:
         plans = PlanBook(catalog)
         await plans.setup()
-        async with catalog.lock:
-            await catalog.db.executescript(BUNDLE_SCHEMA)
+        await catalog.ensure_schema(BUNDLE_SCHEMA)
         yield HubData(cfg, catalog, store, plans, load_hub_key(cfg.data_dir))
     finally:
         await store.close()
@@ -109,19 +108,13 @@ async def open_hub_data(cfg: HubConfig) -> AsyncIterator[HubData]:
 
 
 async def write_rows(cat: Catalog, rows: list[tuple[str, tuple[Any, ...]]]) -> None:
-    """Several catalog writes in one transaction."""
-    async with cat.lock:
-        try:
-            await cat.db.execute("BEGIN IMMEDIATE")
-            try:
-                for sql, args in rows:
-                    await cat.db.execute(sql, args)
-                await cat.db.execute("COMMIT")
-            except BaseException:
-                await cat.db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise JournalError(f"hub catalog {cat.path}: {exc}") from None
+    """Several catalog writes in one transaction (the catalog's, cancellation-safe)."""
+    try:
+        async with cat.transaction() as tx:
+            for sql, args in rows:
+                await tx.execute(sql, args)
+    except sqlite3.Error as exc:
+        raise JournalError(f"hub catalog {cat.path}: {exc}") from None
 
 
 # --- import -------------------------------------------------------------------------
@@ -223,7 +216,7 @@ async def _ingest(hd: HubData, st: Staged) -> dict[str, Any]:
         await _put_record(hd, st, mid, KIND_MANIFEST)
     for cid, _ in sorted(st.checkpoints.items(), key=lambda kv: kv[1].seq):
         await _put_record(hd, st, cid, KIND_CHECKPOINT)
-    await hd.catalog._exec(
+    await hd.catalog.execute(
         "INSERT OR IGNORE INTO bundle_imports VALUES(?,?,?,?,?,?,?,?)",
         (st.bundle_id, h.kind, h.vault, h.node, len(st.checkpoints), new, len(st.chunks), now_us()),
     )
@@ -301,16 +294,16 @@ async def apply_receipt(hd: HubData, st: Staged) -> dict[str, Any]:
     r, h = st.receipt, st.header
     assert r is not None
     cat = hd.catalog
-    rows = await cat._all(
+    rows = await cat.query(
         "SELECT plan_id FROM bundle_exports WHERE vault=? AND node=? AND "
         "((order_id != '' AND order_id=?) OR bundle=?)",
         (h.vault, h.node, r.order_id, r.bundle),
     )
     plan_id = rows[0][0] if rows else ""
-    fresh = not await cat._all("SELECT 1 FROM bundle_receipts WHERE receipt=?", (st.bundle_id,))
+    fresh = not await cat.query("SELECT 1 FROM bundle_receipts WHERE receipt=?", (st.bundle_id,))
     if plan_id and fresh:  # the plan first: a receipt row means it was applied
         await _update_plan(hd, plan_id, h, r)
-    await cat._exec(
+    await cat.execute(
         f"INSERT OR IGNORE INTO bundle_receipts({RECEIPT_COLS}) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)",
         (
             st.bundle_id,
@@ -331,18 +324,30 @@ async def apply_receipt(hd: HubData, st: Staged) -> dict[str, Any]:
 
 
 async def _update_plan(hd: HubData, plan_id: str, h: b.BundleHeader, r: b.BundleReceipt) -> None:
-    state = {"cancelled": "rolled_back", "swapping": "verifying"}.get(r.state, r.state)
-    if r.outcome == "refused" or not state:
+    state = receipt_node_state(r)
+    if state is None:
         plan = await hd.plans.get(plan_id)
-        if any(n["state"] in FINAL for n in plan["nodes"] if n["node"] == h.node):
+        if any(n.state in FINAL for n in plan.nodes if n.node == h.node):
             return  # a refused copy does not undo what the order already did
-        state = "failed"
+        state = NodeState.FAILED
     detail = r.detail if r.outcome != "refused" else f"refused on the node ({r.error}): {r.detail}"
     await hd.plans.set_node(plan_id, h.vault, h.node, state=state, detail=detail[:500])
-    if state == "healthy":
-        await hd.plans.set_state(plan_id, "done")
-    elif state in ("failed", "rolled_back"):
-        await hd.plans.set_state(plan_id, "halted", f"{h.node} {state}: {detail}"[:500])
+    if state == NodeState.HEALTHY:
+        await hd.plans.set_state(plan_id, PlanState.DONE)
+    elif state in (NodeState.FAILED, NodeState.ROLLED_BACK):
+        await hd.plans.set_state(plan_id, PlanState.HALTED, f"{h.node} {state}: {detail}"[:500])
+
+
+def receipt_node_state(r: b.BundleReceipt) -> NodeState | None:
+    """The plan node state a receipt reports, or None: the node refused the order (or
+    named no state) and the plan's node counts as failed unless already settled."""
+    state = {"cancelled": "rolled_back", "swapping": "verifying"}.get(r.state, r.state)
+    if r.outcome == "refused" or not state:
+        return None
+    try:
+        return NodeState(state)
+    except ValueError:
+        return None
 
 
 def receipt_view(r: b.BundleReceipt) -> dict[str, Any]:
@@ -360,7 +365,9 @@ def receipt_view(r: b.BundleReceipt) -> dict[str, Any]:
 
 
 async def list_receipts(hd: HubData) -> list[dict[str, Any]]:
-    rows = await hd.catalog._all(f"SELECT {RECEIPT_COLS} FROM bundle_receipts ORDER BY received_us")
+    rows = await hd.catalog.query(
+        f"SELECT {RECEIPT_COLS} FROM bundle_receipts ORDER BY received_us"
+    )
     keys = [c.strip() for c in RECEIPT_COLS.split(",")]
     out = []
     for row in rows:

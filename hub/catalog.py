@@ -9,10 +9,11 @@ manifests and checkpoints are stored objects too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,23 @@ class CheckpointEntry:
         }
 
 
+class Transaction:
+    """Writes inside one :meth:`Catalog.transaction` (reads here see its own writes)."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+
+    async def execute(self, sql: str, args: Sequence[Any] = ()) -> None:
+        await self._db.execute(sql, args)
+
+    async def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await self._db.executemany(sql, rows)
+
+    async def query(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        async with self._db.execute(sql, args) as cur:
+            return list(await cur.fetchall())
+
+
 def now_us() -> int:
     return time.time_ns() // 1000
 
@@ -137,22 +155,42 @@ class Catalog:
         await self.rdb.close()
         await self.db.close()
 
-    async def _all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+    # --- the query and transaction interface (every SQL statement of the hub) ---------
+
+    async def query(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        """Rows of a read on the reader connection: only committed rows."""
         async with self.rdb.execute(sql, args) as cur:
             return list(await cur.fetchall())
 
-    async def _exec(self, sql: str, args: Sequence[Any] = ()) -> None:
-        await self._many(sql, [args])
+    async def execute(self, sql: str, args: Sequence[Any] = ()) -> None:
+        """One write statement in its own transaction."""
+        await self.execute_many(sql, [args])
 
-    async def _many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    async def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """One write statement for each of ``rows``, all in one transaction."""
+        async with self.transaction() as tx:
+            await tx.execute_many(sql, rows)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` on the writer connection, serialised with
+        every other write; rolled back on any error or cancellation (amber.sqlitetx), so
+        a cancelled task never leaves a transaction open for the next writer."""
         async with self.lock:
             await begin_immediate(self.db)
             try:
-                await self.db.executemany(sql, rows)
+                yield Transaction(self.db)
                 await self.db.execute("COMMIT")
             except BaseException:
                 await rollback_if_open(self.db)
                 raise
+
+    async def ensure_schema(self, script: str) -> None:
+        """Create the tables and indexes of ``script`` (``CREATE ... IF NOT EXISTS``):
+        modules that keep their own tables in the catalog database (restore plans,
+        bundles) declare them with this."""
+        async with self.lock:
+            await self.db.executescript(script)
 
     # --- nodes ----------------------------------------------------------------------
 
@@ -161,7 +199,7 @@ class Catalog:
     ) -> None:
         register_secret(password)
         try:
-            await self._exec(
+            await self.execute(
                 "INSERT INTO nodes(vault, node, user, password, created_us, labels) "
                 "VALUES(?,?,?,?,?,?)",
                 (vault, node, user, password, now_us(), json.dumps(labels)),
@@ -174,12 +212,12 @@ class Catalog:
 
     async def set_password(self, vault: str, node: str, password: str) -> None:
         register_secret(password)
-        await self._exec(
+        await self.execute(
             "UPDATE nodes SET password=? WHERE vault=? AND node=?", (password, vault, node)
         )
 
     async def nodes(self) -> list[NodeRow]:
-        rows = await self._all("SELECT * FROM nodes ORDER BY vault, node")
+        rows = await self.query("SELECT * FROM nodes ORDER BY vault, node")
         register_secret(*(r[3] for r in rows))  # node NATS passwords never reach a log
         return [
             NodeRow(
@@ -203,18 +241,18 @@ class Catalog:
         raise NotFoundError(f"node {vault}/{node} is not enrolled")
 
     async def heartbeat(self, vault: str, node: str, beat: dict[str, Any]) -> None:
-        await self._exec(
+        await self.execute(
             "UPDATE nodes SET last_seen_us=?, heartbeat=? WHERE vault=? AND node=?",
             (now_us(), json.dumps(beat), vault, node),
         )
 
     async def seen(self, vault: str, node: str, signer: bytes | None = None) -> None:
         if signer is None:
-            await self._exec(
+            await self.execute(
                 "UPDATE nodes SET last_seen_us=? WHERE vault=? AND node=?", (now_us(), vault, node)
             )
         else:
-            await self._exec(
+            await self.execute(
                 "UPDATE nodes SET last_seen_us=?, signer=? WHERE vault=? AND node=?",
                 (now_us(), signer, vault, node),
             )
@@ -224,7 +262,7 @@ class Catalog:
     async def add_objects(self, vault: str, rows: Iterable[tuple[bytes, str, int]]) -> None:
         """Index objects stored under their own key (records; chunks of older hubs)."""
         t = now_us()
-        await self._many(
+        await self.execute_many(
             "INSERT OR IGNORE INTO objects(vault, id, kind, size, stored_us) VALUES(?,?,?,?,?)",
             [(vault, oid, kind, size, t) for oid, kind, size in rows],
         )
@@ -235,7 +273,7 @@ class Catalog:
         """Index chunks stored in pack object ``pack``: rows of (chunk id, blob offset,
         blob length). A chunk already indexed (in another pack) keeps its first place."""
         t = now_us()
-        await self._many(
+        await self.execute_many(
             "INSERT OR IGNORE INTO objects(vault, id, kind, size, stored_us, pack, off) "
             "VALUES(?,?,?,?,?,?,?)",
             [(vault, cid, CHUNK, size, t, pack, off) for cid, off, size in rows],
@@ -247,7 +285,7 @@ class Catalog:
         for i in range(0, len(ids), 500):
             part = list(ids[i : i + 500])
             marks = ",".join("?" * len(part))
-            rows += await self._all(f"{select} WHERE vault=? AND id IN ({marks})", [vault, *part])
+            rows += await self.query(f"{select} WHERE vault=? AND id IN ({marks})", [vault, *part])
         return rows
 
     async def present(self, vault: str, ids: Sequence[bytes]) -> dict[bytes, str]:
@@ -262,7 +300,7 @@ class Catalog:
 
     async def refuse(self, vault: str, oid: bytes, reason: str) -> None:
         """Remember that ingest refused a record, so the node's receipt query says so."""
-        await self._exec(
+        await self.execute(
             "INSERT OR REPLACE INTO refusals VALUES(?,?,?,?)", (vault, oid, reason[:500], now_us())
         )
 
@@ -271,13 +309,13 @@ class Catalog:
         return {r[0]: r[1] for r in rows}
 
     async def object_count(self) -> tuple[int, int]:
-        rows = await self._all("SELECT count(*), coalesce(sum(size),0) FROM objects")
+        rows = await self.query("SELECT count(*), coalesce(sum(size),0) FROM objects")
         return int(rows[0][0]), int(rows[0][1])
 
     # --- manifests and checkpoints --------------------------------------------------
 
     async def add_manifest(self, vault: str, mid: bytes, pub: dict[str, Any]) -> None:
-        await self._exec(
+        await self.execute(
             "INSERT OR IGNORE INTO manifests VALUES(?,?,?,?,?,?,?,?,?)",
             (
                 vault,
@@ -295,14 +333,14 @@ class Catalog:
     async def manifest_tiers(self, vault: str, ids: Iterable[bytes]) -> list[str]:
         out = []
         for mid in ids:
-            rows = await self._all(
+            rows = await self.query(
                 "SELECT tier FROM manifests WHERE vault=? AND id=?", (vault, mid)
             )
             out += [r[0] for r in rows]
         return out
 
     async def head(self, vault: str, node: str) -> tuple[int, bytes] | None:
-        rows = await self._all(
+        rows = await self.query(
             "SELECT seq, id FROM checkpoints WHERE vault=? AND node=? ORDER BY seq DESC LIMIT 1",
             (vault, node),
         )
@@ -310,7 +348,7 @@ class Catalog:
 
     async def head_times(self) -> dict[tuple[str, str], int]:
         """(vault, node) -> time_us of each node's newest checkpoint (for metrics)."""
-        rows = await self._all(
+        rows = await self.query(
             "SELECT c.vault, c.node, c.time_us FROM checkpoints c JOIN "
             "(SELECT vault, node, max(seq) AS seq FROM checkpoints GROUP BY vault, node) h "
             "ON c.vault = h.vault AND c.node = h.node AND c.seq = h.seq"
@@ -318,7 +356,7 @@ class Catalog:
         return {(r[0], r[1]): int(r[2]) for r in rows}
 
     async def add_checkpoint(self, cp: Checkpoint, cid: bytes, signer: bytes) -> None:
-        await self._exec(
+        await self.execute(
             "INSERT OR IGNORE INTO checkpoints VALUES(?,?,?,?,?,?,?,?,?,?,?)",
             (
                 cp.vault,
@@ -362,13 +400,14 @@ class Catalog:
                 r[9],
                 r[10],
             )
-            for r in await self._all(sql, args)
+            for r in await self.query(sql, args)
         ]
 
     async def clear_index(self) -> None:
         """Forget objects, manifests and checkpoints (before a rebuild from the store)."""
-        for table in ("objects", "manifests", "checkpoints"):
-            await self._exec(f"DELETE FROM {table}")
+        async with self.transaction() as tx:
+            for table in ("objects", "manifests", "checkpoints"):
+                await tx.execute(f"DELETE FROM {table}")
 
 
 async def _migrate(db: aiosqlite.Connection) -> None:

@@ -15,7 +15,7 @@ hub whose loop is wedged stops answering scrapes, which is itself the alert.
     amber_hub_node_last_checkpoint_timestamp_seconds{vault,node}
     amber_hub_store_errors_total           object store operations that failed
     amber_hub_restore_plans{state}         staged restore plans by state (draft, running,
-                                           halted, done, aborted)
+                                           halted, done, aborted, exported)
     amber_hub_restore_nodes{state}         nodes of running or halted plans by state
                                            (planned, queued, fetching, verifying, swapped,
                                            healthy, failed, rolled_back)
@@ -27,8 +27,8 @@ Ingest rate: ``rate(amber_hub_ingested_bytes_total[5m])``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from aiohttp import web
 from prometheus_client import (
@@ -42,21 +42,19 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from amber import __version__
+from amber.hub.catalog import Catalog
 from amber.hub.config import split_hostport
-from amber.hub.plans import NODE_STATES, PLAN_STATES
+from amber.hub.ingest import IngestStats
+from amber.hub.plans import NODE_STATES, PLAN_STATES, PlanBook, PlanState
 from amber.hub.store.base import ObjectStore
 from amber.hub.store.counting import CountingStore
 from amber.protocol.errors import ConfigError
-
-if TYPE_CHECKING:
-    from amber.hub.catalog import Catalog
-    from amber.hub.server import Hub
 
 log = logging.getLogger("amber.hub.metrics")
 T = TypeVar("T")
 
 # Every state is exported (0 when empty) so dashboards and alerts work before any plan.
-ACTIVE_PLAN_STATES = ("running", "halted")
+ACTIVE_PLAN_STATES = (PlanState.RUNNING, PlanState.HALTED)
 
 
 class _HubCollector(Collector):
@@ -66,8 +64,7 @@ class _HubCollector(Collector):
         self.m = metrics
 
     def collect(self) -> Iterator[Metric]:
-        ingestor = getattr(self.m.hub, "ingestor", None)
-        st = ingestor.stats if ingestor is not None else None
+        st = self.m.ingest_stats()
 
         def counter(name: str, doc: str, value: int) -> CounterMetricFamily:
             return CounterMetricFamily(name, doc, value=value)
@@ -131,8 +128,16 @@ def _snapshot(counts: dict[str, int] | None) -> dict[str, int]:
 
 
 class HubMetrics:
-    def __init__(self, hub: Hub) -> None:
-        self.hub = hub
+    """The hub's registry. It reads the catalog and the plan book at each scrape, and
+    the ingest counters through ``ingest_stats`` (None until the ingestor exists)."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        plans: PlanBook,
+        ingest_stats: Callable[[], IngestStats | None],
+    ) -> None:
+        self.catalog, self.plans, self.ingest_stats = catalog, plans, ingest_stats
         self.registry = r = CollectorRegistry(auto_describe=True)
         self.store_errors = Counter(
             "amber_hub_store_errors", "Object store operations that failed", registry=r
@@ -167,25 +172,21 @@ class HubMetrics:
 
     async def refresh(self) -> None:
         """Read per-node times from the catalog (called before each scrape)."""
-        catalog = getattr(self.hub, "catalog", None)
-        if catalog is None:
-            return
         try:
-            nodes = await catalog.nodes()
-            heads = await catalog.head_times()
+            nodes = await self.catalog.nodes()
+            heads = await self.catalog.head_times()
         except Exception as exc:  # keep serving the last values
             log.warning("metrics: cannot read the catalog: %s", exc)
             return
         self.seen_us = {(n.vault, n.node): n.last_seen_us for n in nodes}
         self.checkpoint_us = heads
-        if getattr(self.hub, "plans", None) is not None:
-            try:
-                plans, nodes_by_state = await _restore_counts(catalog)
-            except Exception as exc:
-                log.warning("metrics: cannot read the restore plans: %s", exc)
-                return
-            self._set_counts(self.restore_plans, PLAN_STATES, plans)
-            self._set_counts(self.restore_nodes, NODE_STATES, nodes_by_state)
+        try:
+            plans, nodes_by_state = await self.plans.counts(ACTIVE_PLAN_STATES)
+        except Exception as exc:
+            log.warning("metrics: cannot read the restore plans: %s", exc)
+            return
+        self._set_counts(self.restore_plans, PLAN_STATES, plans)
+        self._set_counts(self.restore_nodes, NODE_STATES, nodes_by_state)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -220,16 +221,3 @@ class HubMetrics:
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
-
-
-async def _restore_counts(catalog: Catalog) -> tuple[dict[str, int], dict[str, int]]:
-    """(plans by state, nodes of running or halted plans by state), from the catalog
-    database where hub/plans.py keeps them."""
-    plans = await catalog._all("SELECT state, count(*) FROM plans GROUP BY state")
-    marks = ",".join("?" * len(ACTIVE_PLAN_STATES))
-    nodes = await catalog._all(
-        "SELECT n.state, count(*) FROM plan_nodes n JOIN plans p ON p.id = n.plan"
-        f" WHERE p.state IN ({marks}) GROUP BY n.state",
-        ACTIVE_PLAN_STATES,
-    )
-    return {r[0]: int(r[1]) for r in plans}, {r[0]: int(r[1]) for r in nodes}

@@ -7,11 +7,13 @@ in the catalog database, so a restarted hub carries on where it was.
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import json
 import math
 import re
-import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -31,10 +33,37 @@ CREATE TABLE IF NOT EXISTS plan_nodes(
     total INTEGER NOT NULL DEFAULT 0, order_id TEXT NOT NULL DEFAULT '',
     updated_us INTEGER NOT NULL, PRIMARY KEY(plan, vault, node));
 """
-PLAN_STATES = ("draft", "running", "halted", "done", "aborted")
-# per node: planned -> queued (order sent) -> fetching -> verifying -> swapped -> healthy,
-# or failed / rolled_back
-NODE_STATES = ("planned", *wire.REPORT_STATES)
+
+
+class PlanState(enum.StrEnum):
+    """A plan's state; the values are what the catalog and the admin API carry."""
+
+    DRAFT = "draft"  # a dry run: nodes and checkpoints chosen, nothing sent
+    RUNNING = "running"  # the coordinator moves it wave by wave
+    HALTED = "halted"  # a node failed a gate: no further wave starts
+    DONE = "done"  # every node healthy
+    ABORTED = "aborted"  # on the operator's word
+    EXPORTED = "exported"  # carried by a bundle; the node's receipt settles it
+
+
+class NodeState(enum.StrEnum):
+    """A node's state in a plan: planned -> queued (order sent) -> fetching -> verifying
+    -> swapped -> healthy, or failed / rolled_back. All but ``planned`` are the states a
+    node reports (wire.REPORT_STATES)."""
+
+    PLANNED = "planned"
+    QUEUED = "queued"
+    FETCHING = "fetching"
+    VERIFYING = "verifying"
+    SWAPPED = "swapped"
+    HEALTHY = "healthy"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled_back"
+
+
+PLAN_STATES = tuple(PlanState)
+NODE_STATES = tuple(NodeState)
+assert NODE_STATES[1:] == wire.REPORT_STATES
 
 
 @dataclass
@@ -57,6 +86,81 @@ class PlanSpec:
         if unknown:
             raise UsageError(f"unknown restore plan field(s): {', '.join(sorted(unknown))}")
         return cls(**obj)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class PlanNode:
+    """One target node of a plan: its wave, restore point and progress."""
+
+    vault: str
+    node: str
+    wave: int
+    checkpoint: bytes
+    seq: int
+    source_node: str
+    state: NodeState
+    detail: str = ""
+    done: int = 0
+    total: int = 0
+    order_id: str = ""
+    updated_us: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "vault": self.vault,
+            "node": self.node,
+            "wave": self.wave,
+            "checkpoint": self.checkpoint.hex(),
+            "seq": self.seq,
+            "source_node": self.source_node,
+            "state": str(self.state),
+            "detail": self.detail,
+            "done": self.done,
+            "total": self.total,
+            "order_id": self.order_id,
+            "updated_us": self.updated_us,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Wave:
+    """The nodes of one wave (0: the canary), in node order."""
+
+    index: int
+    nodes: tuple[PlanNode, ...]
+
+    @property
+    def healthy(self) -> bool:
+        return all(n.state == NodeState.HEALTHY for n in self.nodes)
+
+
+@dataclass(frozen=True, slots=True)
+class RestorePlan:
+    id: str
+    created_us: int
+    state: PlanState
+    reason: str
+    spec: PlanSpec
+    nodes: tuple[PlanNode, ...]
+
+    @property
+    def waves(self) -> list[Wave]:
+        numbers = sorted({n.wave for n in self.nodes})
+        return [Wave(w, tuple(n for n in self.nodes if n.wave == w)) for w in numbers]
+
+    def to_json(self) -> dict[str, Any]:
+        """The admin API's view of the plan."""
+        return {
+            "id": self.id,
+            "created_us": self.created_us,
+            "state": str(self.state),
+            "reason": self.reason,
+            "spec": self.spec.to_json(),
+            "nodes": [n.to_json() for n in self.nodes],
+        }
 
 
 def parse_waves(text: str) -> list[int]:
@@ -145,16 +249,30 @@ def select_nodes(spec: PlanSpec, nodes: list[NodeRow]) -> list[str]:
     raise UsageError("a plan needs --nodes or --selector")
 
 
+PLAN_NODE_COLS = (
+    "vault, node, wave, checkpoint, seq, source_node, state, detail, done, total, order_id,"
+    " updated_us"
+)
+PLAN_NODE_FIELDS = frozenset(("state", "detail", "done", "total", "order_id"))
+
+
+def _stored_spec(text: str) -> PlanSpec:
+    """A plan's spec as stored: fields a newer hub may have added are ignored."""
+    obj = json.loads(text)
+    return PlanSpec(**{k: v for k, v in obj.items() if k in PlanSpec.__dataclass_fields__})
+
+
 class PlanBook:
-    """Plans in the catalog database."""
+    """Plans in the catalog database (tables ``plans`` and ``plan_nodes``)."""
 
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
 
     async def setup(self) -> None:
-        await self.catalog.db.executescript(PLAN_SCHEMA)
+        await self.catalog.ensure_schema(PLAN_SCHEMA)
 
-    async def create(self, spec: PlanSpec) -> dict[str, Any]:
+    async def create(self, spec: PlanSpec) -> RestorePlan:
+        """A draft plan: the nodes, their waves and their restore points (a dry run)."""
         targets = select_nodes(spec, await self.catalog.nodes())
         if spec.to_node:
             if len(targets) != 1:
@@ -174,80 +292,76 @@ class PlanBook:
                 )
             rows.append((target, wave, cp, source_node))
         plan_id = "p-" + uuid.uuid4().hex[:10]
-        await self.catalog._exec(
-            "INSERT INTO plans VALUES(?,?,?,?,?)",
-            (plan_id, now_us(), "draft", json.dumps(spec.__dict__), ""),
-        )
-        await self.catalog._many(
-            "INSERT INTO plan_nodes(plan, vault, node, wave, checkpoint, seq, source_node, state,"
-            " updated_us) VALUES(?,?,?,?,?,?,?,?,?)",
-            [
-                (plan_id, spec.vault, t, w, cp.id, cp.seq, src, "planned", now_us())
-                for t, w, cp, src in rows
-            ],
-        )
+        t = now_us()
+        async with self.catalog.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO plans VALUES(?,?,?,?,?)",
+                (plan_id, t, PlanState.DRAFT, json.dumps(spec.to_json()), ""),
+            )
+            await tx.execute_many(
+                "INSERT INTO plan_nodes(plan, vault, node, wave, checkpoint, seq, source_node,"
+                " state, updated_us) VALUES(?,?,?,?,?,?,?,?,?)",
+                [
+                    (plan_id, spec.vault, n, w, cp.id, cp.seq, src, NodeState.PLANNED, t)
+                    for n, w, cp, src in rows
+                ],
+            )
         return await self.get(plan_id)
 
-    async def get(self, plan_id: str) -> dict[str, Any]:
-        rows = await self.catalog._all("SELECT * FROM plans WHERE id = ?", (plan_id,))
+    async def get(self, plan_id: str) -> RestorePlan:
+        rows = await self.catalog.query("SELECT * FROM plans WHERE id = ?", (plan_id,))
         if not rows:
             raise NotFoundError(
                 f"no restore plan {plan_id!r}", hint="list them: amber-hub restore list"
             )
         pid, created, state, spec, reason = rows[0]
-        nodes = await self.catalog._all(
-            "SELECT vault, node, wave, checkpoint, seq, source_node, state, detail, done, total,"
-            " order_id, updated_us FROM plan_nodes WHERE plan = ? ORDER BY wave, node",
-            (pid,),
+        nodes = await self.catalog.query(
+            f"SELECT {PLAN_NODE_COLS} FROM plan_nodes WHERE plan = ? ORDER BY wave, node", (pid,)
         )
-        return {
-            "id": pid,
-            "created_us": created,
-            "state": state,
-            "reason": reason,
-            "spec": json.loads(spec),
-            "nodes": [
-                {
-                    "vault": r[0],
-                    "node": r[1],
-                    "wave": r[2],
-                    "checkpoint": r[3].hex(),
-                    "seq": r[4],
-                    "source_node": r[5],
-                    "state": r[6],
-                    "detail": r[7],
-                    "done": r[8],
-                    "total": r[9],
-                    "order_id": r[10],
-                    "updated_us": r[11],
-                }
-                for r in nodes
-            ],
-        }
+        return RestorePlan(
+            id=pid,
+            created_us=created,
+            state=PlanState(state),
+            reason=reason,
+            spec=_stored_spec(spec),
+            nodes=tuple(PlanNode(*r[:6], NodeState(r[6]), *r[7:]) for r in nodes),
+        )
 
-    async def list(self) -> list[dict[str, Any]]:
-        rows = await self.catalog._all("SELECT id FROM plans ORDER BY created_us")
+    async def list(self) -> list[RestorePlan]:
+        rows = await self.catalog.query("SELECT id FROM plans ORDER BY created_us")
         return [await self.get(r[0]) for r in rows]
 
-    async def set_state(self, plan_id: str, state: str, reason: str = "") -> None:
-        await self.catalog._exec(
+    async def set_state(self, plan_id: str, state: PlanState, reason: str = "") -> None:
+        await self.catalog.execute(
             "UPDATE plans SET state = ?, reason = ? WHERE id = ?", (state, reason, plan_id)
         )
 
     async def set_node(self, plan_id: str, vault: str, node: str, **fields: Any) -> None:
+        """Update a node's row: ``state``, ``detail``, ``done``, ``total``, ``order_id``."""
+        unknown = set(fields) - PLAN_NODE_FIELDS
+        if unknown:
+            raise ValueError(f"not a plan node field: {', '.join(sorted(unknown))}")
         cols = ", ".join(f"{k} = ?" for k in fields)
-        await self.catalog._exec(
+        await self.catalog.execute(
             f"UPDATE plan_nodes SET {cols}, updated_us = ?"
             " WHERE plan = ? AND vault = ? AND node = ?",
             (*fields.values(), now_us(), plan_id, vault, node),
         )
 
     async def by_order(self, order_id: str) -> tuple[str, str, str] | None:
-        rows = await self.catalog._all(
+        rows = await self.catalog.query(
             "SELECT plan, vault, node FROM plan_nodes WHERE order_id = ?", (order_id,)
         )
         return (rows[0][0], rows[0][1], rows[0][2]) if rows else None
 
-
-def stamp() -> int:
-    return int(time.time() * 1e6)
+    async def counts(self, active: Iterable[PlanState]) -> tuple[dict[str, int], dict[str, int]]:
+        """(plans by state, nodes of the plans in an ``active`` state by state)."""
+        active = tuple(active)
+        plans = await self.catalog.query("SELECT state, count(*) FROM plans GROUP BY state")
+        marks = ",".join("?" * len(active))
+        nodes = await self.catalog.query(
+            "SELECT n.state, count(*) FROM plan_nodes n JOIN plans p ON p.id = n.plan"
+            f" WHERE p.state IN ({marks}) GROUP BY n.state",
+            active,
+        )
+        return {r[0]: int(r[1]) for r in plans}, {r[0]: int(r[1]) for r in nodes}

@@ -7,6 +7,7 @@ async with Hub(cfg) as hub:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -15,16 +16,16 @@ from typing import Any
 import nats
 from aiohttp import web
 
-from amber.hub.admin import make_app
+from amber.hub.admin import AdminApi, make_app
 from amber.hub.catalog import Catalog
 from amber.hub.config import HubConfig, load_hub_key, load_secrets, split_hostport, write_runtime
 from amber.hub.coordinator import Coordinator, ensure_cmd_stream, ensure_node_consumer
-from amber.hub.ingest import Ingestor
+from amber.hub.ingest import Ingestor, IngestStats
 from amber.hub.metrics import HubMetrics
 from amber.hub.natsbox import HUB_USER, EmbeddedNats
 from amber.hub.plans import PlanBook
 from amber.hub.service import HubService
-from amber.hub.store.base import ObjectStore, open_store
+from amber.hub.store.base import open_store
 from amber.protocol.enrolment import Enrolment, enrolment_object
 from amber.protocol.errors import ConfigError, HubUnavailableError
 
@@ -32,49 +33,54 @@ log = logging.getLogger("amber.hub")
 
 
 class Hub:
+    """The hub's parts, opened in :meth:`start` on one exit stack: :meth:`close` closes
+    exactly what was opened, in reverse order, also after a start that failed midway."""
+
     def __init__(self, cfg: HubConfig) -> None:
         self.cfg = cfg
         self.secrets = load_secrets(cfg.data_dir)
         self.signer = load_hub_key(cfg.data_dir)  # signs restore orders and bundles
         self.embedded: EmbeddedNats | None = None
+        self.ingestor: Ingestor | None = None
         self.nc: Any = None
-        self.store: ObjectStore
-        self.catalog: Catalog
-        self.ingestor: Ingestor
-        self.service: HubService
-        self.runner: web.AppRunner | None = None
         self.admin_url = ""
         self.nats_url = ""
-        self.metrics = HubMetrics(self)
         self.metrics_url: str | None = None
         self.stopping = asyncio.Event()
+        self._parts = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> Hub:
-        try:
-            await self.start()
-        except BaseException:
-            await self.close()
-            raise
+        await self.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     async def start(self) -> None:
+        """Open every part; if one fails, close those already open and raise."""
         cfg = self.cfg
         cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.catalog = await Catalog.open(cfg.catalog_path)
-        self.store = self.metrics.watch_store(open_store(cfg.store()))
-        self.ingestor = Ingestor(self.store, self.catalog, cfg.retention)
-        await self._start_nats()
-        self.service = HubService(
-            self.nc, self.store, self.catalog, self.ingestor, cfg.ingest_workers
-        )
-        await self.service.start()
-        await self._start_restores()
-        await self._start_admin()
-        if cfg.metrics_listen:
-            self.metrics_url = await self.metrics.start(cfg.metrics_listen)
+        async with contextlib.AsyncExitStack() as parts:
+            self.catalog = await Catalog.open(cfg.catalog_path)
+            parts.push_async_callback(self.catalog.close)
+            self.plans = PlanBook(self.catalog)
+            await self.plans.setup()
+            self.metrics = HubMetrics(self.catalog, self.plans, self._ingest_stats)
+            self.store = self.metrics.watch_store(open_store(cfg.store()))
+            parts.push_async_callback(self.store.close)
+            self.ingestor = Ingestor(self.store, self.catalog, cfg.retention)
+            await self._start_nats(parts)
+            self.service = HubService(
+                self.nc, self.store, self.catalog, self.ingestor, cfg.ingest_workers
+            )
+            parts.push_async_callback(self.service.stop)
+            await self.service.start()
+            await self._start_restores(parts)
+            await self._start_admin(parts, self.ingestor.stats)
+            if cfg.metrics_listen:
+                parts.push_async_callback(self.metrics.stop)
+                self.metrics_url = await self.metrics.start(cfg.metrics_listen)
+            self._parts = parts.pop_all()
         write_runtime(
             cfg.data_dir,
             {
@@ -91,7 +97,10 @@ class Hub:
             self.metrics_url or "off",
         )
 
-    async def _start_nats(self) -> None:
+    def _ingest_stats(self) -> IngestStats | None:
+        return self.ingestor.stats if self.ingestor is not None else None
+
+    async def _start_nats(self, parts: contextlib.AsyncExitStack) -> None:
         cfg = self.cfg
         if cfg.nats_url:
             self.nats_url = cfg.nats_url
@@ -106,10 +115,12 @@ class Hub:
             self.embedded = EmbeddedNats(
                 cfg.data_dir / "nats", host, port, self.secrets.nats_password
             )
+            parts.push_async_callback(self.embedded.stop)  # also a half-started server
             await self.embedded.start(await self.catalog.nodes())
-            self.nats_watch = asyncio.create_task(
+            watch = asyncio.create_task(
                 self.embedded.supervise(self.catalog.nodes), name="nats-supervisor"
             )
+            parts.push_async_callback(_cancel, watch)
             self.nats_url = self.embedded.url
             user, password = HUB_USER, self.secrets.nats_password
         try:
@@ -124,13 +135,30 @@ class Hub:
             )
         except Exception as exc:
             raise HubUnavailableError(f"cannot connect to NATS at {self.nats_url}: {exc}") from None
+        parts.push_async_callback(_close_nats, self.nc)
 
-    async def _start_admin(self) -> None:
+    async def _start_admin(self, parts: contextlib.AsyncExitStack, stats: IngestStats) -> None:
         host, port = split_hostport(self.cfg.admin_listen, "admin.listen")
-        self.runner = web.AppRunner(make_app(self), access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, host, port)
-        await site.start()
+        api = AdminApi(
+            token=self.secrets.admin_token,
+            catalog=self.catalog,
+            plans=self.plans,
+            coordinator=self.coordinator,
+            ingest_stats=stats,
+            enrol=self.enrol,
+            rotate=self.rotate,
+        )
+        runner = web.AppRunner(make_app(api), access_log=None)
+        await runner.setup()
+        parts.push_async_callback(runner.cleanup)
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ConfigError(
+                f"admin.listen: cannot serve the admin API on {host}:{port}: {exc.strerror or exc}",
+                hint="pick a free port ([admin] listen in hub.toml)",
+            ) from None
         bound = site._server.sockets[0].getsockname()[1] if port == 0 else port  # type: ignore[union-attr]
         self.admin_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{bound}"
 
@@ -179,43 +207,35 @@ class Hub:
             )
         )
 
-    async def _start_restores(self) -> None:
-        """Restore plans, the command stream, and a command consumer per enrolled node."""
-        self.plans = PlanBook(self.catalog)
-        await self.plans.setup()
+    async def _start_restores(self, parts: contextlib.AsyncExitStack) -> None:
+        """The command stream, a command consumer per enrolled node, the coordinator."""
         js = self.nc.jetstream(timeout=10)
         await ensure_cmd_stream(js)
         for n in await self.catalog.nodes():
             await ensure_node_consumer(js, n.vault, n.node)
         self.coordinator = Coordinator(self.plans, js, self.signer)
         self.service.coordinator = self.coordinator
-        self.coordinator_task = asyncio.create_task(self.coordinator.run(), name="coordinator")
+        task = asyncio.create_task(self.coordinator.run(), name="coordinator")
+        parts.push_async_callback(_cancel, task)
 
     async def wait_closed(self) -> None:
         await self.stopping.wait()
 
     async def close(self) -> None:
-        for name in ("coordinator_task", "nats_watch"):
-            task = getattr(self, name, None)
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-        if getattr(self, "service", None) is not None:
-            await self.service.stop()
-        if self.nc is not None:
-            try:
-                await asyncio.wait_for(self.nc.close(), 5)
-            except Exception:
-                pass
-        if self.runner is not None:
-            await self.runner.cleanup()
-        await self.metrics.stop()
-        if self.embedded is not None:
-            await self.embedded.stop()
-        if getattr(self, "store", None) is not None:
-            await self.store.close()
-        if getattr(self, "catalog", None) is not None:
-            await self.catalog.close()
+        """Close what :meth:`start` opened, in reverse order (nothing if it did not run)."""
+        await self._parts.aclose()
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def _close_nats(nc: Any) -> None:
+    try:
+        await asyncio.wait_for(nc.close(), 5)
+    except Exception:
+        pass
 
 
 def _free_port() -> int:
