@@ -139,6 +139,8 @@ class HubLink:
             raise HubUnavailableError(
                 f"hub did not answer {msg.TYPE}: {exc or 'timeout'}"
             ) from None
+        if len(reply.data) > wire.DECODE_OFF_LOOP_BYTES:  # a fetch reply of several MB
+            return await asyncio.to_thread(wire.decode, reply.data, expect)
         return wire.decode(reply.data, expect)
 
     async def publish_ingest(self, msg: wire.Message, msg_id: str, deadline: float) -> None:

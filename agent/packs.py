@@ -44,6 +44,7 @@ class PackStore:
         self._size = 0
         self._dirty: set[int] = set()  # packs written since the last sync
         self._new_file = False
+        self._new_dir = False  # the packs directory was created: its parent needs a sync
         self._sync_failed: OSError | None = None  # see sync()
 
     # --- naming -----------------------------------------------------------------------
@@ -72,6 +73,7 @@ class PackStore:
         self._close_active()
         if not self.dir.is_dir():
             self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._new_dir = True
         nums = self.numbers()
         num = nums[-1] if nums else 0
         path = self.path(num)
@@ -152,6 +154,9 @@ class PackStore:
             if self._new_file:
                 fsync_dir(self.dir)
                 self._new_file = False
+            if self._new_dir:  # else a power cut can lose the directory and every pack
+                fsync_dir(self.dir.parent)
+                self._new_dir = False
         except OSError as exc:
             self._sync_failed = exc
             raise _os_error(exc, self.dir) from None

@@ -33,6 +33,7 @@ from amber.protocol.records import (
     KIND_MANIFEST,
     SOURCE_KINDS,
     TIERS,
+    Checkpoint,
     checkpoint_public,
     manifest_public,
     parse,
@@ -178,6 +179,7 @@ class Ingestor:
         until = retain_until(tier_days(self.retention, tiers))
         await self.store.put(object_key(vault, msg.id, RECORD), msg.data, retain_until=until)
         await self.catalog.add_checkpoint(cp, msg.id, signer)
+        await self._check_won(cp, msg.id)
         await self.catalog.add_objects(vault, [(msg.id, RECORD, len(msg.data))])
         await self.catalog.seen(vault, node, signer)
         self.stats.records += 1
@@ -196,6 +198,21 @@ class Ingestor:
             },
         )
         return "stored"
+
+    async def _check_won(self, cp: Checkpoint, cid: bytes) -> None:
+        """Two checkpoints with one seq that raced past the chain check (two hub
+        processes, or two deliveries at once) both reach the catalog, which keeps the
+        first: the loser is refused (its node learns it by receipt), never acked as durable."""
+        rows = await self.catalog.checkpoints(cp.vault, cp.node, after_seq=cp.seq - 1, limit=1)
+        if rows and rows[0].seq == cp.seq and rows[0].id == cid:
+            return
+        winner = rows[0].id.hex()[:16] if rows and rows[0].seq == cp.seq else "?"
+        raise ChainError(
+            f"checkpoint seq {cp.seq} of {cp.vault}/{cp.node} ({cid.hex()[:16]}) lost a race: "
+            f"checkpoint {winner} took seq {cp.seq} first, so its chain forks at the hub",
+            hint="the node's credentials may be used from two machines: check "
+            "'amber-hub checkpoints' for the node and replace its credentials if so",
+        )
 
     def reject(self, vault: str, node: str, exc: AmberError) -> None:
         assert self.stats.rejected is not None

@@ -32,7 +32,8 @@ from amber.protocol.errors import AmberError, FormatError, NotFoundError, StoreE
 log = logging.getLogger("amber.hub.service")
 STREAM = "AMBER_INGEST"
 DURABLE = "hub-ingest"
-BATCH = 64  # messages per fetch
+BATCH = 64  # messages per fetch: nats-py 2.x's pull fetch has no max_bytes, so one
+# fetch holds at most BATCH x wire.MAX_MESSAGE_SIZE bytes (PROTOCOL.md, "Ingest")
 MAX_BATCH = 512  # messages per batch handled (and per pack object, at most)
 GATHER_SECONDS = 0.1  # how long a fetched batch waits for more messages to fill a pack
 LEASE_SECONDS = 60.0  # how long a node told to upload a chunk keeps others from sending it
@@ -180,7 +181,8 @@ class HubService:
                         pass
 
     async def _ingest_batch(self, msgs: list[Msg]) -> None:
-        decoded = [(m, self._decode(m)) for m in msgs]
+        plain = await _decode_all(msgs)
+        decoded = [(m, self._decode(m, msg)) for m, msg in zip(msgs, plain, strict=True)]
         for m, d in decoded:
             if d[2] is None:
                 await m.term()
@@ -223,13 +225,14 @@ class HubService:
         )
         await m.nak(delay=2)
 
-    def _decode(self, m: Msg) -> tuple[str, str, Any]:
+    def _decode(self, m: Msg, msg: wire.Message | AmberError) -> tuple[str, str, Any]:
         try:
             vault, node = subject_owner(m.subject)
         except AmberError:
             return "?", "?", None
         try:
-            msg = wire.decode(m.data)
+            if isinstance(msg, AmberError):
+                raise msg
             if not isinstance(msg, wire.ChunkPut | wire.RecordPut):
                 raise NotFoundError(f"{msg.TYPE} is not an ingest message")
             return vault, node, msg
@@ -383,3 +386,22 @@ class HubService:
                 "agent_version": beat.agent_version,
             },
         )
+
+
+async def _decode_all(msgs: list[Msg]) -> list[wire.Message | AmberError]:
+    """Decode a batch; in a worker thread when it is large (up to MAX_BATCH messages of
+    8 MB each), so the event loop keeps serving requests, heartbeats and acks."""
+    datas = [m.data for m in msgs]
+    if sum(map(len, datas)) <= wire.DECODE_OFF_LOOP_BYTES:
+        return _decode_many(datas)
+    return await asyncio.to_thread(_decode_many, datas)
+
+
+def _decode_many(datas: list[bytes]) -> list[wire.Message | AmberError]:
+    out: list[wire.Message | AmberError] = []
+    for data in datas:
+        try:
+            out.append(wire.decode(data))
+        except AmberError as exc:
+            out.append(exc)
+    return out

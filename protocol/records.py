@@ -28,6 +28,7 @@ from amber.protocol.errors import (
     UnknownVersionError,
 )
 from amber.protocol.keys import SigningKey, VaultKeys, verify_signature
+from amber.protocol.wire import check_name
 
 RECORD_MAGIC = b"AMBR"
 RECORD_VERSION = 1
@@ -42,6 +43,7 @@ PUB_SIZE = 32
 SOURCE_KINDS = ("sqlite", "files", "model", "jsonl", "state")
 TIERS = ("hot", "warm", "cold")
 ENTRY_TYPES = ("f", "d", "l")
+MAX_MODE = 0o7777  # permission bits only (restore keeps just 0o777 of them)
 
 
 def record_id(data: bytes) -> bytes:
@@ -173,10 +175,22 @@ class Entry:
         f = c.fields(obj, path, _ENTRY_SPEC)
         if f["type"] not in ENTRY_TYPES:
             raise FormatError(f"{path}.type: unknown entry type {f['type']!r}")
+        check_entry_path(f["path"], path)
+        if f["mode"] > MAX_MODE or "\0" in f["target"]:
+            raise FormatError(f"{path}: mode {f['mode']:#o} or symlink target out of range")
         chunks = tuple(_chunk_ref(x, f"{path}.chunks[{i}]") for i, x in enumerate(f["chunks"]))
         if f["type"] == "f" and sum(n for _, n in chunks) != f["size"]:
             raise FormatError(f"{path}: chunk lengths do not add up to the file size")
         return cls(**{**f, "chunks": chunks})
+
+
+def check_entry_path(rel: str, where: str) -> str:
+    """An entry's path is relative to its source's root and stays under it: not empty,
+    not absolute, no ``..``, ``.`` or empty component, no NUL."""
+    parts = rel.split("/")
+    if not rel or "\0" in rel or rel.startswith("/") or any(p in ("..", ".", "") for p in parts):
+        raise FormatError(f"{where}: entry path {rel!r} escapes its source root")
+    return rel
 
 
 def _chunk_ref(obj: Any, path: str) -> tuple[bytes, int]:
@@ -272,6 +286,7 @@ def decode_manifest(
     sealed = c.fields(unseal(raw, keys), "manifest", _MANIFEST_SEALED)
     if pub["kind"] not in SOURCE_KINDS or pub["tier"] not in TIERS:
         raise FormatError(f"manifest: unknown source kind {pub['kind']!r} or tier {pub['tier']!r}")
+    _check_names(pub["vault"], pub["node"], [pub["source"]])
     entries = tuple(
         Entry.from_obj(e, f"manifest.entries[{i}]") for i, e in enumerate(sealed["entries"])
     )
@@ -294,7 +309,9 @@ def decode_manifest(
 
 def manifest_public(data: bytes) -> dict[str, Any]:
     """What the hub may read of a manifest without the vault key (signature checked)."""
-    return c.fields(parse(data, expect_kind=KIND_MANIFEST).public, "manifest", _MANIFEST_PUBLIC)
+    pub = c.fields(parse(data, expect_kind=KIND_MANIFEST).public, "manifest", _MANIFEST_PUBLIC)
+    _check_names(pub["vault"], pub["node"], [pub["source"]])
+    return pub
 
 
 # --- checkpoints -------------------------------------------------------------------
@@ -346,7 +363,17 @@ def encode_checkpoint(cp: Checkpoint, keys: VaultKeys, signer: SigningKey) -> by
     return seal(KIND_CHECKPOINT, cp.public(), {"note": cp.note}, keys, signer)
 
 
+def _check_names(vault: str, node: str, sources: Any) -> None:
+    """Names in records become paths on restore (``<dest>/<source>``): a crafted record
+    naming a source ``../../etc`` is refused here, like a bad name in agent.toml."""
+    check_name(vault, "vault")
+    check_name(node, "node")
+    for name in sources:
+        check_name(name, "source")
+
+
 def _checkpoint_from_public(pub: dict[str, Any], note: str) -> Checkpoint:
+    _check_names(pub["vault"], pub["node"], pub["manifests"])
     if pub["kind"] not in CHECKPOINT_KINDS:
         raise FormatError(f"checkpoint: unknown kind {pub['kind']!r}")
     if (pub["seq"] == 0) != (pub["prev"] is None):

@@ -20,6 +20,7 @@ from amber.protocol.errors import FormatError, ProtocolError, UnknownVersionErro
 WIRE_VERSION = 1
 MAX_MESSAGE_SIZE = 8 * 1024 * 1024 - 64 * 1024  # fits nats max_payload 8MB with headers
 MAX_IDS_PER_MESSAGE = 16_384
+DECODE_OFF_LOOP_BYTES = 256 * 1024  # callers on an event loop decode more in a thread
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 
 

@@ -190,7 +190,7 @@ class FileRestore:
             if p.first and f.target is not None:
                 f.target.parent.mkdir(parents=True, exist_ok=True)
                 self.opened.append(f)
-                f.fh = open(f.target, "wb")  # closed by the sync thread, or by run()
+                f.fh = _create(f.target, f.entry.path)  # closed by the sync thread or run()
             for cid, n in p.refs:
                 piece = plain[cid]
                 if len(piece) != n:
@@ -228,6 +228,17 @@ def _decode_many(
     keys: VaultKeys, ids: list[bytes], blobs: dict[bytes, bytes]
 ) -> list[tuple[bytes, bytes]]:
     return [(cid, decode_chunk(keys, cid, blobs[cid])) for cid in ids]
+
+
+def _create(target: Path, rel: str) -> BinaryIO:
+    """A new file in the staging directory: never an existing one, never through a
+    symlink (a manifest naming one path twice, or a path a symlink took, is refused)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(target, flags, 0o600)
+    except (FileExistsError, IsADirectoryError):
+        raise IntegrityError(f"manifest entry {rel!r} names a path restored twice") from None
+    return os.fdopen(fd, "wb")
 
 
 def _sync_close(f: FileTask) -> None:

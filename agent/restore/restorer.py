@@ -20,8 +20,17 @@ from pathlib import Path
 from amber.agent.identity import NodeIdentity
 from amber.agent.restore.chunksource import ChunkSource, RecordSource
 from amber.agent.restore.files import FileRestore, FileTask, Window
-from amber.protocol.errors import IntegrityError, NotFoundError, RestoreError
-from amber.protocol.records import Checkpoint, Manifest, decode_checkpoint, decode_manifest
+from amber.protocol.errors import AmberError, IntegrityError, NotFoundError, RestoreError
+from amber.protocol.records import (
+    Checkpoint,
+    Manifest,
+    check_entry_path,
+    decode_checkpoint,
+    decode_manifest,
+)
+from amber.protocol.wire import check_name
+
+MODE_MASK = 0o777  # no setuid, setgid or sticky bit ever comes back from a backup
 
 
 @dataclass
@@ -77,6 +86,7 @@ class Restorer:
         directories first, then every regular file, then symlinks, modes and mtimes."""
         files: list[FileTask] = []
         for m, root in jobs:
+            _check_root(m)
             targets = [(e, None if root is None else root / _safe_rel(e.path)) for e in m.entries]
             if root is not None:
                 root.mkdir(parents=True, exist_ok=True)  # an empty source is still restored
@@ -150,10 +160,31 @@ def select_sources(
 
 
 def _safe_rel(path: str) -> Path:
-    p = Path(path)
-    if p.is_absolute() or ".." in p.parts or not path:
-        raise IntegrityError(f"manifest entry path {path!r} escapes its source root")
-    return p
+    try:
+        check_entry_path(path, "manifest entry")
+    except AmberError as exc:
+        raise IntegrityError(str(exc), hint=_CRAFTED) from None
+    return Path(path)
+
+
+_CRAFTED = (
+    "the record was crafted by someone holding the vault key, or is damaged: "
+    "restore an earlier checkpoint and check who can read vault.key"
+)
+
+
+def _check_root(m: Manifest) -> None:
+    """A source's name becomes a directory under the target, and a source whose root is
+    a file holds that one regular file: a symlink at the root would point the restored
+    source (and every later write of the application) anywhere."""
+    try:
+        check_name(m.source, "source")
+    except AmberError as exc:
+        raise IntegrityError(str(exc), hint=_CRAFTED) from None
+    if not m.meta.get("root_is_dir", True) and any(e.type != "f" for e in m.entries):
+        raise IntegrityError(
+            f"source {m.source!r}: its root is a symlink or not a regular file", hint=_CRAFTED
+        )
 
 
 def _finish_tree(m: Manifest, root: Path) -> None:
@@ -173,7 +204,7 @@ def _finish_tree(m: Manifest, root: Path) -> None:
     for e in reversed(m.entries):
         if e.type in ("f", "d"):
             target = root / _safe_rel(e.path)
-            os.chmod(target, e.mode)
-            os.utime(target, ns=(e.mtime_ns, e.mtime_ns))
+            os.chmod(target, e.mode & MODE_MASK)
+            os.utime(target, ns=(e.mtime_ns, e.mtime_ns), follow_symlinks=False)
     if m.meta.get("root_is_dir") and isinstance(m.meta.get("root_mode"), int):
-        os.chmod(root, m.meta["root_mode"])
+        os.chmod(root, m.meta["root_mode"] & MODE_MASK)

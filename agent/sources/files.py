@@ -17,7 +17,7 @@ from typing import Any
 from amber.agent.sources.registry import (
     ScanContext,
     ScanResult,
-    open_for_read,
+    open_listed,
     read_pieces,
     source_root,
     walk,
@@ -40,7 +40,7 @@ async def scan_files(ctx: ScanContext) -> ScanResult:
     cdc = ctx.make_cdc(src.kind)
     entries: list[Entry | None] = []
     state: dict[str, list[int]] = {}
-    todo: list[tuple[int, Path, str, int, int]] = []  # files to read: slot, path, rel, mode, mtime
+    todo: list[tuple[int, Path, str, Any]] = []  # files to read: slot, path, rel, listed stat
     for rel, st in walk(root, src.exclude):
         full = root if not root.is_dir() else root / rel
         mode = stat.S_IMODE(st.st_mode)
@@ -56,19 +56,24 @@ async def scan_files(ctx: ScanContext) -> ScanResult:
             if prev is not None and prev_files.get(rel) == key and trusted:
                 entries.append(prev)
             else:
-                todo.append((len(entries), full, rel, mode, st.st_mtime_ns))
+                todo.append((len(entries), full, rel, st))
                 entries.append(None)
             state[rel] = key
     # every changed file through one pipeline: it does not drain between files
-    streams = (_file_pieces(full, src.name, cdc) for _, full, _, _, _ in todo)
+    swapped: set[str] = set()  # swapped between listing and reading: not read
+    streams = (_file_pieces(full, rel, st, src.name, cdc, swapped) for _, full, rel, st in todo)
     results = await ctx.writer.write_streams(streams)
-    for (slot, _, rel, mode, mtime_ns), res in zip(todo, results, strict=True):
+    for (slot, _, rel, st), res in zip(todo, results, strict=True):
+        if rel in swapped:  # the previous version stays, if there is one
+            entries[slot] = ctx.prev_entry(rel)
+            state.pop(rel, None)
+            continue
         entries[slot] = Entry(
             path=rel,
             type="f",
-            mode=mode,
+            mode=stat.S_IMODE(st.st_mode),
             size=res.size,
-            mtime_ns=mtime_ns,
+            mtime_ns=st.st_mtime_ns,
             digest=res.digest,
             chunks=tuple(res.chunks),
         )
@@ -85,7 +90,14 @@ async def scan_files(ctx: ScanContext) -> ScanResult:
     return ScanResult(done, meta, {"files": state, "scan_ns": scan_start})
 
 
-def _file_pieces(full: Path, name: str, cdc: Any) -> Iterator[bytes]:
-    """One file's content-defined chunks; opened when the reader thread gets to it."""
-    with open_for_read(full, name) as fh:
+def _file_pieces(
+    full: Path, rel: str, listed: Any, name: str, cdc: Any, swapped: set[str]
+) -> Iterator[bytes]:
+    """One file's content-defined chunks; opened when the reader thread gets to it, and
+    only if it still is the file that was listed (else ``rel`` goes into ``swapped``)."""
+    fh = open_listed(full, name, listed)
+    if fh is None:
+        swapped.add(rel)
+        return
+    with fh:
         yield from read_pieces(fh, 0, cdc, full, name)

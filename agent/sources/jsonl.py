@@ -23,7 +23,7 @@ import blake3
 from amber.agent.sources.registry import (
     ScanContext,
     ScanResult,
-    open_for_read,
+    open_listed,
     read_pieces,
     reading,
     source_root,
@@ -61,11 +61,13 @@ async def scan_jsonl(ctx: ScanContext) -> ScanResult:
     state: dict[str, Any] = {}
     for i in range(0, len(logs), LOGS_AT_ONCE):
         batch = logs[i : i + LOGS_AT_ONCE]
-        for (slot, _, rel, _), (entry, saved) in zip(
-            batch, await _scan_logs(ctx, batch, cdc), strict=True
-        ):
-            entries[slot] = entry
-            state[rel] = saved
+        for (slot, _, rel, _), done in zip(batch, await _scan_logs(ctx, batch, cdc), strict=True):
+            if done is None:  # swapped between listing and reading: the previous version
+                entries[slot] = ctx.prev_entry(rel)
+                if entries[slot] is not None and rel in ctx.prev_state:
+                    state[rel] = ctx.prev_state[rel]
+                continue
+            entries[slot], state[rel] = done
     meta: dict[str, Any] = {"root_is_dir": root.is_dir(), "root_name": root.name}
     if root.is_dir():
         meta["root_mode"] = stat.S_IMODE(root.stat().st_mode)
@@ -89,39 +91,54 @@ def _resume_at(fh: BinaryIO, st: Any, prev: Entry | None, state_of: Any) -> int:
 
 async def _scan_logs(
     ctx: ScanContext, batch: list[tuple[int, Path, str, Any]], cdc: Any
-) -> list[tuple[Entry, dict[str, Any]]]:
-    """Scan a batch of logs through one pipeline (appended tails and rewritten logs)."""
+) -> list[tuple[Entry, dict[str, Any]] | None]:
+    """Scan a batch of logs through one pipeline (appended tails and rewritten logs);
+    None for a log that is no longer the file listed (registry.open_listed)."""
     with ExitStack() as files:
-        plans: list[tuple[BinaryIO, int, Entry | None]] = []
+        plans: list[tuple[BinaryIO, int, Entry | None] | None] = []
         for _, full, rel, st in batch:
-            fh = files.enter_context(open_for_read(full, ctx.source.name))
+            opened = open_listed(full, ctx.source.name, st)
+            if opened is None:
+                plans.append(None)
+                continue
+            fh = files.enter_context(opened)
             prev = ctx.prev_entry(rel)
             with reading(full, ctx.source.name):
                 start = _resume_at(fh, st, prev, ctx.prev_state.get(rel))
             plans.append((fh, start, prev))
-        results = await ctx.writer.write_streams(
-            read_pieces(fh, start, cdc, full, ctx.source.name)
-            for (_, full, _, _), (fh, start, _) in zip(batch, plans, strict=True)
-        )
-        out = []
-        for (_, full, rel, st), (fh, start, prev), res in zip(batch, plans, results, strict=True):
-            size = start + res.size
-            with reading(full, ctx.source.name):
-                head, tail = _window_hashes(fh, size)
-            saved = {"size": size, "ino": st.st_ino, "head": head, "tail": tail}
-            mode = stat.S_IMODE(st.st_mode)
-            if prev is not None and start > 0 and res.size == 0 and prev.mode == mode:
-                out.append((prev, saved))  # nothing appended: the manifest is reused
-                continue
-            chunks = list(prev.chunks) if start > 0 and prev is not None else []
-            entry = Entry(
-                path=rel,
-                type="f",
-                mode=mode,
-                size=size,
-                mtime_ns=st.st_mtime_ns,
-                digest=res.digest if start == 0 else None,  # a tail's digest says nothing
-                chunks=tuple(chunks + res.chunks),
+        todo = [(log, plan) for log, plan in zip(batch, plans, strict=True) if plan is not None]
+        results = iter(
+            await ctx.writer.write_streams(
+                read_pieces(fh, start, cdc, full, ctx.source.name)
+                for (_, full, _, _), (fh, start, _) in todo
             )
-            out.append((entry, saved))
-        return out
+        )
+        return [
+            None if plan is None else _logged(log, plan, next(results), ctx.source.name)
+            for log, plan in zip(batch, plans, strict=True)
+        ]
+
+
+def _logged(
+    log: tuple[int, Path, str, Any], plan: tuple[BinaryIO, int, Entry | None], res: Any, name: str
+) -> tuple[Entry, dict[str, Any]]:
+    """The entry and saved state of one log read from ``start`` (``res``: what was read)."""
+    (_, full, rel, st), (fh, start, prev) = log, plan
+    size = start + res.size
+    with reading(full, name):
+        head, tail = _window_hashes(fh, size)
+    saved = {"size": size, "ino": st.st_ino, "head": head, "tail": tail}
+    mode = stat.S_IMODE(st.st_mode)
+    if prev is not None and start > 0 and res.size == 0 and prev.mode == mode:
+        return prev, saved  # nothing appended: the manifest is reused
+    chunks = list(prev.chunks) if start > 0 and prev is not None else []
+    entry = Entry(
+        path=rel,
+        type="f",
+        mode=mode,
+        size=size,
+        mtime_ns=st.st_mtime_ns,
+        digest=res.digest if start == 0 else None,  # a tail's digest says nothing
+        chunks=tuple(chunks + res.chunks),
+    )
+    return entry, saved

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import fnmatch
+import logging
 import os
+import stat
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,6 +20,9 @@ from amber.agent.pipeline import ChunkWriter
 from amber.agent.sources.chunking import cdc_pieces
 from amber.protocol.errors import SourceError
 from amber.protocol.records import Entry, Manifest
+
+log = logging.getLogger("amber.agent.sources")
+_NOFOLLOW = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 
 
 @dataclass
@@ -81,11 +87,16 @@ def source_root(src: SourceConfig) -> Path:
     """Check the source path exists and is readable; return it."""
     path = src.path
     try:
-        st = path.stat()
+        st = path.lstat()
     except FileNotFoundError:
         raise SourceError(f"source {src.name!r}: {path} does not exist") from None
     except OSError as exc:
         raise SourceError(f"source {src.name!r}: cannot stat {path}: {exc.strerror}") from None
+    if stat.S_ISLNK(st.st_mode):  # it would save (and a restore overwrite) what it points at
+        raise SourceError(
+            f"source {src.name!r}: {path} is a symlink",
+            hint="point the source at the real path ('readlink -f' shows it) in agent.toml",
+        )
     if not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
         raise SourceError(f"source {src.name!r}: {path} is not readable (mode {st.st_mode:o})")
     return path
@@ -116,10 +127,42 @@ def _walk_error(exc: OSError) -> None:
 
 
 def open_for_read(path: Path, name: str) -> Any:
+    """Open a file the scanner made itself (never follows a symlink)."""
     try:
-        return open(path, "rb")
+        return os.fdopen(os.open(path, _NOFOLLOW), "rb")
     except OSError as exc:
         raise SourceError(f"source {name!r}: cannot read {path}: {exc.strerror}") from None
+
+
+def open_listed(path: Path, name: str, listed: os.stat_result) -> BinaryIO | None:
+    """Open the regular file ``walk`` listed, or return None (with a warning) when
+    the path no longer is that file: gone, a symlink now (never followed), or another
+    file (same device and inode as listed, else a directory above it was swapped for a
+    symlink). A file swapped between listing and reading is skipped for this
+    checkpoint, not read: see docs/SECURITY.md and OPERATIONS.md."""
+    try:
+        fd = os.open(path, _NOFOLLOW)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENOENT, errno.ENOTDIR):
+            raise SourceError(f"source {name!r}: cannot read {path}: {exc.strerror}") from None
+        _swapped(path, name, exc.strerror or "gone")
+        return None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (listed.st_dev, listed.st_ino):
+        os.close(fd)
+        _swapped(path, name, "another file than the one listed")
+        return None
+    return os.fdopen(fd, "rb")
+
+
+def _swapped(path: Path, name: str, why: str) -> None:
+    log.warning(
+        "source %r: %s changed between listing and reading (%s): skipped in this "
+        "checkpoint (its previous version, if any, is kept)",
+        name,
+        path,
+        why,
+    )
 
 
 @contextmanager

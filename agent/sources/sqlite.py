@@ -74,6 +74,20 @@ def backup_copy(src: Path, dst: Path, timeout: float, name: str) -> int:
             ) from None
 
 
+def _check_same_file(path: Path, listed: os.stat_result, name: str) -> None:
+    """SQLite opens a path following symlinks: refuse a copy if the database was
+    swapped (for a symlink, or another file) while it was being copied."""
+    try:
+        now = os.lstat(path)
+    except OSError as exc:
+        raise SourceError(f"source {name!r}: {path} vanished: {exc.strerror}") from None
+    if stat.S_ISLNK(now.st_mode) or (now.st_dev, now.st_ino) != (listed.st_dev, listed.st_ino):
+        raise SourceError(
+            f"source {name!r}: {path} was replaced while it was being copied",
+            hint="nothing was committed; the next checkpoint copies it again",
+        )
+
+
 async def scan_sqlite(ctx: ScanContext) -> ScanResult:
     src = ctx.source
     path = source_root(src)
@@ -85,10 +99,12 @@ async def scan_sqlite(ctx: ScanContext) -> ScanResult:
         return ScanResult([prev], dict(ctx.prev_manifest.meta), dict(ctx.prev_state))
     ctx.tmp_dir.mkdir(parents=True, exist_ok=True)
     copy = ctx.tmp_dir / f"{src.name}.backup.db"
+    listed = os.lstat(path)
     try:
         page_size = await asyncio.to_thread(backup_copy, path, copy, ctx.busy_timeout, src.name)
+        _check_same_file(path, listed, src.name)
         block = aligned_block_size(page_size)
-        with open(copy, "rb") as fh:
+        with os.fdopen(os.open(copy, os.O_RDONLY | os.O_NOFOLLOW), "rb") as fh:
             res = await ctx.writer.write_stream(block_pieces(fh, block))
     finally:  # with the copy's rollback journal, which a failed copy can leave behind
         for leftover in (copy, copy.with_name(copy.name + "-journal")):

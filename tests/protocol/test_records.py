@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from amber.protocol import codec, keys, records
+from amber.protocol import codec, keys, records, wire
 from amber.protocol.errors import (
     AmberError,
     ChainError,
@@ -34,6 +34,11 @@ IDS = [blake3.blake3(bytes([i])).digest() for i in range(6)]
 
 ids = st.sampled_from(IDS) | st.binary(min_size=32, max_size=32)
 names = st.text(max_size=12)
+record_names = st.from_regex(wire.NAME_RE, fullmatch=True)  # vault, node and source names
+component = st.text(st.characters(blacklist_characters="/\0"), min_size=1, max_size=8).filter(
+    lambda c: c not in (".", "..")
+)
+entry_paths = st.lists(component, min_size=1, max_size=3).map("/".join)
 int64 = st.integers(-(2**63), 2**63 - 1)
 uint32 = st.integers(0, 2**32 - 1)
 json_values = st.recursive(
@@ -49,22 +54,22 @@ def entries(draw) -> Entry:
     chunks = tuple(draw(st.lists(st.tuples(ids, uint32), max_size=4))) if kind == "f" else ()
     size = sum(n for _, n in chunks) if kind == "f" else draw(uint32)
     return Entry(
-        path=draw(names),
+        path=draw(entry_paths),
         type=kind,
-        mode=draw(st.integers(0, 0o177777)),
+        mode=draw(st.integers(0, records.MAX_MODE)),
         size=size,
         mtime_ns=draw(int64),
         digest=draw(st.none() | st.binary(max_size=64)),
         chunks=chunks,
-        target=draw(names) if kind == "l" else "",
+        target=draw(names.filter(lambda t: "\0" not in t)) if kind == "l" else "",
     )
 
 
 manifests = st.builds(
     Manifest,
-    vault=names,
-    node=names,
-    source=names,
+    vault=record_names,
+    node=record_names,
+    source=record_names,
     kind=st.sampled_from(records.SOURCE_KINDS),
     tier=st.sampled_from(records.TIERS),
     time_us=int64,
@@ -76,12 +81,12 @@ manifests = st.builds(
 
 checkpoints = st.builds(
     Checkpoint,
-    vault=names,
-    node=names,
+    vault=record_names,
+    node=record_names,
     seq=st.integers(0, 2**40),
     prev=st.none(),
     time_us=int64,
-    manifests=st.dictionaries(names, ids, max_size=4),
+    manifests=st.dictionaries(record_names, ids, max_size=4),
     labels=st.dictionaries(names, names, max_size=3),
     kind=st.sampled_from(records.CHECKPOINT_KINDS),
     note=st.text(max_size=30),
