@@ -43,15 +43,15 @@ async def restore_in_place(
     _, manifests = await restorer.load(cp_id)
     chosen = select_sources(manifests, sources)
     targets = {name: cfg.source(name) for name in chosen}
-    job = f"local-{uuid.uuid4().hex}"
-    await jobs.add(job, plan_id, IN_PLACE, cp_id)
     present = [n for n, s in targets.items() if s.path.exists()]
     safety_id = None
-    if present:
+    if present:  # before the job exists: a failure here leaves the journal as it was
         res = await checkpointer.checkpoint(
             present, {"amber.safety_for": cp_id.hex()}, kind="safety"
         )
         safety_id = res.id
+    job = f"local-{uuid.uuid4().hex}"
+    await jobs.add(job, plan_id, IN_PLACE, cp_id)
     await jobs.update(job, state="fetching", safety=safety_id or b"")
     staged: dict[str, Path] = {}
     swaps: list[dict[str, str]] = []
