@@ -21,6 +21,7 @@ What it owns, so the two tools behave the same:
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import re
@@ -32,13 +33,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NoReturn, TypeVar
 
 from amber import logs
-from amber.protocol.errors import ALL_ERRORS, AmberError, UsageError
+from amber.protocol.errors import ALL_ERRORS, AmberError, DiskFullError, UsageError
 
 T = TypeVar("T")
 INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 KEY_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,62}")
 MAX_VALUE = 1024
 MAX_COUNT = 1_000_000
+MAX_PATH, MAX_NAME = 4096, 255  # Linux's PATH_MAX and NAME_MAX
 
 
 def out(text: str) -> None:
@@ -196,9 +198,14 @@ def parse_text(text: str) -> str:
 
 
 def parse_path(text: str) -> str:
-    """A filesystem path: not empty, no NUL byte (existence is the command's business)."""
+    """A filesystem path: not empty, no NUL byte, no name longer than the filesystem
+    allows (existence is the command's business)."""
     if not text or "\0" in text:
         raise ValueError(f"{text!r} is not a path")
+    if len(text.encode(errors="surrogateescape")) > MAX_PATH or any(
+        len(part.encode(errors="surrogateescape")) > MAX_NAME for part in text.split("/")
+    ):
+        raise ValueError(f"{text[:40]!r}... is longer than a path may be")
     return text
 
 
@@ -284,3 +291,16 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
     except BrokenPipeError:
         _quiet_stdout()
         return 0
+    except OSError as exc:  # a path the command could not use, not caught nearer
+        err = os_error(exc)
+        sys.stderr.write(err.render() + "\n")
+        return err.exit_code
+
+
+def os_error(exc: OSError) -> AmberError:
+    """An operating-system error no command turned into an AmberError, as one."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    text = f"{exc.strerror or exc}{where}"
+    if exc.errno == errno.ENOSPC:
+        return DiskFullError(text)
+    return AmberError(text, hint="check the path named and its permissions, then retry")
