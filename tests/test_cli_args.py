@@ -87,7 +87,7 @@ def with_value(leaf: argparse.ArgumentParser, base: list[str], action: argparse.
         positionals = [a for a in leaf._actions if not a.option_strings and a.required]
         if action in positionals:
             # positionals come first in base, in order
-            idx = [i for i, a in enumerate(positionals) if a is action][0]
+            idx = next(i for i, a in enumerate(positionals) if a is action)
             argv[idx] = bad
         else:
             argv.append(bad)  # an optional positional (nargs="?")
