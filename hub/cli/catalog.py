@@ -14,6 +14,7 @@ from amber.hub.cli.client import AdminClient, query
 from amber.hub.config import load_hub_config
 from amber.hub.rebuild import rebuild_catalog
 from amber.hub.store.base import open_store
+from amber.protocol.errors import ConfigError
 
 
 def run_checkpoints(args: argparse.Namespace) -> int:
@@ -33,6 +34,12 @@ def run_checkpoints(args: argparse.Namespace) -> int:
 
 def run_catalog_rebuild(args: argparse.Namespace) -> int:
     cfg = load_hub_config(Path(args.config) if args.config else None, args.data)
+    if cfg.store_url is None and not (cfg.data_dir / "objects").is_dir():
+        raise ConfigError(
+            f"no hub data in {cfg.data_dir}: no local store to rebuild the catalog from",
+            hint="pass the hub's data directory with --data (and its --config for S3)",
+        )
+    cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     async def run() -> dict[str, Any]:
         catalog = await Catalog.open(cfg.catalog_path)
