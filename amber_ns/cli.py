@@ -145,7 +145,10 @@ def argtype(name: str, check: Callable[[str], T]) -> Callable[[str], T]:
     def convert(text: str) -> T:
         try:
             return check(text)
-        except (ValueError, AmberError) as exc:
+        except AmberError as exc:
+            why = "" if exc.hint == UsageError.default_hint else f" ({exc.hint})"
+            raise argparse.ArgumentTypeError(f"{exc}{why}") from None
+        except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
     convert.__name__ = name
@@ -187,7 +190,7 @@ def parse_name(text: str) -> str:
     """A vault or node name: it becomes a NATS subject token."""
     from amber.protocol.wire import check_name
 
-    return check_name(text, "the")
+    return check_name(text, "a")
 
 
 def parse_text(text: str) -> str:
