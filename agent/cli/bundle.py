@@ -5,9 +5,8 @@
     export (--since ID | --all) --out FILE         checkpoints for a hub out of reach
     inspect FILE                                   what a bundle holds; no vault key needed
 
-FILE and OUT may be ``-`` (stdin, stdout). Exit codes: 0 ok; 10-13 a damaged, truncated
-or untrusted bundle; 15 a bundle for another vault or node; 42 disk full; 70 the carried
-restore failed (the node stays on its previous state); 71 the order was run before.
+FILE and OUT may be ``-`` (stdin, stdout). A carried restore that fails leaves the node
+on its previous state (RestoreError); an order is never run twice (OrderReplayError).
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from amber import cli
 from amber.agent.bundle import (
     ImportState,
     batches,
@@ -38,17 +38,10 @@ from amber.protocol.keys import SigningKey
 from amber.protocol.records import checkpoint_public, manifest_public
 from amber.secretfile import read_secret
 
-EPILOG = (
-    "exit codes: 0 ok, 10-13 damaged, truncated or untrusted bundle, 15 bundle for another "
-    "vault or node, 42 disk full, 70 restore failed, 71 order already run (docs/ERRORS.md)"
-)
+out = cli.out
 
 
-def out(text: str) -> None:
-    sys.stdout.write(text + "\n")
-
-
-def cmd_import(args: argparse.Namespace) -> int:
+def run_import(args: argparse.Namespace) -> int:
     cfg = load_config(config_path(args.config))
     st = ImportState()
 
@@ -216,7 +209,7 @@ async def _exportable_chunks(rt: AgentRuntime, wanted: dict[bytes, bool]) -> lis
     return out
 
 
-def cmd_export(args: argparse.Namespace) -> int:
+def run_export(args: argparse.Namespace) -> int:
     cfg = load_config(config_path(args.config))
 
     async def run() -> Any:
@@ -232,7 +225,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_inspect(args: argparse.Namespace) -> int:
+def run_inspect(args: argparse.Namespace) -> int:
     with open_input(args.file) as fh:
         summary = summarize(BundleStream(fh))
     summary["trust"] = _trust(args, summary)
@@ -267,29 +260,33 @@ def _trust(args: argparse.Namespace, summary: dict[str, Any]) -> str:
 
 def add_commands(sub: Any) -> None:
     bun = sub.add_parser(
-        "bundle", help="air-gapped transfer: import, export and inspect bundle files", epilog=EPILOG
+        "bundle", help="air-gapped transfer: import, export and inspect bundle files"
     ).add_subparsers(dest="sub", required=True)
     s = bun.add_parser(
         "import",
         help="verify a hub's bundle, add its checkpoints, run the restore order it carries",
-        epilog=EPILOG,
     )
-    s.add_argument("file", help="the bundle file, or - for stdin")
-    s.add_argument("--receipt", metavar="OUT", help="write a receipt bundle (also on failure)")
+    s.add_argument("file", type=cli.PATH, help="the bundle file, or - for stdin")
+    s.add_argument(
+        "--receipt", metavar="OUT", type=cli.PATH, help="write a receipt bundle (also on failure)"
+    )
     s.add_argument(
         "--hub-key",
         metavar="HEX",
+        type=cli.TEXT,
         help="the hub's public key (default: [hub] key in agent.toml, else the enrolment's)",
     )
     s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_import)
-    s = bun.add_parser("export", help="write checkpoints for the hub into a bundle", epilog=EPILOG)
+    s.set_defaults(func=run_import)
+    s = bun.add_parser("export", help="write checkpoints for the hub into a bundle")
     which = s.add_mutually_exclusive_group(required=True)
-    which.add_argument("--since", metavar="ID", help="the checkpoints after this one")
+    which.add_argument(
+        "--since", metavar="ID", type=cli.TEXT, help="the checkpoints after this one"
+    )
     which.add_argument("--all", action="store_true", help="every checkpoint in the journal")
-    s.add_argument("--out", required=True, help="the bundle file, or - for stdout")
-    s.set_defaults(func=cmd_export)
+    s.add_argument("--out", required=True, type=cli.PATH, help="the bundle file, or - for stdout")
+    s.set_defaults(func=run_export)
     s = bun.add_parser("inspect", help="show what a bundle holds; checks its signature")
-    s.add_argument("file", help="the bundle file, or - for stdin")
+    s.add_argument("file", type=cli.PATH, help="the bundle file, or - for stdin")
     s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_inspect)
+    s.set_defaults(func=run_inspect)

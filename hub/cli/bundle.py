@@ -2,9 +2,7 @@
 
 They work on the hub's data directory (``--data``, and ``--config`` for a configured
 store), beside a serving hub or without one. FILE may be ``-`` (stdin or stdout).
-Exit codes: 0 ok; 10-14 a damaged, truncated or untrusted bundle, or one that would
-fork the node's chain; 15 a bundle made for a node; 42 disk full; 44 unknown node,
-checkpoint or source.
+``--vault`` may be left out when the catalog holds exactly one vault.
 """
 
 from __future__ import annotations
@@ -20,9 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from amber import cli
 from amber.bundlefile import BundleStream, BundleWriter, open_input, render_summary, summarize
 from amber.hub.bundle import HubData, import_bundle, list_receipts, open_hub_data, write_rows
 from amber.hub.catalog import RECORD, Catalog, CheckpointEntry, now_us
+from amber.hub.cli.vaults import vault_from_catalog
 from amber.hub.config import load_hub_config
 from amber.hub.coordinator import ORDER_TTL_US
 from amber.hub.plans import PlanSpec, pick_checkpoint
@@ -36,14 +36,7 @@ from amber.protocol.records import manifest_public, record_id
 from amber.secretfile import read_secret
 
 T = TypeVar("T")
-EPILOG = (
-    "exit codes: 0 ok, 10-14 damaged, truncated or untrusted bundle or a forked chain, "
-    "15 bundle made for a node, 42 disk full, 44 unknown node or checkpoint (docs/ERRORS.md)"
-)
-
-
-def out(text: str) -> None:
-    sys.stdout.write(text + "\n")
+out = cli.out
 
 
 def _split(text: str | None) -> list[str]:
@@ -208,9 +201,9 @@ async def _record_export(
     await write_rows(hd.catalog, rows)
 
 
-def cmd_export(args: argparse.Namespace) -> int:
+def run_export(args: argparse.Namespace) -> int:
     req = ExportRequest(
-        vault=args.vault,
+        vault=args.vault or "",
         node=args.node,
         point=args.point,
         sources=_split(args.sources),
@@ -218,7 +211,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         restore_order=args.restore_order,
         health_cmd=args.health_cmd or "",
     )
-    res = _run(args, lambda hd: export_bundle(hd, req, args.out))
+
+    async def work(hd: HubData) -> dict[str, Any]:
+        req.vault = await vault_from_catalog(args.vault, hd.catalog)
+        return await export_bundle(hd, req, args.out)
+
+    res = _run(args, work)
     stream = sys.stderr if args.out == "-" else sys.stdout
     if args.json and args.out != "-":
         out(json.dumps(res, indent=2))
@@ -235,7 +233,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_import(args: argparse.Namespace) -> int:
+def run_import(args: argparse.Namespace) -> int:
     res = _run(args, lambda hd: import_bundle(hd, args.file))
     if args.json:
         out(json.dumps(res, indent=2))
@@ -255,7 +253,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_inspect(args: argparse.Namespace) -> int:
+def run_inspect(args: argparse.Namespace) -> int:
     with open_input(args.file) as fh:
         summary = summarize(BundleStream(fh))
     summary["trust"] = asyncio.run(_trust(args, summary))
@@ -292,7 +290,7 @@ async def _trust(args: argparse.Namespace, summary: dict[str, Any]) -> str:
     return "trusted: the node's key" if nodes[key] == signer else "NOT the node's known key"
 
 
-def cmd_receipts(args: argparse.Namespace) -> int:
+def run_receipts(args: argparse.Namespace) -> int:
     rows = _run(args, list_receipts)
     if args.json:
         out(json.dumps(rows, indent=2))
@@ -306,38 +304,39 @@ def cmd_receipts(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: Any) -> None:
-    bun = sub.add_parser(
-        "bundle", help="bundles for air-gapped sites", epilog=EPILOG
-    ).add_subparsers(dest="sub", required=True)
-    s = bun.add_parser("export", help="a node's restore point(s) in a signed bundle", epilog=EPILOG)
-    s.add_argument("--node", required=True)
-    s.add_argument("--vault", required=True)
+    bun = sub.add_parser("bundle", help="bundles for air-gapped sites").add_subparsers(
+        dest="sub", required=True
+    )
+    s = bun.add_parser("export", help="a node's restore point(s) in a signed bundle")
+    s.add_argument("--node", required=True, type=cli.NAME)
+    s.add_argument("--vault", type=cli.NAME, help="default: the hub's only vault")
     s.add_argument(
         "--point",
         default="latest",
+        type=cli.TEXT,
         help="latest | ID | label:key=value | at:TIMESTAMP (ISO or unix seconds)",
     )
-    s.add_argument("--sources", help="only these sources' chunks: a,b")
+    s.add_argument("--sources", type=cli.TEXT, help="only these sources' chunks: a,b")
     s.add_argument("--all", action="store_true", help="every checkpoint of the node")
     s.add_argument(
         "--restore-order",
         action="store_true",
         help="carry a signed order to restore the point (plan bundle-<id>, expires in 7 days)",
     )
-    s.add_argument("--health-cmd", help="with --restore-order: run on the node after the swap")
-    s.add_argument("--out", required=True, help="the bundle file, or - for stdout")
-    s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_export)
-    s = bun.add_parser(
-        "import", help="ingest a node's export, or a receipt, from a bundle", epilog=EPILOG
+    s.add_argument(
+        "--health-cmd", type=cli.TEXT, help="with --restore-order: run on the node after the swap"
     )
-    s.add_argument("file", help="the bundle file, or - for stdin")
+    s.add_argument("--out", required=True, type=cli.PATH, help="the bundle file, or - for stdout")
     s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_import)
+    s.set_defaults(func=run_export)
+    s = bun.add_parser("import", help="ingest a node's export, or a receipt, from a bundle")
+    s.add_argument("file", type=cli.PATH, help="the bundle file, or - for stdin")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=run_import)
     s = bun.add_parser("inspect", help="show what a bundle holds; checks its signature")
-    s.add_argument("file", help="the bundle file, or - for stdin")
+    s.add_argument("file", type=cli.PATH, help="the bundle file, or - for stdin")
     s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_inspect)
+    s.set_defaults(func=run_inspect)
     s = bun.add_parser("receipts", help="the receipts nodes sent back, with their outcome")
     s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_receipts)
+    s.set_defaults(func=run_receipts)

@@ -7,16 +7,25 @@ The hub and its token are found through ``--data DIR`` on the hub's machine
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 from amber.hub.config import load_secrets, read_runtime
 from amber.logs import register_secret
-from amber.protocol.errors import ConfigError, HubUnavailableError, NotFoundError, UsageError
+from amber.protocol.errors import (
+    ConfigError,
+    HubUnavailableError,
+    NotFoundError,
+    PermissionDeniedError,
+    ProtocolError,
+    UsageError,
+)
 
 TOKEN_ENV = "AMBER_HUB_TOKEN"
 
@@ -37,6 +46,11 @@ class AdminClient:
         url = read_runtime(data_dir)["admin_url"]
         return cls(url, token or load_secrets(data_dir).admin_token)
 
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> AdminClient:
+        """The hub named by the global options ``--hub`` and ``--data``."""
+        return cls.locate(args.hub, args.data)
+
     def call(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.url + path, data=data, method=method)
@@ -49,10 +63,27 @@ class AdminClient:
             try:
                 err = json.loads(exc.read())
             except ValueError:
+                err = None
+            if not isinstance(err, dict):
                 err = {"message": str(exc)}
-            kind = {404: NotFoundError, 400: UsageError}.get(exc.code, ConfigError)
+            kind = {404: NotFoundError, 400: UsageError, 401: PermissionDeniedError}.get(
+                exc.code, ConfigError
+            )
             raise kind(err.get("message", str(exc)), hint=err.get("hint")) from None
         except (urllib.error.URLError, OSError) as exc:
             raise HubUnavailableError(
                 f"cannot reach the hub admin API at {self.url}: {exc}"
             ) from None
+        except ValueError as exc:  # not JSON: something else answers at that URL
+            raise ProtocolError(f"{self.url} did not answer as an Amber hub: {exc}") from None
+
+
+def quote(part: str) -> str:
+    """One path segment of an API URL (a plan id, a name)."""
+    return urllib.parse.quote(part, safe="")
+
+
+def query(**params: str | None) -> str:
+    """``?k=v&...`` of the parameters given, or ``""``."""
+    given = {k: v for k, v in params.items() if v}
+    return "?" + urllib.parse.urlencode(given) if given else ""

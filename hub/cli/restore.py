@@ -4,25 +4,38 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from typing import Any
 
-from amber.hub.cli.client import AdminClient
+from amber import cli
+from amber.hub.cli.client import AdminClient, quote
+from amber.hub.cli.vaults import vault_from_hub
 from amber.hub.plans import parse_waves
 from amber.protocol.errors import UsageError
 
-
-def out(text: str) -> None:
-    sys.stdout.write(text + "\n")
-
-
-def _client(args: argparse.Namespace) -> AdminClient:
-    return AdminClient.locate(args.hub, args.data)
+out = cli.out
+_client = AdminClient.from_args
+IN_PROGRESS = ("queued", "fetching", "verifying", "swapped")
 
 
 def _split(text: str | None) -> list[str]:
     return [p.strip() for p in (text or "").split(",") if p.strip()]
+
+
+def parse_names(text: str) -> list[str]:
+    """``NAME,NAME,...``: at least one node name."""
+    names = [cli.parse_name(n) for n in _split(text)]
+    if not names:
+        raise ValueError(f"{text!r} names no node")
+    return names
+
+
+def parse_list(text: str) -> list[str]:
+    """``a,b``: at least one printable item."""
+    items = [cli.parse_text(n) for n in _split(text)]
+    if not items:
+        raise ValueError(f"{text!r} names nothing")
+    return items
 
 
 def show_plan(plan: dict[str, Any]) -> None:
@@ -37,23 +50,23 @@ def show_plan(plan: dict[str, Any]) -> None:
         )
 
 
-def cmd_plan(args: argparse.Namespace) -> int:
+def run_plan(args: argparse.Namespace) -> int:
     if bool(args.nodes) == bool(args.selector):
         raise UsageError("give exactly one of --nodes or --selector")
-    selector = dict(item.split("=", 1) for item in _split(args.selector))
+    client = _client(args)
     spec = {
-        "vault": args.vault,
-        "nodes": _split(args.nodes),
-        "selector": selector,
+        "vault": vault_from_hub(args.vault, client),
+        "nodes": args.nodes or [],
+        "selector": args.selector or {},
         "point": args.point,
-        "sources": _split(args.sources),
+        "sources": args.sources or [],
         "canary": args.canary,
-        "waves": parse_waves(args.waves),
+        "waves": args.waves,
         "health_cmd": args.health_cmd or "",
         "to_node": args.to_node or "",
         "rollback_on_failure": not args.no_rollback,
     }
-    plan = _client(args).call("POST", "/api/v1/restores", spec)
+    plan = client.call("POST", "/api/v1/restores", spec)
     if args.json:
         out(json.dumps(plan, indent=2))
     else:
@@ -62,28 +75,25 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_start(args: argparse.Namespace) -> int:
-    plan = _client(args).call("POST", f"/api/v1/restores/{args.plan}/start")
+def run_start(args: argparse.Namespace) -> int:
+    plan = _client(args).call("POST", f"/api/v1/restores/{quote(args.plan)}/start")
     show_plan(plan)
     return 0
 
 
-def cmd_abort(args: argparse.Namespace) -> int:
-    plan = _client(args).call("POST", f"/api/v1/restores/{args.plan}/abort")
+def run_abort(args: argparse.Namespace) -> int:
+    plan = _client(args).call("POST", f"/api/v1/restores/{quote(args.plan)}/abort")
     show_plan(plan)
     return 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def run_status(args: argparse.Namespace) -> int:
     client = _client(args)
     while True:
-        plan = client.call("GET", f"/api/v1/restores/{args.plan}")
+        plan = client.call("GET", f"/api/v1/restores/{quote(args.plan)}")
         if not args.wait or (
             plan["state"] not in ("running", "draft")
-            and all(
-                n["state"] not in ("queued", "fetching", "verifying", "swapped")
-                for n in plan["nodes"]
-            )
+            and all(n["state"] not in IN_PROGRESS for n in plan["nodes"])
         ):
             break
         time.sleep(0.5)
@@ -94,7 +104,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_list(args: argparse.Namespace) -> int:
+def run_list(args: argparse.Namespace) -> int:
     plans = _client(args).call("GET", "/api/v1/restores")
     if args.json:
         out(json.dumps(plans, indent=2))
@@ -113,40 +123,54 @@ def add_commands(sub: Any) -> None:
         dest="sub", required=True
     )
     s = r.add_parser("plan", help="plan a restore (a dry run: prints who gets what)")
-    s.add_argument("--vault", required=True)
-    s.add_argument("--nodes", help="NAME,NAME,...")
-    s.add_argument("--selector", help="key=value[,key=value]: nodes whose labels match")
+    s.add_argument("--vault", type=cli.NAME, help="default: the hub's only vault")
+    s.add_argument("--nodes", type=cli.argtype("NAME,NAME", parse_names), help="NAME,NAME,...")
+    s.add_argument(
+        "--selector",
+        type=cli.KEY_VALUES,
+        help="key=value[,key=value]: nodes whose labels match",
+    )
     s.add_argument(
         "--point",
         default="latest",
+        type=cli.TEXT,
         help="latest | ID | label:key=value | at:TIMESTAMP (ISO or unix seconds)",
     )
-    s.add_argument("--sources", help="only these sources: a,b")
-    s.add_argument("--canary", type=int, default=1, help="nodes in the canary wave (default 1)")
+    s.add_argument("--sources", type=cli.argtype("a,b", parse_list), help="only these sources: a,b")
     s.add_argument(
-        "--waves", default="100%", help="cumulative waves after the canary, e.g. 10%%,50%%,100%%"
+        "--canary", type=cli.COUNT, default=1, help="nodes in the canary wave (default 1)"
     )
-    s.add_argument("--health-cmd", help="command each node runs after swapping; non-zero fails")
-    s.add_argument("--to-node", help="restore the one named node's checkpoint onto this node")
+    s.add_argument(
+        "--waves",
+        default="100%",
+        type=cli.argtype("waves", parse_waves),
+        help="cumulative waves after the canary, e.g. 10%%,50%%,100%%",
+    )
+    s.add_argument(
+        "--health-cmd", type=cli.TEXT, help="command each node runs after swapping; non-zero fails"
+    )
+    s.add_argument(
+        "--to-node", type=cli.NAME, help="restore the one named node's checkpoint onto this node"
+    )
     s.add_argument(
         "--no-rollback",
         action="store_true",
         help="on failure, halt without rolling back the nodes already restored",
     )
     s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_plan)
+    s.set_defaults(func=run_plan)
     for name, func, text in (
-        ("start", cmd_start, "start a planned restore"),
-        ("abort", cmd_abort, "halt a plan and roll its nodes back"),
+        ("start", run_start, "start a planned restore"),
+        ("abort", run_abort, "halt a plan and roll its nodes back"),
     ):
         s = r.add_parser(name, help=text)
-        s.add_argument("plan")
+        s.add_argument("plan", type=cli.TEXT)
         s.set_defaults(func=func)
     s = r.add_parser("status", help="per wave, per node progress")
-    s.add_argument("plan")
+    s.add_argument("plan", type=cli.TEXT)
     s.add_argument("--wait", action="store_true", help="wait until no node is in progress")
     s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_status)
+    s.set_defaults(func=run_status)
     s = r.add_parser("list", help="all restore plans")
     s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_list)
+    s.set_defaults(func=run_list)
