@@ -20,10 +20,11 @@ from amber.hub.catalog import Catalog
 from amber.hub.config import HubConfig, load_hub_key, load_secrets, split_hostport, write_runtime
 from amber.hub.coordinator import Coordinator, ensure_cmd_stream, ensure_node_consumer
 from amber.hub.ingest import Ingestor
+from amber.hub.ingest_stream import IngestStream
 from amber.hub.metrics import HubMetrics
 from amber.hub.natsbox import HUB_USER, EmbeddedNats
+from amber.hub.nodeapi import NodeApi
 from amber.hub.plans import PlanBook
-from amber.hub.service import HubService
 from amber.hub.store.base import ObjectStore, open_store
 from amber.protocol.errors import ConfigError, HubUnavailableError
 
@@ -42,7 +43,8 @@ class Hub:
         self.store: ObjectStore
         self.catalog: Catalog
         self.ingestor: Ingestor
-        self.service: HubService
+        self.ingest_stream: IngestStream
+        self.nodeapi: NodeApi
         self.runner: web.AppRunner | None = None
         self.admin_url = ""
         self.nats_url = ""
@@ -68,10 +70,10 @@ class Hub:
         self.store = self.metrics.watch_store(open_store(cfg.store()))
         self.ingestor = Ingestor(self.store, self.catalog, cfg.retention)
         await self._start_nats()
-        self.service = HubService(
-            self.nc, self.store, self.catalog, self.ingestor, cfg.ingest_workers
-        )
-        await self.service.start()
+        self.ingest_stream = IngestStream(self.nc, self.catalog, self.ingestor, cfg.ingest_workers)
+        await self.ingest_stream.start()
+        self.nodeapi = NodeApi(self.nc, self.store, self.catalog)
+        await self.nodeapi.start()
         await self._start_restores()
         await self._start_admin()
         if cfg.metrics_listen:
@@ -190,7 +192,7 @@ class Hub:
         for n in await self.catalog.nodes():
             await ensure_node_consumer(js, n.vault, n.node)
         self.coordinator = Coordinator(self.plans, js, self.signer)
-        self.service.coordinator = self.coordinator
+        self.nodeapi.coordinator = self.coordinator
         self.coordinator_task = asyncio.create_task(self.coordinator.run(), name="coordinator")
 
     async def wait_closed(self) -> None:
@@ -202,8 +204,10 @@ class Hub:
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-        if getattr(self, "service", None) is not None:
-            await self.service.stop()
+        for name in ("nodeapi", "ingest_stream"):
+            part = getattr(self, name, None)
+            if part is not None:
+                await part.stop()
         if self.nc is not None:
             try:
                 await asyncio.wait_for(self.nc.close(), 5)
