@@ -5,7 +5,8 @@ For each checkpoint not yet durable at the hub:
    from another node of the vault never crosses the network again);
 2. publish only those chunks, pipelined with a bounded number in flight and an
    optional bandwidth limit, each under its id as JetStream message id;
-3. publish the manifests, then the checkpoint record;
+3. publish the manifests (a large one's parts first, then its head; docs/FORMAT.md
+   "Manifest parts"), then the checkpoint record;
 4. poll for the hub's receipt that every chunk and record is durable in its object
    store — a JetStream PubAck is not enough — and only then mark them durable and
    let the journal evict chunk blobs beyond its local cache.
@@ -23,11 +24,11 @@ from typing import TYPE_CHECKING
 
 from amber.agent.hublink import HubLink
 from amber.agent.journal import DURABLE, Journal
+from amber.agent.manifests import manifest_records
 from amber.protocol import wire
 from amber.protocol.errors import HubUnavailableError, JournalError, ProtocolError
 from amber.protocol.records import (
     KIND_CHECKPOINT,
-    KIND_MANIFEST,
     decode_checkpoint,
     decode_manifest,
 )
@@ -82,27 +83,30 @@ class Syncer:
             raise JournalError(f"checkpoint seq {seq} has no record in the journal")
         cp = decode_checkpoint(cp_data, self.keys)  # type: ignore[arg-type]
         states = await self.journal.record_states(list(cp.manifests.values()))
-        manifests: list[tuple[bytes, bytes]] = []
+        manifests: list[tuple[bytes, bytes]] = []  # parts before their head
         # chunks in manifest (file) order, each once: the hub packs them in the order they
         # arrive, and a restore reads them back in file order, in a few ranged reads
         chunk_ids: dict[bytes, None] = {}
         for mid in cp.manifests.values():
             if states.get(mid, DURABLE) == DURABLE:
                 continue  # already at the hub (or adopted from it)
-            data = await self.journal.record(mid)
-            assert data is not None
-            manifests.append((mid, data))
-            m = await asyncio.to_thread(decode_manifest, data, self.keys)  # type: ignore[arg-type]
+            recs = await manifest_records(self.journal.record, mid)
+            if recs is None:
+                raise JournalError(f"manifest {mid.hex()[:16]} has no record in the journal")
+            manifests += recs[1:] + recs[:1]
+            parts = [d for _, d in recs[1:]]
+            m = await asyncio.to_thread(decode_manifest, recs[0][1], self.keys, parts=parts)  # type: ignore[arg-type]
             chunk_ids.update(dict.fromkeys(cid for e in m.entries for cid, _ in e.chunks))
+            del m
         ids = list(chunk_ids)
         missing = await self._missing(ids)
         self.stats.chunks_skipped += len(ids) - len(missing)
         if self.metrics is not None:
             self.metrics.chunks_at_hub(len(ids) - len(missing))
         await self._send_chunks(missing, deadline)
-        for mid, data in manifests:
+        for rid, data in manifests:
             await self.link.publish_ingest(
-                wire.RecordPut(id=mid, kind=KIND_MANIFEST, data=data), mid.hex(), deadline
+                wire.RecordPut(id=rid, kind=data[5], data=data), rid.hex(), deadline
             )
         await self.link.publish_ingest(
             wire.RecordPut(id=cp_id, kind=KIND_CHECKPOINT, data=cp_data), cp_id.hex(), deadline

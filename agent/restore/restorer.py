@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Protocol
 
 from amber.agent.identity import NodeIdentity
+from amber.agent.manifests import load_manifest
 from amber.agent.restore.files import FileRestore, FileTask, Window
 from amber.protocol.errors import IntegrityError, NotFoundError, RestoreError
-from amber.protocol.records import Checkpoint, Manifest, decode_checkpoint, decode_manifest
+from amber.protocol.records import Checkpoint, Manifest, decode_checkpoint
 
 
 class ChunkSource(Protocol):
@@ -98,10 +99,10 @@ class Restorer:
         cp = decode_checkpoint(data, self.ident.keys, trusted=self.trusted)
         manifests: dict[str, Manifest] = {}
         for name, mid in sorted(cp.manifests.items()):
-            mdata = await self.records.record(mid)
-            if mdata is None:
+            m = await load_manifest(self.records.record, mid, self.ident.keys, trusted=self.trusted)
+            if m is None:
                 raise NotFoundError(f"manifest {mid.hex()[:16]} of source {name!r} is missing")
-            manifests[name] = decode_manifest(mdata, self.ident.keys, trusted=self.trusted)
+            manifests[name] = m
         return cp, manifests
 
     # --- writing manifests' entries under their roots --------------------------------
