@@ -3,12 +3,15 @@
 A `files` source whose manifest is well over the 8 MB `max_payload` (long paths make
 a few thousand files enough) is checkpointed, synced to a real hub, restored by a node
 that lost its disk (every manifest part fetched from the hub) and indexed again by
-`amber-hub catalog rebuild`. Before manifest parts (record version 2) the sync failed
-with "record.put message of N bytes is too large".
+`amber-hub catalog rebuild`, and travels by bundle both ways (node to hub, and hub
+to a node that restores with the hub out of reach). Before manifest parts (record
+version 2) the sync failed with "record.put message of N bytes is too large".
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -47,6 +50,13 @@ def test_a_manifest_over_one_message_syncs_restores_and_rebuilds(
     stats = agent.sync()
     assert stats["checkpoints"] == 1 and stats["chunks_sent"] == FILES
     assert_exactly_once_at_hub(hub, agent)
+    down, up = tmp_path / "down.tar", tmp_path / "up.tar"
+    res = hub.admin("bundle", "export", "--node", "edge1", "--vault", VAULT, "--out", down)
+    assert res.code == 0, res
+    agent.ok("bundle", "export", "--all", "--out", up)
+    res = hub.admin("bundle", "import", up, "--json")
+    assert res.code == 0, res
+    assert res.json()["checkpoints"] == 1
 
     hub.stop()
     sizes = manifest_record_sizes(hub)
@@ -56,6 +66,14 @@ def test_a_manifest_over_one_message_syncs_restores_and_rebuilds(
     assert res.code == 0, res
     assert "1 manifests" in res.out and "1 checkpoints" in res.out and "0 skipped" in res.out
     assert sorted(manifest_record_sizes(hub)) == sorted(sizes)
+    # the hub out of reach: a new machine restores from the hub's bundle alone
+    hub_key = json.loads(agent.enrolment.read_text())["hub_key"]  # type: ignore[union-attr]
+    offline = Agent.init(tmp_path / "offline-state", "edge1", VAULT, vault_key)
+    shutil.copyfile(agent.state / "node.key", offline.state / "node.key")  # from safekeeping
+    offline.ok("bundle", "import", down, "--hub-key", hub_key)
+    offline.restore_to(cp["id"], tmp_path / "from-bundle")
+    assert tree(tmp_path / "from-bundle" / "dataset") == tree(data)
+
     hub.start()
 
     fresh = Agent.init(tmp_path / "new-state", "edge1", VAULT, vault_key, enroll=agent.enrolment)
