@@ -295,18 +295,27 @@ def encode_manifest(m: Manifest, keys: VaultKeys, signer: SigningKey) -> bytes:
     return seal(KIND_MANIFEST, m.public(), m.sealed(), keys, signer)
 
 
-def encode_manifest_records(m: Manifest, keys: VaultKeys, signer: SigningKey) -> list[bytes]:
+def encode_manifest_records(
+    m: Manifest,
+    keys: VaultKeys,
+    signer: SigningKey,
+    *,
+    inline_limit: int = INLINE_LIMIT,
+    part_target: int = PART_TARGET,
+) -> list[bytes]:
     """The records of a manifest, its head first: one version 1 record when it fits in
-    ``INLINE_LIMIT``, else a version 2 head followed by its parts, in order."""
+    ``inline_limit``, else a version 2 head followed by its parts, in order, each cut
+    before the entry that would take its packed entries over ``part_target`` (readers
+    depend on neither: the frozen fixtures use small ones)."""
     packed = [c.pack(e.to_obj()) for e in m.entries]
     chunks = m.chunk_ids()
     estimate = sum(map(len, packed)) + 34 * len(chunks) + len(c.pack(m.sealed_meta())) + 1024
-    if estimate <= INLINE_LIMIT:
+    if estimate <= inline_limit:
         return [encode_manifest(m, keys, signer)]
     parts: list[bytes] = []
     start, size = 0, 0
     for i, pe in enumerate(packed):
-        if i > start and size + len(pe) > PART_TARGET:
+        if i > start and size + len(pe) > part_target:
             parts.append(
                 _seal_part(m, len(parts), m.entries[start:i], packed[start:i], keys, signer)
             )
