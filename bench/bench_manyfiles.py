@@ -1,7 +1,8 @@
 """Checkpoint, sync and restore of a `files` source of many small files (a dataset).
 
 A source of ``--files`` files of 0-2 KiB (default 1,000,000; 1,000 per directory) is
-generated once into ``bench/.work/manyfiles/data-<N>`` and reused. Then, as real
+generated once into ``bench/.work/manyfiles/data-<N>`` and reused; a run's
+state is under ``bench/.work/manyfiles/run-<N>``. Then, as real
 processes:
 
 1. ``amber-hub serve`` (embedded nats-server, local store) starts;
@@ -85,15 +86,12 @@ def row(step: str, run: Run) -> dict[str, Any]:
 
 
 def bench(files: int, seed: int) -> dict[str, Any]:
-    work = WORK_DIR / "manyfiles"
-    data = generate(work / f"data-{files}", files, seed)
+    data = generate(WORK_DIR / "manyfiles" / f"data-{files}", files, seed)
     log(f"source ready: {files} files under {data}")
-    for sub in ("hub", "node", "replacement", "restored", "vault.key", "node.enrol.json"):
-        path = work / sub
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+    work = WORK_DIR / "manyfiles" / f"run-{files}"  # removed at the start of a run
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
     key = work / "vault.key"
     run_timed([tool("amber-agent"), "keygen", "--out", str(key)])
     hub = HubProcess(work / "hub").start()
