@@ -24,13 +24,14 @@ from typing import TYPE_CHECKING
 
 from amber.agent.hublink import HubLink
 from amber.agent.journal import DURABLE, Journal
-from amber.agent.manifests import manifest_records
 from amber.protocol import wire
 from amber.protocol.errors import HubUnavailableError, JournalError, ProtocolError
 from amber.protocol.records import (
     KIND_CHECKPOINT,
     decode_checkpoint,
     decode_manifest,
+    manifest_part_ids,
+    part_entries,
 )
 
 if TYPE_CHECKING:
@@ -83,35 +84,30 @@ class Syncer:
             raise JournalError(f"checkpoint seq {seq} has no record in the journal")
         cp = decode_checkpoint(cp_data, self.keys)  # type: ignore[arg-type]
         states = await self.journal.record_states(list(cp.manifests.values()))
-        manifests: list[tuple[bytes, bytes]] = []  # parts before their head
+        manifests: list[bytes] = []  # record ids to send, a manifest's parts before its head
         # chunks in manifest (file) order, each once: the hub packs them in the order they
         # arrive, and a restore reads them back in file order, in a few ranged reads
         chunk_ids: dict[bytes, None] = {}
         for mid in cp.manifests.values():
             if states.get(mid, DURABLE) == DURABLE:
                 continue  # already at the hub (or adopted from it)
-            recs = await manifest_records(self.journal.record, mid)
-            if recs is None:
-                raise JournalError(f"manifest {mid.hex()[:16]} has no record in the journal")
-            manifests += recs[1:] + recs[:1]
-            parts = [d for _, d in recs[1:]]
-            m = await asyncio.to_thread(decode_manifest, recs[0][1], self.keys, parts=parts)  # type: ignore[arg-type]
-            chunk_ids.update(dict.fromkeys(cid for e in m.entries for cid, _ in e.chunks))
-            del m
+            manifests += await self._manifest_chunks(mid, chunk_ids)
         ids = list(chunk_ids)
         missing = await self._missing(ids)
         self.stats.chunks_skipped += len(ids) - len(missing)
         if self.metrics is not None:
             self.metrics.chunks_at_hub(len(ids) - len(missing))
         await self._send_chunks(missing, deadline)
-        for rid, data in manifests:
+        for rid in manifests:  # read one at a time: a large manifest's parts add up
+            data = await self.journal.record(rid)
+            assert data is not None  # _manifest_chunks read it
             await self.link.publish_ingest(
                 wire.RecordPut(id=rid, kind=data[5], data=data), rid.hex(), deadline
             )
         await self.link.publish_ingest(
             wire.RecordPut(id=cp_id, kind=KIND_CHECKPOINT, data=cp_data), cp_id.hex(), deadline
         )
-        records = [m for m, _ in manifests] + [cp_id]
+        records = [*manifests, cp_id]
         await self._await_receipts(ids + records, deadline)
         await self.journal.mark_durable(ids, records, seq)
         log.info(
@@ -127,6 +123,25 @@ class Syncer:
                 "seq": seq,
             },
         )
+
+    async def _manifest_chunks(self, mid: bytes, chunk_ids: dict[bytes, None]) -> list[bytes]:
+        """Add the chunk ids of manifest ``mid`` to ``chunk_ids`` in file order; return its
+        record ids, parts first. A version 2 manifest is read one part at a time."""
+        head = await self.journal.record(mid)
+        if head is None:
+            raise JournalError(f"manifest {mid.hex()[:16]} has no record in the journal")
+        part_ids = manifest_part_ids(head)
+        if not part_ids:
+            m = await asyncio.to_thread(decode_manifest, head, self.keys)  # type: ignore[arg-type]
+            chunk_ids.update(dict.fromkeys(cid for e in m.entries for cid, _ in e.chunks))
+            return [mid]
+        for i, pid in enumerate(part_ids):
+            data = await self.journal.record(pid)
+            if data is None:
+                raise JournalError(f"part {i} of manifest {mid.hex()[:16]} is not in the journal")
+            run = await asyncio.to_thread(part_entries, head, i, data, self.keys)  # type: ignore[arg-type]
+            chunk_ids.update(dict.fromkeys(cid for e in run for cid, _ in e.chunks))
+        return [*part_ids, mid]
 
     async def _missing(self, ids: list[bytes]) -> list[bytes]:
         missing: list[bytes] = []

@@ -399,29 +399,48 @@ def _decode_parted(raw: RawRecord, keys: VaultKeys, parts: Sequence[bytes]) -> M
     sealed = c.fields(unseal(raw, keys), "manifest", _HEAD_SEALED)
     entries: list[Entry] = []
     for i, (part, ppub) in enumerate(_bound_parts(raw, pub, parts)):
-        body = c.fields(unseal(part, keys), f"manifest part {i}", {"entries": c.list_of(c.is_any)})
-        run = [
-            Entry.from_obj(e, f"manifest.parts[{i}].entries[{j}]")
-            for j, e in enumerate(body["entries"])
-        ]
-        if sorted({cid for e in run for cid, _ in e.chunks}) != ppub["chunks"]:
-            raise IntegrityError(f"manifest part {i}: public chunk list disagrees with its entries")
-        entries.extend(run)
+        entries.extend(_part_entries(part, ppub, i, keys))
     m = _manifest(pub, sealed, tuple(entries))
     if len(m.chunk_ids()) != pub["nchunks"] or m.size != pub["size"]:
         raise IntegrityError("manifest: chunk count or size disagrees with its parts' entries")
     return m
 
 
+def _part_entries(part: RawRecord, ppub: dict[str, Any], i: int, keys: VaultKeys) -> list[Entry]:
+    body = c.fields(unseal(part, keys), f"manifest part {i}", {"entries": c.list_of(c.is_any)})
+    run = [
+        Entry.from_obj(e, f"manifest.parts[{i}].entries[{j}]")
+        for j, e in enumerate(body["entries"])
+    ]
+    if sorted({cid for e in run for cid, _ in e.chunks}) != ppub["chunks"]:
+        raise IntegrityError(f"manifest part {i}: public chunk list disagrees with its entries")
+    return run
+
+
+def part_entries(head: bytes, index: int, part: bytes, keys: VaultKeys) -> list[Entry]:
+    """The entries of part ``index`` of the version 2 manifest ``head``, checked to be the
+    part the head names: a reader that keeps one part in memory at a time (the totals
+    over all parts are checked only by :func:`decode_manifest`)."""
+    raw = parse(head, expect_kind=KIND_MANIFEST)
+    if raw.version != PARTS_VERSION:
+        raise FormatError("a version 1 manifest has no parts")
+    pub = c.fields(raw.public, "manifest", _HEAD_PUBLIC)
+    if not 0 <= index < len(pub["parts"]):
+        raise IntegrityError(f"manifest {raw.id.hex()[:16]} has no part {index}")
+    (bound,) = _bound_parts(raw, {**pub, "parts": [pub["parts"][index]]}, [part], first=index)
+    return _part_entries(*bound, index, keys)
+
+
 def _bound_parts(
-    raw: RawRecord, pub: dict[str, Any], parts: Sequence[bytes]
+    raw: RawRecord, pub: dict[str, Any], parts: Sequence[bytes], first: int = 0
 ) -> list[tuple[RawRecord, dict[str, Any]]]:
-    """Check that ``parts`` are exactly the parts the signed head names, in its order."""
+    """Check that ``parts`` are exactly the parts the signed head names, in its order
+    (``pub["parts"]`` from position ``first`` on)."""
     what = f"manifest {raw.id.hex()[:16]}"
     if len(parts) != len(pub["parts"]):
         raise IntegrityError(f"{what} has {len(pub['parts'])} part(s), {len(parts)} were given")
     out = []
-    for i, (pid, data) in enumerate(zip(pub["parts"], parts, strict=True)):
+    for i, (pid, data) in enumerate(zip(pub["parts"], parts, strict=True), start=first):
         if record_id(data) != pid:
             raise IntegrityError(
                 f"part {i} of {what} is not the part its signed head names",

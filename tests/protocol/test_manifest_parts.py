@@ -95,3 +95,17 @@ def test_a_version_1_manifest_takes_no_parts_and_parts_need_version_2() -> None:
         records.parse(v1_part + NODE_KEY.sign(v1_part))
     with pytest.raises(FormatError):
         records.decode_manifest(parts[0], VAULT)  # a part is not a manifest
+
+
+def test_parts_read_one_at_a_time_are_checked_against_the_head() -> None:
+    m = dataset(300)
+    head, *parts = encode(m, 500)
+    got = [e for i, p in enumerate(parts) for e in records.part_entries(head, i, p, VAULT)]
+    assert tuple(got) == m.entries
+    with pytest.raises(IntegrityError):
+        records.part_entries(head, 0, parts[1], VAULT)  # another position
+    with pytest.raises(IntegrityError):
+        records.part_entries(head, len(parts), parts[0], VAULT)  # no such part
+    (v1,) = records.encode_manifest_records(dataset(3), VAULT, NODE_KEY)
+    with pytest.raises(FormatError):
+        records.part_entries(v1, 0, parts[0], VAULT)
