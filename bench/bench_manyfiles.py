@@ -18,6 +18,7 @@ under 300 MiB for the agent and the hub.
 
     .venv/bin/python bench/bench_manyfiles.py                    # 1M files; long
     .venv/bin/python bench/bench_manyfiles.py --files 100000     # ~1/10 scale
+    .venv/bin/python bench/bench_manyfiles.py --quick            # 20,000 files
     .venv/bin/python bench/bench_manyfiles.py --json > many.json  # table on stderr
 """
 
@@ -151,10 +152,11 @@ def print_table(res: dict[str, Any]) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--files", type=int, default=1_000_000)
+    ap.add_argument("--quick", action="store_true", help="20,000 files (a smoke run)")
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     args = ap.parse_args()
-    res = bench(args.files, args.seed)
+    res = bench(20_000 if args.quick else args.files, args.seed)
     print_table(res)
     if args.json:
         print(json.dumps(res, indent=2))
