@@ -307,23 +307,38 @@ def encode_manifest_records(
     ``inline_limit``, else a version 2 head followed by its parts, in order, each cut
     before the entry that would take its packed entries over ``part_target`` (readers
     depend on neither: the frozen fixtures use small ones)."""
-    packed = [c.pack(e.to_obj()) for e in m.entries]
-    chunks = m.chunk_ids()
-    estimate = sum(map(len, packed)) + 34 * len(chunks) + len(c.pack(m.sealed_meta())) + 1024
-    if estimate <= inline_limit:
-        return [encode_manifest(m, keys, signer)]
+    nchunks = len({cid for e in m.entries for cid, _ in e.chunks})
+    total = 34 * nchunks + len(c.pack(m.sealed_meta())) + 1024  # the v1 record, estimated
     parts: list[bytes] = []
-    start, size = 0, 0
-    for i, pe in enumerate(packed):
-        if i > start and size + len(pe) > part_target:
-            parts.append(
-                _seal_part(m, len(parts), m.entries[start:i], packed[start:i], keys, signer)
-            )
-            start, size = i, 0
+    held: list[tuple[int, list[bytes]]] = []  # runs cut while the manifest may still be v1
+    start, run, size = 0, [], 0
+    for i, e in enumerate(m.entries):  # packed entries are kept for one run at a time
+        pe = c.pack(e.to_obj())
+        total += len(pe)
+        if run and size + len(pe) > part_target:
+            held.append((start, run))
+            start, run, size = i, [], 0
+        run.append(pe)
         size += len(pe)
-    parts.append(_seal_part(m, len(parts), m.entries[start:], packed[start:], keys, signer))
-    public = {**m.public(), "nchunks": len(chunks), "parts": [record_id(p) for p in parts]}
-    del public["chunks"]
+        if total > inline_limit:
+            for s, r in held:
+                parts.append(_seal_part(m, len(parts), s, r, keys, signer))
+            held = []
+    if total <= inline_limit:
+        return [encode_manifest(m, keys, signer)]
+    parts.append(_seal_part(m, len(parts), start, run, keys, signer))
+    public = {
+        "vault": m.vault,
+        "node": m.node,
+        "source": m.source,
+        "kind": m.kind,
+        "tier": m.tier,
+        "time_us": m.time_us,
+        "parent": m.parent,
+        "size": m.size,
+        "nchunks": nchunks,
+        "parts": [record_id(p) for p in parts],
+    }
     head = seal_packed(
         KIND_MANIFEST, public, c.pack(m.sealed_meta()), keys, signer, version=PARTS_VERSION
     )
@@ -333,11 +348,13 @@ def encode_manifest_records(
 def _seal_part(
     m: Manifest,
     index: int,
-    entries: Sequence[Entry],
+    start: int,
     packed: Sequence[bytes],
     keys: VaultKeys,
     signer: SigningKey,
 ) -> bytes:
+    """Part ``index``: the entries from ``start`` on; ``packed``: their msgpack bytes."""
+    entries = m.entries[start : start + len(packed)]
     public = {
         "vault": m.vault,
         "node": m.node,
