@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_agent.py
 	$(BIN)/python bench/bench_sync.py
 	$(BIN)/python bench/bench_restore.py
+	$(BIN)/python bench/bench_manyfiles.py
 
 # dist/: the wheel (with its extras) and dist/amber-agent.pyz, the agent as one
 # file for edge devices (packaging/build_zipapp.py; same Python minor version and platform).

@@ -28,6 +28,7 @@ import aiosqlite
 from amber.agent.config import AgentConfig
 from amber.agent.enrolment import load_installed
 from amber.agent.journal import DURABLE, HELD, checkpoint_row
+from amber.agent.manifests import GetRecord, load_manifest, manifest_records
 from amber.agent.restore.jobs import Job
 from amber.agent.restore.orders import OrderExecutor
 from amber.agent.runtime import AgentRuntime
@@ -42,6 +43,7 @@ from amber.protocol.errors import (
     FormatError,
     IntegrityError,
     JournalError,
+    NotFoundError,
     OrderReplayError,
     RestoreError,
     SignatureError,
@@ -50,13 +52,11 @@ from amber.protocol.errors import (
 )
 from amber.protocol.keys import parse_public_key
 from amber.protocol.records import (
-    KIND_CHECKPOINT,
-    KIND_MANIFEST,
     Checkpoint,
     checkpoint_public,
     decode_checkpoint,
     decode_manifest,
-    manifest_public,
+    manifest_chunk_ids,
 )
 
 STAGING = "bundle-staging"
@@ -159,6 +159,7 @@ def _staging_dir(cfg: AgentConfig, bundle_id: bytes) -> Path:
 async def _stage(rt: AgentRuntime, stream: BundleStream, staging: Path, st: ImportState) -> None:
     loop = asyncio.get_running_loop()
     keys = rt.ident.keys
+    heads: list[bytes] = []
     for m in stream.members():
         try:
             if m.role == "chunk":
@@ -166,6 +167,8 @@ async def _stage(rt: AgentRuntime, stream: BundleStream, staging: Path, st: Impo
                 st.chunks[m.id] = len(plain)
             elif m.checkpoint is not None:
                 st.checkpoints[m.id] = decode_checkpoint(m.data, keys)
+            elif m.manifest is not None and "parts" in m.manifest:
+                heads.append(m.id)  # version 2: decoded with its parts at the end
             elif m.manifest is not None:
                 st.manifests[m.id] = decode_manifest(m.data, keys).chunk_ids()
             elif m.order is not None:
@@ -174,6 +177,23 @@ async def _stage(rt: AgentRuntime, stream: BundleStream, staging: Path, st: Impo
             raise type(exc)(f"bundle member {m.name}: {exc}", hint=exc.hint) from None
         _write(staging / m.name, m.data)
     stream.finish()
+    for mid in heads:
+        try:
+            m = await load_manifest(_staged_record(staging, rt), mid, keys)
+        except (IntegrityError, FormatError, NotFoundError) as exc:
+            raise type(exc)(f"bundle manifest {mid.hex()[:16]}: {exc}", hint=exc.hint) from None
+        assert m is not None
+        st.manifests[mid] = m.chunk_ids()
+
+
+def _staged_record(staging: Path, rt: AgentRuntime) -> GetRecord:
+    """Records from the bundle being imported, else from the journal."""
+
+    async def get(rid: bytes) -> bytes | None:
+        path = staging / f"{b.RECORD_DIR}{rid.hex()}"
+        return path.read_bytes() if path.exists() else await rt.journal.record(rid)
+
+    return get
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -265,9 +285,9 @@ async def _check_order_chunks(rt: AgentRuntime, st: ImportState, order: wire.Res
         if order.sources and name not in order.sources:
             continue
         if mid not in st.manifests:
-            data = await rt.journal.record(mid)
-            assert data is not None  # _check_complete saw every manifest
-            st.manifests[mid] = manifest_public(data)["chunks"]
+            recs = await manifest_records(rt.journal.record, mid)
+            assert recs is not None  # _check_complete saw every manifest
+            st.manifests[mid] = manifest_chunk_ids(recs[0][1], [d for _, d in recs[1:]])
         needed.update(st.manifests[mid])
     lacking = (
         needed - set(st.chunks) - await rt.journal.held_chunks(sorted(needed - set(st.chunks)))
@@ -331,8 +351,8 @@ async def _commit_body(
         rows = []
         for name in batch:
             rid = bytes.fromhex(name)
-            kind = KIND_CHECKPOINT if rid in st.checkpoints else KIND_MANIFEST
-            rows.append((rid, kind, DURABLE, (staging / "records" / name).read_bytes()))
+            data = (staging / "records" / name).read_bytes()
+            rows.append((rid, data[5], DURABLE, data))  # the kind: header byte 5
         await db.executemany(
             "INSERT OR IGNORE INTO records(id, kind, state, data) VALUES(?,?,?,?)", rows
         )

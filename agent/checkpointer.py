@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from amber.agent.config import AgentConfig, SourceConfig
 from amber.agent.identity import NodeIdentity
 from amber.agent.journal import Journal
+from amber.agent.manifests import load_manifest
 from amber.agent.pipeline import ChunkWriter, Progress, WriteStats
 from amber.agent.sources.chunking import FILES_CDC, MODEL_CDC, make_cdc
 from amber.agent.sources.files import scan_files
@@ -27,9 +28,8 @@ from amber.protocol.records import (
     Checkpoint,
     Manifest,
     decode_checkpoint,
-    decode_manifest,
     encode_checkpoint,
-    encode_manifest,
+    encode_manifest_records,
     record_id,
 )
 
@@ -52,6 +52,10 @@ class CheckpointResult:
     checkpoint: Checkpoint
     stats: WriteStats
     changed: list[str]
+
+
+Scanned = tuple[bytes, list[tuple[bytes, bytes]] | None, dict, Manifest]
+"""A scanned source: manifest id, its new records (None: unchanged), state, manifest."""
 
 
 class Checkpointer:
@@ -124,7 +128,7 @@ class Checkpointer:
         scans = await self._scan_all(selected, writer)
         for src, (mid, data, state, m) in zip(selected, scans, strict=True):
             if data is not None:
-                new_records.append((mid, data))
+                new_records.extend(data)
                 changed.append(src.name)
             manifests[src.name] = mid
             sealed = self.journal.seal_state(pack_state(state, time.time_ns() // 1000))
@@ -166,9 +170,7 @@ class Checkpointer:
         )
         return CheckpointResult(cp_id, cp, writer.stats, changed)
 
-    async def _scan_all(
-        self, selected: list[SourceConfig], writer: ChunkWriter
-    ) -> list[tuple[bytes, bytes | None, dict, Manifest]]:
+    async def _scan_all(self, selected: list[SourceConfig], writer: ChunkWriter) -> list[Scanned]:
         """Scan the sources, ``SCANS_AT_ONCE`` at a time, results in ``selected`` order.
 
         Two at once keep both cores busy across the gaps of one source (an SQLite
@@ -177,7 +179,7 @@ class Checkpointer:
         """
         gate = asyncio.Semaphore(SCANS_AT_ONCE)
 
-        async def one(src: SourceConfig) -> tuple[bytes, bytes | None, dict, Manifest]:
+        async def one(src: SourceConfig) -> Scanned:
             async with gate:
                 return await self._scan(src, writer)
 
@@ -189,16 +191,13 @@ class Checkpointer:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _scan(
-        self, src: SourceConfig, writer: ChunkWriter
-    ) -> tuple[bytes, bytes | None, dict, Manifest]:
+    async def _scan(self, src: SourceConfig, writer: ChunkWriter) -> Scanned:
         keys = self.ident.keys
         prev = await self.journal.source_state(src.name)
         prev_manifest, prev_state = None, {}
         if prev is not None:
-            data = await self.journal.record(prev[0])
-            if data is not None:
-                prev_manifest = decode_manifest(data, keys)
+            prev_manifest = await load_manifest(self.journal.record, prev[0], keys)
+            if prev_manifest is not None:
                 prev_state = unpack_state(prev[1])
         ctx = ScanContext(
             source=src,
@@ -226,8 +225,8 @@ class Checkpointer:
         )
         if prev_manifest is not None and _same_content(prev_manifest, m):
             return prev[0], None, result.state, prev_manifest  # type: ignore[index]
-        data = encode_manifest(m, keys, self.ident.signer)
-        return record_id(data), data, result.state, m
+        recs = await asyncio.to_thread(encode_manifest_records, m, keys, self.ident.signer)
+        return record_id(recs[0]), [(record_id(r), r) for r in recs], result.state, m
 
 
 def _same_content(a: Manifest, b: Manifest) -> bool:

@@ -43,7 +43,7 @@ from amber.protocol.errors import (
     WrongKeyError,
 )
 from amber.protocol.keys import VaultKeys, derive_subkey
-from amber.protocol.records import KIND_CHECKPOINT, KIND_MANIFEST, Checkpoint, check_chain
+from amber.protocol.records import KIND_CHECKPOINT, Checkpoint, check_chain
 from amber.sqlitetx import begin_immediate, rollback_if_open
 
 log = logging.getLogger("amber.agent.journal")
@@ -446,7 +446,7 @@ class Journal:
         check_chain(head[1] if head else None, head[0] if head else None, cp)
         await db.executemany(
             "INSERT OR IGNORE INTO records(id, kind, state, data) VALUES(?,?,?,?)",
-            [(mid, KIND_MANIFEST, COMMITTED, data) for mid, data in manifests],
+            [(mid, data[5], COMMITTED, data) for mid, data in manifests],  # kind: header byte 5
         )
         await db.execute(
             "INSERT INTO records(id, kind, state, data) VALUES(?,?,?,?)",

@@ -5,7 +5,8 @@ For each checkpoint not yet durable at the hub:
    from another node of the vault never crosses the network again);
 2. publish only those chunks, pipelined with a bounded number in flight and an
    optional bandwidth limit, each under its id as JetStream message id;
-3. publish the manifests, then the checkpoint record;
+3. publish the manifests (a large one's parts first, then its head; docs/FORMAT.md
+   "Manifest parts"), then the checkpoint record;
 4. poll for the hub's receipt that every chunk and record is durable in its object
    store — a JetStream PubAck is not enough — and only then mark them durable and
    let the journal evict chunk blobs beyond its local cache.
@@ -27,9 +28,10 @@ from amber.protocol import wire
 from amber.protocol.errors import HubUnavailableError, JournalError, ProtocolError
 from amber.protocol.records import (
     KIND_CHECKPOINT,
-    KIND_MANIFEST,
     decode_checkpoint,
     decode_manifest,
+    manifest_part_ids,
+    part_entries,
 )
 
 if TYPE_CHECKING:
@@ -82,32 +84,30 @@ class Syncer:
             raise JournalError(f"checkpoint seq {seq} has no record in the journal")
         cp = decode_checkpoint(cp_data, self.keys)  # type: ignore[arg-type]
         states = await self.journal.record_states(list(cp.manifests.values()))
-        manifests: list[tuple[bytes, bytes]] = []
+        manifests: list[bytes] = []  # record ids to send, a manifest's parts before its head
         # chunks in manifest (file) order, each once: the hub packs them in the order they
         # arrive, and a restore reads them back in file order, in a few ranged reads
         chunk_ids: dict[bytes, None] = {}
         for mid in cp.manifests.values():
             if states.get(mid, DURABLE) == DURABLE:
                 continue  # already at the hub (or adopted from it)
-            data = await self.journal.record(mid)
-            assert data is not None
-            manifests.append((mid, data))
-            m = await asyncio.to_thread(decode_manifest, data, self.keys)  # type: ignore[arg-type]
-            chunk_ids.update(dict.fromkeys(cid for e in m.entries for cid, _ in e.chunks))
+            manifests += await self._manifest_chunks(mid, chunk_ids)
         ids = list(chunk_ids)
         missing = await self._missing(ids)
         self.stats.chunks_skipped += len(ids) - len(missing)
         if self.metrics is not None:
             self.metrics.chunks_at_hub(len(ids) - len(missing))
         await self._send_chunks(missing, deadline)
-        for mid, data in manifests:
+        for rid in manifests:  # read one at a time: a large manifest's parts add up
+            data = await self.journal.record(rid)
+            assert data is not None  # _manifest_chunks read it
             await self.link.publish_ingest(
-                wire.RecordPut(id=mid, kind=KIND_MANIFEST, data=data), mid.hex(), deadline
+                wire.RecordPut(id=rid, kind=data[5], data=data), rid.hex(), deadline
             )
         await self.link.publish_ingest(
             wire.RecordPut(id=cp_id, kind=KIND_CHECKPOINT, data=cp_data), cp_id.hex(), deadline
         )
-        records = [m for m, _ in manifests] + [cp_id]
+        records = [*manifests, cp_id]
         await self._await_receipts(ids + records, deadline)
         await self.journal.mark_durable(ids, records, seq)
         log.info(
@@ -123,6 +123,25 @@ class Syncer:
                 "seq": seq,
             },
         )
+
+    async def _manifest_chunks(self, mid: bytes, chunk_ids: dict[bytes, None]) -> list[bytes]:
+        """Add the chunk ids of manifest ``mid`` to ``chunk_ids`` in file order; return its
+        record ids, parts first. A version 2 manifest is read one part at a time."""
+        head = await self.journal.record(mid)
+        if head is None:
+            raise JournalError(f"manifest {mid.hex()[:16]} has no record in the journal")
+        part_ids = manifest_part_ids(head)
+        if not part_ids:
+            m = await asyncio.to_thread(decode_manifest, head, self.keys)  # type: ignore[arg-type]
+            chunk_ids.update(dict.fromkeys(cid for e in m.entries for cid, _ in e.chunks))
+            return [mid]
+        for i, pid in enumerate(part_ids):
+            data = await self.journal.record(pid)
+            if data is None:
+                raise JournalError(f"part {i} of manifest {mid.hex()[:16]} is not in the journal")
+            run = await asyncio.to_thread(part_entries, head, i, data, self.keys)  # type: ignore[arg-type]
+            chunk_ids.update(dict.fromkeys(cid for e in run for cid, _ in e.chunks))
+        return [*part_ids, mid]
 
     async def _missing(self, ids: list[bytes]) -> list[bytes]:
         missing: list[bytes] = []

@@ -48,6 +48,7 @@ from amber.protocol.keys import SigningKey
 from amber.protocol.records import (
     KIND_CHECKPOINT,
     KIND_MANIFEST,
+    KIND_PART,
     Checkpoint,
 )
 
@@ -127,6 +128,8 @@ class Staged:
     root: Path
     checkpoints: dict[bytes, Checkpoint] = field(default_factory=dict)
     manifests: dict[bytes, list[bytes]] = field(default_factory=dict)  # id -> chunk ids
+    parts: dict[bytes, list[bytes]] = field(default_factory=dict)  # manifest part -> chunk ids
+    heads: dict[bytes, list[bytes]] = field(default_factory=dict)  # v2 manifest -> its parts
     chunks: list[bytes] = field(default_factory=list)
     receipt: b.BundleReceipt | None = None
 
@@ -146,6 +149,7 @@ async def import_bundle(hd: HubData, path: str) -> dict[str, Any]:
             for m in stream.members():
                 _stage(staged, m)
             stream.finish()
+        _resolve_heads(staged)
         if pin:
             await hd.catalog.seen(header.vault, header.node, header.signer)
         if header.kind == b.RECEIPT:
@@ -189,7 +193,11 @@ def _stage(st: Staged, m: b.Member) -> None:
     if m.checkpoint is not None:
         st.checkpoints[m.id] = m.checkpoint
     elif m.manifest is not None:
-        st.manifests[m.id] = list(m.manifest["chunks"])
+        st.manifests[m.id] = list(m.manifest.get("chunks", []))
+        if "parts" in m.manifest:  # version 2: its chunks are its parts' (see _resolve_heads)
+            st.heads[m.id] = list(m.manifest["parts"])
+    elif m.part is not None:
+        st.parts[m.id] = list(m.part["chunks"])
     else:
         st.chunks.append(m.id)
     try:
@@ -198,6 +206,19 @@ def _stage(st: Staged, m: b.Member) -> None:
         if exc.errno == errno.ENOSPC:
             raise DiskFullError(f"no space left to stage the bundle under {st.root}") from None
         raise StoreError(f"cannot stage the bundle under {st.root}: {exc}") from None
+
+
+def _resolve_heads(st: Staged) -> None:
+    """A version 2 manifest needs the chunks of its parts, which the bundle must carry
+    (the hub checks again at ingest that they are the ones its signed head names)."""
+    for mid, parts in st.heads.items():
+        lacking = [p for p in parts if p not in st.parts]
+        if lacking:
+            raise NotFoundError(
+                f"the bundle lacks {len(lacking)} part(s) of manifest {mid.hex()[:16]}",
+                hint="export again from the node",
+            )
+        st.manifests[mid] = sorted({c for p in parts for c in st.parts[p]})
 
 
 async def _ingest(hd: HubData, st: Staged) -> dict[str, Any]:
@@ -212,6 +233,8 @@ async def _ingest(hd: HubData, st: Staged) -> dict[str, Any]:
             if isinstance(res, AmberError):
                 raise res
             stored += res == "stored"
+    for pid in st.parts:
+        await _put_record(hd, st, pid, KIND_PART)
     for mid in st.manifests:
         await _put_record(hd, st, mid, KIND_MANIFEST)
     for cid, _ in sorted(st.checkpoints.items(), key=lambda kv: kv[1].seq):

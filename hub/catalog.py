@@ -326,7 +326,7 @@ class Catalog:
                 pub["tier"],
                 pub["time_us"],
                 pub["size"],
-                len(pub["chunks"]),
+                pub["nchunks"] if "nchunks" in pub else len(pub["chunks"]),  # v2 head: parts
             ),
         )
 

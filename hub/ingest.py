@@ -4,9 +4,10 @@ Rules, checked on every message before anything is stored:
 - the vault and node come from the NATS subject (the node's credentials allow it
   only its own), never from the payload; records must name the same ones;
 - chunk blobs must have a valid header and size (the hub cannot decrypt them);
-- records must carry a valid Ed25519 signature; a manifest is accepted only once
-  every chunk it names is durable, a checkpoint only once its manifests are and it
-  continues the node's hash chain (the next seq, naming the head as prev).
+- records must carry a valid Ed25519 signature; a manifest (or manifest part) is
+  accepted only once every chunk it names is durable, a version 2 manifest head only
+  once its parts are, a checkpoint only once its manifests are and it continues the
+  node's hash chain (the next seq, naming the head as prev).
 A message that arrived too early (its prerequisites are still in flight) is
 retried later; a bad one is rejected, counted and logged with the node's name.
 """
@@ -31,12 +32,14 @@ from amber.protocol.errors import AmberError, ChainError, FormatError
 from amber.protocol.records import (
     KIND_CHECKPOINT,
     KIND_MANIFEST,
+    KIND_PART,
     SOURCE_KINDS,
     TIERS,
     Checkpoint,
     checkpoint_public,
     manifest_public,
     parse,
+    part_public,
     record_id,
 )
 
@@ -137,6 +140,8 @@ class Ingestor:
             return "duplicate"
         if raw.kind == KIND_MANIFEST:
             return await self._manifest(vault, node, msg, raw.signer)
+        if raw.kind == KIND_PART:
+            return await self._part(vault, node, msg)
         if raw.kind == KIND_CHECKPOINT:
             return await self._checkpoint(vault, node, msg, raw.signer)
         raise FormatError(f"record kind {raw.kind} cannot be ingested")
@@ -147,13 +152,30 @@ class Ingestor:
         _check_fields("manifest", time_us=pub["time_us"], size=pub["size"])
         if pub["kind"] not in SOURCE_KINDS or pub["tier"] not in TIERS:
             raise FormatError(f"manifest has unknown kind {pub['kind']!r} or tier {pub['tier']!r}")
-        have = await self.catalog.present(vault, pub["chunks"])
-        if len(have) < len(pub["chunks"]):
+        # a version 2 head names its parts; each part was accepted only once its chunks were
+        needs = pub["parts"] if "parts" in pub else pub["chunks"]
+        have = await self.catalog.present(vault, needs)
+        if len(have) < len(needs):
             self.stats.retries += 1
             return "retry"
         until = retain_until(tier_days(self.retention, [pub["tier"]]))
         await self.store.put(object_key(vault, msg.id, RECORD), msg.data, retain_until=until)
         await self.catalog.add_manifest(vault, msg.id, pub)
+        await self.catalog.add_objects(vault, [(msg.id, RECORD, len(msg.data))])
+        self.stats.records += 1
+        return "stored"
+
+    async def _part(self, vault: str, node: str, msg: wire.RecordPut) -> Outcome:
+        """A part of a version 2 manifest: stored once its chunks are durable. Its head,
+        which arrives after it, binds it to the manifest by its id."""
+        pub = part_public(msg.data)
+        _check_owner(pub["vault"], pub["node"], vault, node)
+        have = await self.catalog.present(vault, pub["chunks"])
+        if len(have) < len(pub["chunks"]):
+            self.stats.retries += 1
+            return "retry"
+        until = retain_until(tier_days(self.retention, []))  # its head's tier is not known yet
+        await self.store.put(object_key(vault, msg.id, RECORD), msg.data, retain_until=until)
         await self.catalog.add_objects(vault, [(msg.id, RECORD, len(msg.data))])
         self.stats.records += 1
         return "stored"

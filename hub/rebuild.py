@@ -2,7 +2,8 @@
 
 Manifests and checkpoints are stored objects, so the store is the source of truth:
 list every object, re-read every record's public part (its signature is checked) and
-every pack's entries, and insert objects, manifests and checkpoints again. Node
+every pack's entries, and insert objects, manifests and checkpoints again. Manifest
+parts (record version 2) are indexed as objects; their heads as manifests. Node
 enrolments are kept.
 """
 
@@ -19,9 +20,11 @@ from amber.protocol.chunk import parse_chunk_header
 from amber.protocol.errors import AmberError
 from amber.protocol.records import (
     KIND_CHECKPOINT,
+    KIND_PART,
     checkpoint_public,
     manifest_public,
     parse,
+    part_public,
 )
 
 log = logging.getLogger("amber.hub.rebuild")
@@ -54,6 +57,8 @@ async def rebuild_catalog(store: ObjectStore, catalog: Catalog) -> dict[str, int
             raw = parse(data)
             if raw.kind == KIND_CHECKPOINT:
                 checkpoints.append((checkpoint_public(data), oid, raw.signer))
+            elif raw.kind == KIND_PART:  # a part of a version 2 manifest: only an object
+                part_public(data)
             else:
                 await catalog.add_manifest(vault, oid, manifest_public(data))
                 counts["manifests"] += 1

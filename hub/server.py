@@ -21,10 +21,11 @@ from amber.hub.catalog import Catalog
 from amber.hub.config import HubConfig, load_hub_key, load_secrets, split_hostport, write_runtime
 from amber.hub.coordinator import Coordinator, ensure_cmd_stream, ensure_node_consumer
 from amber.hub.ingest import Ingestor, IngestStats
+from amber.hub.ingest_stream import IngestStream
 from amber.hub.metrics import HubMetrics
 from amber.hub.natsbox import HUB_USER, EmbeddedNats
+from amber.hub.nodeapi import NodeApi
 from amber.hub.plans import PlanBook
-from amber.hub.service import HubService
 from amber.hub.store.base import open_store
 from amber.protocol.enrolment import Enrolment, enrolment_object
 from amber.protocol.errors import ConfigError, HubUnavailableError
@@ -70,11 +71,14 @@ class Hub:
             parts.push_async_callback(self.store.close)
             self.ingestor = Ingestor(self.store, self.catalog, cfg.retention)
             await self._start_nats(parts)
-            self.service = HubService(
-                self.nc, self.store, self.catalog, self.ingestor, cfg.ingest_workers
+            self.ingest_stream = IngestStream(
+                self.nc, self.catalog, self.ingestor, cfg.ingest_workers
             )
-            parts.push_async_callback(self.service.stop)
-            await self.service.start()
+            parts.push_async_callback(self.ingest_stream.stop)
+            await self.ingest_stream.start()
+            self.nodeapi = NodeApi(self.nc, self.store, self.catalog)
+            parts.push_async_callback(self.nodeapi.stop)
+            await self.nodeapi.start()
             await self._start_restores(parts)
             await self._start_admin(parts, self.ingestor.stats)
             if cfg.metrics_listen:
@@ -214,7 +218,7 @@ class Hub:
         for n in await self.catalog.nodes():
             await ensure_node_consumer(js, n.vault, n.node)
         self.coordinator = Coordinator(self.plans, js, self.signer)
-        self.service.coordinator = self.coordinator
+        self.nodeapi.coordinator = self.coordinator
         task = asyncio.create_task(self.coordinator.run(), name="coordinator")
         parts.push_async_callback(_cancel, task)
 

@@ -36,11 +36,13 @@ from amber.protocol.errors import (
 from amber.protocol.keys import SigningKey, verify_signature
 from amber.protocol.records import (
     KIND_CHECKPOINT,
+    KIND_PART,
     MAX_RECORD_SIZE,
     Checkpoint,
     checkpoint_public,
     manifest_public,
     parse,
+    part_public,
     record_id,
 )
 
@@ -309,6 +311,7 @@ class Member:
     data: bytes
     checkpoint: Checkpoint | None = None  # public part of a checkpoint record
     manifest: dict[str, Any] | None = None  # public part of a manifest record
+    part: dict[str, Any] | None = None  # public part of a manifest part (record version 2)
     order: wire.RestoreOrder | None = None
     receipt: BundleReceipt | None = None
 
@@ -462,6 +465,9 @@ def _check_record(header: BundleHeader, oid: bytes, name: str, data: bytes) -> M
     if raw.kind == KIND_CHECKPOINT:
         cp = checkpoint_public(data)
         owner, member = (cp.vault, cp.node), Member(name, "record", oid, data, checkpoint=cp)
+    elif raw.kind == KIND_PART:
+        pub = part_public(data)
+        owner, member = (pub["vault"], pub["node"]), Member(name, "record", oid, data, part=pub)
     else:
         pub = manifest_public(data)
         owner, member = (pub["vault"], pub["node"]), Member(name, "record", oid, data, manifest=pub)

@@ -7,15 +7,23 @@ the node's Ed25519 key. Its id is the BLAKE3 hash of its bytes; a checkpoint's
 public part names the id of the node's previous checkpoint, forming a hash chain.
 Encoding is deterministic (the nonce is derived from the content). Layout in
 docs/FORMAT.md ("Record").
+
+Version 2 (docs/FORMAT.md, "Manifest parts") splits a manifest too large for one NATS
+message into a head record and manifest part records: each part carries a run of
+entries (sealed) and their chunk ids (public); the signed head lists the parts' ids,
+so a part cannot be swapped, dropped or reordered without breaking the head's
+signature. Manifests that fit ``INLINE_LIMIT`` are still written as version 1.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import blake3
+import msgpack
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -31,11 +39,18 @@ from amber.protocol.keys import SigningKey, VaultKeys, verify_signature
 from amber.protocol.wire import check_name
 
 RECORD_MAGIC = b"AMBR"
-RECORD_VERSION = 1
+RECORD_VERSION = 1  # what checkpoints and small manifests are written as
+PARTS_VERSION = 2  # manifest heads and manifest parts (a manifest over INLINE_LIMIT)
+VERSIONS = (RECORD_VERSION, PARTS_VERSION)
 HEAD = struct.Struct(">4sBBHI")  # magic, version, kind, flags, public length
 KIND_MANIFEST = 1
 KIND_CHECKPOINT = 2
-KIND_NAMES = {KIND_MANIFEST: "manifest", KIND_CHECKPOINT: "checkpoint"}
+KIND_PART = 3  # version 2 only
+KIND_NAMES = {KIND_MANIFEST: "manifest", KIND_CHECKPOINT: "checkpoint", KIND_PART: "manifest part"}
+INLINE_LIMIT = 4 * 1024 * 1024
+"""A manifest whose packed public and sealed parts exceed this is written as parts."""
+PART_TARGET = 2 * 1024 * 1024
+"""Packed entries per manifest part (a part is cut before the entry that would cross it)."""
 MAX_RECORD_SIZE = 64 * 1024 * 1024
 NONCE_SIZE = 12
 SIG_SIZE = 64
@@ -57,6 +72,7 @@ class RawRecord:
 
     id: bytes
     kind: int
+    version: int
     public: dict[str, Any]
     aad: bytes
     nonce: bytes
@@ -68,9 +84,20 @@ def seal(
     kind: int, public: dict[str, Any], sealed: dict[str, Any], keys: VaultKeys, signer: SigningKey
 ) -> bytes:
     """Encode, encrypt and sign a record."""
+    return seal_packed(kind, public, c.pack(sealed), keys, signer)
+
+
+def seal_packed(
+    kind: int,
+    public: dict[str, Any],
+    plain: bytes,
+    keys: VaultKeys,
+    signer: SigningKey,
+    version: int = RECORD_VERSION,
+) -> bytes:
+    """Encode, encrypt and sign a record whose sealed map is already packed (``plain``)."""
     pub = c.pack(public)
-    head = HEAD.pack(RECORD_MAGIC, RECORD_VERSION, kind, 0, len(pub)) + pub
-    plain = c.pack(sealed)
+    head = HEAD.pack(RECORD_MAGIC, version, kind, 0, len(pub)) + pub
     nonce = blake3.blake3(head + plain, key=keys.meta_nonce).digest(NONCE_SIZE)
     ct = AESGCM(keys.meta_enc).encrypt(nonce, plain, head)
     body = head + nonce + struct.pack(">I", len(ct)) + ct + signer.public
@@ -88,9 +115,9 @@ def parse(data: bytes, *, expect_kind: int | None = None) -> RawRecord:
     magic, version, kind, flags, pub_len = HEAD.unpack_from(data)
     if magic != RECORD_MAGIC:
         raise FormatError("not an Amber record (bad magic)")
-    if version != RECORD_VERSION:
+    if version not in VERSIONS:
         raise UnknownVersionError(f"record version {version} is not supported")
-    if kind not in KIND_NAMES or flags:
+    if kind not in KIND_NAMES or flags or (kind == KIND_PART and version < PARTS_VERSION):
         raise FormatError(f"record has unknown kind {kind} or flags {flags:#x}")
     if expect_kind is not None and kind != expect_kind:
         raise FormatError(f"expected a {KIND_NAMES[expect_kind]}, got a {KIND_NAMES[kind]}")
@@ -108,6 +135,7 @@ def parse(data: bytes, *, expect_kind: int | None = None) -> RawRecord:
     return RawRecord(
         id=record_id(data),
         kind=kind,
+        version=version,
         public=public,
         aad=data[: HEAD.size + pub_len],
         nonce=data[HEAD.size + pub_len : HEAD.size + pub_len + NONCE_SIZE],
@@ -248,8 +276,11 @@ class Manifest:
         }
 
     def sealed(self) -> dict[str, Any]:
+        return {"entries": [e.to_obj() for e in self.entries], **self.sealed_meta()}
+
+    def sealed_meta(self) -> dict[str, Any]:
+        """The sealed map of a version 2 head: the manifest's fields other than entries."""
         return {
-            "entries": [e.to_obj() for e in self.entries],
             "meta": dict(sorted(self.meta.items())),
             "lineage": dict(sorted(self.lineage.items())),
         }
@@ -274,23 +305,114 @@ _MANIFEST_SEALED: dict[str, c.Check] = {
 
 
 def encode_manifest(m: Manifest, keys: VaultKeys, signer: SigningKey) -> bytes:
+    """The manifest as one version 1 record (whatever its size; see encode_manifest_records)."""
     return seal(KIND_MANIFEST, m.public(), m.sealed(), keys, signer)
 
 
+def encode_manifest_records(
+    m: Manifest,
+    keys: VaultKeys,
+    signer: SigningKey,
+    *,
+    inline_limit: int = INLINE_LIMIT,
+    part_target: int = PART_TARGET,
+) -> list[bytes]:
+    """The records of a manifest, its head first: one version 1 record when it fits in
+    ``inline_limit``, else a version 2 head followed by its parts, in order, each cut
+    before the entry that would take its packed entries over ``part_target`` (readers
+    depend on neither: the frozen fixtures use small ones)."""
+    nchunks = len({cid for e in m.entries for cid, _ in e.chunks})
+    total = 34 * nchunks + len(c.pack(m.sealed_meta())) + 1024  # the v1 record, estimated
+    parts: list[bytes] = []
+    held: list[tuple[int, list[bytes]]] = []  # runs cut while the manifest may still be v1
+    start, run, size = 0, [], 0
+    for i, e in enumerate(m.entries):  # packed entries are kept for one run at a time
+        pe = c.pack(e.to_obj())
+        total += len(pe)
+        if run and size + len(pe) > part_target:
+            held.append((start, run))
+            start, run, size = i, [], 0
+        run.append(pe)
+        size += len(pe)
+        if total > inline_limit:
+            for s, r in held:
+                parts.append(_seal_part(m, len(parts), s, r, keys, signer))
+            held = []
+    if total <= inline_limit:
+        return [encode_manifest(m, keys, signer)]
+    parts.append(_seal_part(m, len(parts), start, run, keys, signer))
+    public = {
+        "vault": m.vault,
+        "node": m.node,
+        "source": m.source,
+        "kind": m.kind,
+        "tier": m.tier,
+        "time_us": m.time_us,
+        "parent": m.parent,
+        "size": m.size,
+        "nchunks": nchunks,
+        "parts": [record_id(p) for p in parts],
+    }
+    head = seal_packed(
+        KIND_MANIFEST, public, c.pack(m.sealed_meta()), keys, signer, version=PARTS_VERSION
+    )
+    return [head, *parts]
+
+
+def _seal_part(
+    m: Manifest,
+    index: int,
+    start: int,
+    packed: Sequence[bytes],
+    keys: VaultKeys,
+    signer: SigningKey,
+) -> bytes:
+    """Part ``index``: the entries from ``start`` on; ``packed``: their msgpack bytes."""
+    entries = m.entries[start : start + len(packed)]
+    public = {
+        "vault": m.vault,
+        "node": m.node,
+        "source": m.source,
+        "index": index,
+        "chunks": sorted({cid for e in entries for cid, _ in e.chunks}),
+    }
+    pk = msgpack.Packer(use_bin_type=True)
+    plain = b"".join(
+        [pk.pack_map_header(1), pk.pack("entries"), pk.pack_array_header(len(packed)), *packed]
+    )
+    return seal_packed(KIND_PART, public, plain, keys, signer, version=PARTS_VERSION)
+
+
 def decode_manifest(
-    data: bytes, keys: VaultKeys, *, trusted: bytes | set[bytes] | None = None
+    data: bytes,
+    keys: VaultKeys,
+    *,
+    trusted: bytes | set[bytes] | None = None,
+    parts: Sequence[bytes] = (),
 ) -> Manifest:
+    """Decode a manifest record; a version 2 head needs its ``parts`` records, in order."""
     raw = parse(data, expect_kind=KIND_MANIFEST)
     check_signer(raw, trusted)
+    if raw.version == PARTS_VERSION:
+        return _decode_parted(raw, keys, parts)
+    if parts:
+        raise FormatError("a version 1 manifest has no parts")
     pub = c.fields(raw.public, "manifest", _MANIFEST_PUBLIC)
     sealed = c.fields(unseal(raw, keys), "manifest", _MANIFEST_SEALED)
-    if pub["kind"] not in SOURCE_KINDS or pub["tier"] not in TIERS:
-        raise FormatError(f"manifest: unknown source kind {pub['kind']!r} or tier {pub['tier']!r}")
-    _check_names(pub["vault"], pub["node"], [pub["source"]])
     entries = tuple(
         Entry.from_obj(e, f"manifest.entries[{i}]") for i, e in enumerate(sealed["entries"])
     )
-    m = Manifest(
+    m = _manifest(pub, sealed, entries)
+    if m.chunk_ids() != pub["chunks"] or m.size != pub["size"]:
+        raise IntegrityError("manifest: public chunk list or size disagrees with its entries")
+    return m
+
+
+def _manifest(pub: dict[str, Any], sealed: dict[str, Any], entries: tuple[Entry, ...]) -> Manifest:
+    if pub["kind"] not in SOURCE_KINDS or pub["tier"] not in TIERS:
+        raise FormatError(f"manifest: unknown source kind {pub['kind']!r} or tier {pub['tier']!r}")
+    _check_names(pub["vault"], pub["node"], [pub["source"]])
+    return Manifest(
         vault=pub["vault"],
         node=pub["node"],
         source=pub["source"],
@@ -302,16 +424,119 @@ def decode_manifest(
         lineage=sealed["lineage"],
         parent=pub["parent"],
     )
-    if m.chunk_ids() != pub["chunks"] or m.size != pub["size"]:
-        raise IntegrityError("manifest: public chunk list or size disagrees with its entries")
+
+
+def _decode_parted(raw: RawRecord, keys: VaultKeys, parts: Sequence[bytes]) -> Manifest:
+    pub = c.fields(raw.public, "manifest", _HEAD_PUBLIC)
+    sealed = c.fields(unseal(raw, keys), "manifest", _HEAD_SEALED)
+    entries: list[Entry] = []
+    for i, (part, ppub) in enumerate(_bound_parts(raw, pub, parts)):
+        entries.extend(_part_entries(part, ppub, i, keys))
+    m = _manifest(pub, sealed, tuple(entries))
+    if len(m.chunk_ids()) != pub["nchunks"] or m.size != pub["size"]:
+        raise IntegrityError("manifest: chunk count or size disagrees with its parts' entries")
     return m
 
 
+def _part_entries(part: RawRecord, ppub: dict[str, Any], i: int, keys: VaultKeys) -> list[Entry]:
+    body = c.fields(unseal(part, keys), f"manifest part {i}", {"entries": c.list_of(c.is_any)})
+    run = [
+        Entry.from_obj(e, f"manifest.parts[{i}].entries[{j}]")
+        for j, e in enumerate(body["entries"])
+    ]
+    if sorted({cid for e in run for cid, _ in e.chunks}) != ppub["chunks"]:
+        raise IntegrityError(f"manifest part {i}: public chunk list disagrees with its entries")
+    return run
+
+
+def part_entries(head: bytes, index: int, part: bytes, keys: VaultKeys) -> list[Entry]:
+    """The entries of part ``index`` of the version 2 manifest ``head``, checked to be the
+    part the head names: a reader that keeps one part in memory at a time (the totals
+    over all parts are checked only by :func:`decode_manifest`)."""
+    raw = parse(head, expect_kind=KIND_MANIFEST)
+    if raw.version != PARTS_VERSION:
+        raise FormatError("a version 1 manifest has no parts")
+    pub = c.fields(raw.public, "manifest", _HEAD_PUBLIC)
+    if not 0 <= index < len(pub["parts"]):
+        raise IntegrityError(f"manifest {raw.id.hex()[:16]} has no part {index}")
+    (bound,) = _bound_parts(raw, {**pub, "parts": [pub["parts"][index]]}, [part], first=index)
+    return _part_entries(*bound, index, keys)
+
+
+def _bound_parts(
+    raw: RawRecord, pub: dict[str, Any], parts: Sequence[bytes], first: int = 0
+) -> list[tuple[RawRecord, dict[str, Any]]]:
+    """Check that ``parts`` are exactly the parts the signed head names, in its order
+    (``pub["parts"]`` from position ``first`` on)."""
+    what = f"manifest {raw.id.hex()[:16]}"
+    if len(parts) != len(pub["parts"]):
+        raise IntegrityError(f"{what} has {len(pub['parts'])} part(s), {len(parts)} were given")
+    out = []
+    for i, (pid, data) in enumerate(zip(pub["parts"], parts, strict=True), start=first):
+        if record_id(data) != pid:
+            raise IntegrityError(
+                f"part {i} of {what} is not the part its signed head names",
+                hint="the hub or bundle served a substituted or damaged part: restore from "
+                "another region or bundle, and check the hub's store",
+            )
+        part = parse(data, expect_kind=KIND_PART)
+        if part.signer != raw.signer:
+            raise SignatureError(f"part {i} of {what} is signed by another key than its head")
+        ppub = c.fields(part.public, f"manifest part {i}", _PART_PUBLIC)
+        place = (ppub["vault"], ppub["node"], ppub["source"], ppub["index"])
+        if place != (pub["vault"], pub["node"], pub["source"], i):
+            raise IntegrityError(f"part {i} of {what} names another manifest or position")
+        out.append((part, ppub))
+    return out
+
+
 def manifest_public(data: bytes) -> dict[str, Any]:
-    """What the hub may read of a manifest without the vault key (signature checked)."""
-    pub = c.fields(parse(data, expect_kind=KIND_MANIFEST).public, "manifest", _MANIFEST_PUBLIC)
+    """What the hub may read of a manifest without the vault key (signature checked).
+    Version 1: the fields of the public map, with "chunks"; version 2 (a head): with
+    "nchunks" and "parts" instead (see :func:`manifest_chunk_ids`)."""
+    raw = parse(data, expect_kind=KIND_MANIFEST)
+    spec = _HEAD_PUBLIC if raw.version == PARTS_VERSION else _MANIFEST_PUBLIC
+    pub = c.fields(raw.public, "manifest", spec)
     _check_names(pub["vault"], pub["node"], [pub["source"]])
     return pub
+
+
+def manifest_part_ids(data: bytes) -> list[bytes]:
+    """The ids of a manifest's parts, in order (none for a version 1 manifest)."""
+    return list(manifest_public(data).get("parts", []))
+
+
+def manifest_chunk_ids(data: bytes, parts: Sequence[bytes] = ()) -> list[bytes]:
+    """Every distinct chunk id a manifest needs, sorted, read without the vault key;
+    a version 2 head needs its parts (checked to be the ones it names)."""
+    raw = parse(data, expect_kind=KIND_MANIFEST)
+    if raw.version != PARTS_VERSION:
+        return list(c.fields(raw.public, "manifest", _MANIFEST_PUBLIC)["chunks"])
+    pub = c.fields(raw.public, "manifest", _HEAD_PUBLIC)
+    ids = {cid for _, ppub in _bound_parts(raw, pub, parts) for cid in ppub["chunks"]}
+    return sorted(ids)
+
+
+def part_public(data: bytes) -> dict[str, Any]:
+    """The public fields of a manifest part (signature checked): what the hub indexes."""
+    pub = c.fields(parse(data, expect_kind=KIND_PART).public, "manifest part", _PART_PUBLIC)
+    _check_names(pub["vault"], pub["node"], [pub["source"]])
+    return pub
+
+
+_HEAD_PUBLIC: dict[str, c.Check] = {
+    **{k: v for k, v in _MANIFEST_PUBLIC.items() if k != "chunks"},
+    "nchunks": c.is_uint,
+    "parts": c.list_of(c.is_id, max_len=100_000),
+}
+_HEAD_SEALED: dict[str, c.Check] = {"meta": c.dict_of(c.is_any), "lineage": c.dict_of(c.is_str)}
+_PART_PUBLIC: dict[str, c.Check] = {
+    "vault": c.is_str,
+    "node": c.is_str,
+    "source": c.is_str,
+    "index": c.is_uint,
+    "chunks": c.list_of(c.is_id),
+}
 
 
 # --- checkpoints -------------------------------------------------------------------

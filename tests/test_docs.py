@@ -177,11 +177,13 @@ class _FakeNats:
 
 
 async def test_stream_and_consumer_settings_match_the_code() -> None:
-    service = pytest.importorskip("amber.hub.service")
+    from amber.hub.ingest_stream import IngestStream
+    from amber.hub.nodeapi import NodeApi
+
     nc = _FakeNats()
-    hub = service.HubService(nc, None, None, None, workers=0)
-    await hub.start()
-    await hub.stop()
+    for part in (IngestStream(nc, None, None, workers=0), NodeApi(nc, None, None)):
+        await part.start()
+        await part.stop()
     (stream,) = nc.streams
     ((subject, kw),) = nc.pulls
     consumer = kw["config"]

@@ -30,12 +30,13 @@ from amber.agent.bundle import (
 )
 from amber.agent.config import config_path, load_config
 from amber.agent.journal import DURABLE
+from amber.agent.manifests import manifest_records
 from amber.agent.runtime import AgentRuntime
 from amber.bundlefile import BundleStream, BundleWriter, open_input, render_summary, summarize
 from amber.protocol import bundle as b
 from amber.protocol.errors import AmberError, JournalError, NotFoundError, RestoreError
 from amber.protocol.keys import SigningKey
-from amber.protocol.records import checkpoint_public, manifest_public
+from amber.protocol.records import checkpoint_public, manifest_chunk_ids, manifest_public
 from amber.secretfile import read_secret
 
 out = cli.out
@@ -171,7 +172,8 @@ async def _export_records(
 ) -> dict[bytes, bool]:
     """Write the checkpoints and the manifests the hub lacks; returns the chunk ids to
     send, each with whether the journal must still hold it."""
-    known = {c for data in at_hub.values() for c in manifest_public(data)["chunks"]}
+    # (a version 2 manifest at the hub lists no chunks in its head: its chunks are sent)
+    known = {c for data in at_hub.values() for c in manifest_public(data).get("chunks", [])}
     seen, wanted = set(at_hub), {}
     for cid in cp_ids:
         data = await _record(rt, cid)
@@ -179,12 +181,15 @@ async def _export_records(
             if mid in seen:
                 continue
             seen.add(mid)
-            mdata = await _record(rt, mid)
+            recs = await manifest_records(lambda r: _record(rt, r), mid)
+            assert recs is not None
             durable = (await rt.journal.record_states([mid])).get(mid) == DURABLE
-            for chunk in manifest_public(mdata)["chunks"]:
+            parts = [d for _, d in recs[1:]]
+            for chunk in manifest_chunk_ids(recs[0][1], parts):
                 if chunk not in known:
                     wanted[chunk] = wanted.get(chunk, False) or not durable
-            w.add(f"{b.RECORD_DIR}{mid.hex()}", mdata)
+            for rid, rdata in recs[1:] + recs[:1]:  # a version 2 manifest's parts first
+                w.add(f"{b.RECORD_DIR}{rid.hex()}", rdata)
             stats.manifests += 1
         w.add(f"{b.RECORD_DIR}{cid.hex()}", data)
         stats.checkpoints += 1

@@ -29,7 +29,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -54,15 +54,18 @@ class FileTask:
 
     entry: Entry
     target: Path | None
-    hasher: blake3.blake3 = field(default_factory=blake3.blake3)
+    # made when the file's first piece is written and dropped once checked: a BLAKE3
+    # hasher holds about 2 KB, so one per file of a million-file source would take 2 GB
+    hasher: blake3.blake3 | None = None
     written: int = 0
     fh: BinaryIO | None = None
     unflushed: int = 0
     flushing: Future[None] | None = None  # the early writeback of this file, if any
 
     def check(self) -> None:
-        e = self.entry
-        if self.written != e.size or (e.digest is not None and self.hasher.digest() != e.digest):
+        e, digest = self.entry, (self.hasher or blake3.blake3()).digest()
+        self.hasher = None
+        if self.written != e.size or (e.digest is not None and digest != e.digest):
             raise IntegrityError(f"{e.path}: restored content does not match its recorded digest")
 
 
@@ -191,10 +194,13 @@ class FileRestore:
                 f.target.parent.mkdir(parents=True, exist_ok=True)
                 self.opened.append(f)
                 f.fh = _create(f.target, f.entry.path)  # closed by the sync thread or run()
+            if p.first:
+                f.hasher = blake3.blake3()
             for cid, n in p.refs:
                 piece = plain[cid]
                 if len(piece) != n:
                     raise IntegrityError(f"{f.entry.path}: chunk {cid.hex()[:16]} has a bad length")
+                assert f.hasher is not None
                 f.hasher.update(piece)
                 f.written += n
                 if f.fh is not None:

@@ -18,16 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from amber.agent.identity import NodeIdentity
+from amber.agent.manifests import load_manifest
 from amber.agent.restore.chunksource import ChunkSource, RecordSource
 from amber.agent.restore.files import FileRestore, FileTask, Window
 from amber.protocol.errors import AmberError, IntegrityError, NotFoundError, RestoreError
-from amber.protocol.records import (
-    Checkpoint,
-    Manifest,
-    check_entry_path,
-    decode_checkpoint,
-    decode_manifest,
-)
+from amber.protocol.records import Checkpoint, Manifest, check_entry_path, decode_checkpoint
 from amber.protocol.wire import check_name
 
 MODE_MASK = 0o777  # no setuid, setgid or sticky bit ever comes back from a backup
@@ -69,10 +64,10 @@ class Restorer:
         cp = decode_checkpoint(data, self.ident.keys, trusted=self.trusted)
         manifests: dict[str, Manifest] = {}
         for name, mid in sorted(cp.manifests.items()):
-            mdata = await self.records.record(mid)
-            if mdata is None:
+            m = await load_manifest(self.records.record, mid, self.ident.keys, trusted=self.trusted)
+            if m is None:
                 raise NotFoundError(f"manifest {mid.hex()[:16]} of source {name!r} is missing")
-            manifests[name] = decode_manifest(mdata, self.ident.keys, trusted=self.trusted)
+            manifests[name] = m
         return cp, manifests
 
     # --- writing manifests' entries under their roots --------------------------------

@@ -32,7 +32,7 @@ from amber.protocol import bundle as b
 from amber.protocol import wire
 from amber.protocol.errors import IntegrityError, NotFoundError
 from amber.protocol.keys import SigningKey
-from amber.protocol.records import manifest_public, record_id
+from amber.protocol.records import manifest_chunk_ids, manifest_part_ids, record_id
 from amber.secretfile import read_secret
 
 T = TypeVar("T")
@@ -113,7 +113,11 @@ async def _write_records(
             mid = bytes.fromhex(mid_hex)
             if mid not in lists:
                 data = _checked(await _get(hd, row.vault, mid, RECORD), mid)
-                lists[mid] = manifest_public(data)["chunks"]
+                parts = []
+                for pid in manifest_part_ids(data):  # a version 2 manifest: parts first
+                    parts.append(_checked(await _get(hd, row.vault, pid, RECORD), pid))
+                    w.add(f"{b.RECORD_DIR}{pid.hex()}", parts[-1])
+                lists[mid] = manifest_chunk_ids(data, parts)
                 w.add(f"{b.RECORD_DIR}{mid_hex}", data)
             if not sources or name in sources:
                 chunks.update(lists[mid])

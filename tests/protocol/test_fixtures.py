@@ -184,3 +184,32 @@ def test_enrolment_of_an_unknown_version_is_refused() -> None:
     obj["version"] = 1
     del obj["hub_key"]  # optional for reading
     assert enrolment.decode_enrolment(json.dumps(obj).encode(), "old.json").hub_key == b""
+
+
+def v2_parts() -> list[bytes]:
+    return [sample(n) for n in EXPECTED["manifest_v2_head.bin"]["parts"]]
+
+
+def test_manifest_v2_head_and_parts(vault: keys.VaultKeys, signer_public: bytes) -> None:
+    want = EXPECTED["manifest_v2_head.bin"]
+    head, parts = sample("manifest_v2_head.bin"), v2_parts()
+    m = records.decode_manifest(head, vault, trusted=signer_public, parts=parts)
+    assert jsonable(m) == want["manifest"] == EXPECTED["manifest_v1.bin"]["manifest"]
+    assert jsonable(records.manifest_public(head)) == want["public"]
+    raw = records.parse(head)
+    assert (raw.version, raw.kind) == (2, records.KIND_MANIFEST)
+    assert raw.id.hex() == want["record_id"] and raw.signer.hex() == want["signer"]
+    assert records.manifest_part_ids(head) == [records.record_id(p) for p in parts]
+    for name, part in zip(want["parts"], parts, strict=True):
+        assert records.record_id(part).hex() == EXPECTED[name]["record_id"]
+        assert jsonable(records.part_public(part)) == EXPECTED[name]["public"]
+    assert records.manifest_chunk_ids(head, parts) == m.chunk_ids()
+
+
+def test_manifest_v2_refuses_parts_that_are_not_its_own(vault: keys.VaultKeys) -> None:
+    head, parts = sample("manifest_v2_head.bin"), v2_parts()
+    for wrong in (parts[::-1], parts[:-1], [*parts[:-1], parts[0]]):
+        with pytest.raises(IntegrityError):
+            records.decode_manifest(head, vault, parts=wrong)
+        with pytest.raises(IntegrityError):
+            records.manifest_chunk_ids(head, wrong)
