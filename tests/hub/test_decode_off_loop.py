@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from amber.hub import service
+from amber.hub import ingest_stream as service
 from amber.protocol import wire
 from amber.protocol.errors import AmberError
 
