@@ -21,7 +21,13 @@ from amber.agent.identity import NodeIdentity
 from amber.agent.restore.chunksource import ChunkSource, RecordSource
 from amber.agent.restore.files import FileRestore, FileTask, Window
 from amber.protocol.errors import IntegrityError, NotFoundError, RestoreError
-from amber.protocol.records import Checkpoint, Manifest, decode_checkpoint, decode_manifest
+from amber.protocol.records import (
+    Checkpoint,
+    Manifest,
+    decode_checkpoint,
+    decode_manifest,
+    record_id,
+)
 
 
 @dataclass
@@ -54,16 +60,23 @@ class Restorer:
         self.stats = RestoreStats()
 
     async def load(self, cp_id: bytes) -> tuple[Checkpoint, dict[str, Manifest]]:
+        """The checkpoint ``cp_id`` and its manifests, each record checked to be the one
+        asked for (its bytes hash to the id) and each manifest to be the one of the
+        checkpoint's source: a hub cannot hand over another genuine record instead."""
         data = await self.records.record(cp_id)
         if data is None:
             raise NotFoundError(f"checkpoint {cp_id.hex()[:16]} is not available")
+        check_record_id(cp_id, data, "checkpoint")
         cp = decode_checkpoint(data, self.ident.keys, trusted=self.trusted)
         manifests: dict[str, Manifest] = {}
         for name, mid in sorted(cp.manifests.items()):
             mdata = await self.records.record(mid)
             if mdata is None:
                 raise NotFoundError(f"manifest {mid.hex()[:16]} of source {name!r} is missing")
-            manifests[name] = decode_manifest(mdata, self.ident.keys, trusted=self.trusted)
+            check_record_id(mid, mdata, f"manifest of source {name!r}")
+            m = decode_manifest(mdata, self.ident.keys, trusted=self.trusted)
+            check_manifest_owner(cp, name, mid, m)
+            manifests[name] = m
         return cp, manifests
 
     # --- writing manifests' entries under their roots --------------------------------
@@ -131,6 +144,29 @@ class Restorer:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return self.stats
+
+
+def check_record_id(rid: bytes, data: bytes, what: str) -> None:
+    """Raise :class:`IntegrityError` unless ``data`` is the record ``rid`` (its hash)."""
+    got = record_id(data)
+    if got != rid:
+        raise IntegrityError(
+            f"{what} {rid.hex()[:16]} was asked for, but record {got.hex()[:16]} came back",
+            hint="the hub (or its store) served another record: nothing was restored; "
+            "tell the hub's operator (docs/OPERATIONS.md, 'A restore says a record is not the "
+            "one asked for')",
+        )
+
+
+def check_manifest_owner(cp: Checkpoint, name: str, mid: bytes, m: Manifest) -> None:
+    """A manifest must be of the vault, node and source of the checkpoint naming it."""
+    if (m.vault, m.node, m.source) != (cp.vault, cp.node, name):
+        raise IntegrityError(
+            f"manifest {mid.hex()[:16]} is of {m.vault}/{m.node} source {m.source!r}, but "
+            f"checkpoint seq {cp.seq} of {cp.vault}/{cp.node} names it for source {name!r}",
+            hint="the checkpoint is not a consistent restore point: nothing was restored; "
+            "restore another checkpoint",
+        )
 
 
 def select_sources(
