@@ -89,6 +89,18 @@ def cmd_node_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_node_replace(args: argparse.Namespace) -> int:
+    enrolment = _client(args).call("POST", f"/api/v1/nodes/{args.vault}/{args.name}/replace")
+    logs.register_secret(enrolment.get("password"))
+    write_secret(args.out, json.dumps(enrolment, indent=2).encode(), overwrite=True)
+    out(
+        f"{args.vault}/{args.name} may now get a new device: its enrolment is in {args.out}. "
+        "The old credentials no longer work and the old signing key is refused; the key "
+        "of the first device to sign with the new enrolment is pinned"
+    )
+    return 0
+
+
 def _age(us: int | None) -> str:
     if us is None:
         return "never"
@@ -194,6 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--vault", required=True)
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_node_rotate)
+    s = node.add_parser(
+        "replace", help="a node's new hardware: new enrolment, its old signing key retired"
+    )
+    s.add_argument("name")
+    s.add_argument("--vault", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_node_replace)
 
     for name, func, helptext in (
         ("nodes", cmd_nodes, "list enrolled nodes"),
