@@ -200,11 +200,13 @@ class HubLink:
         found: dict[bytes, bytes] = {}
         todo = list(ids)
         while todo:
+            asked = set(todo[:512])
             reply = await self.request(wire.FetchRequest(ids=tuple(todo[:512])), wire.FetchReply)
-            found.update(zip(reply.ids, reply.blobs, strict=True))
-            gone = set(reply.missing)
+            # only what was asked for: the caller checks each object against its id
+            found.update((i, b) for i, b in zip(reply.ids, reply.blobs, strict=True) if i in asked)
+            gone = set(reply.missing) & asked
             todo = [i for i in todo if i not in found and i not in gone]
-            if not reply.ids and not gone:
+            if not asked & (set(reply.ids) | gone):
                 break
         return found
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from amber.protocol.errors import NotFoundError
+from amber.protocol.errors import IntegrityError, NotFoundError
 from amber.protocol.keys import VaultKeys
-from amber.protocol.records import Manifest, decode_manifest, manifest_part_ids
+from amber.protocol.records import Manifest, decode_manifest, manifest_part_ids, record_id
 
 GetRecord = Callable[[bytes], Awaitable[bytes | None]]
 
@@ -23,6 +23,7 @@ async def manifest_records(get: GetRecord, mid: bytes) -> list[tuple[bytes, byte
     head = await get(mid)
     if head is None:
         return None
+    check_record_id(mid, head, "manifest")
     out = [(mid, head)]
     for i, pid in enumerate(manifest_part_ids(head)):
         data = await get(pid)
@@ -31,8 +32,21 @@ async def manifest_records(get: GetRecord, mid: bytes) -> list[tuple[bytes, byte
                 f"part {i} ({pid.hex()[:16]}) of manifest {mid.hex()[:16]} is missing",
                 hint="sync again, or fetch the checkpoint from the hub or a bundle",
             )
+        check_record_id(pid, data, f"part {i} of manifest {mid.hex()[:16]}")
         out.append((pid, data))
     return out
+
+
+def check_record_id(rid: bytes, data: bytes, what: str) -> None:
+    """Raise :class:`IntegrityError` unless ``data`` is the record ``rid`` (its hash)."""
+    got = record_id(data)
+    if got != rid:
+        raise IntegrityError(
+            f"{what} {rid.hex()[:16]} was asked for, but record {got.hex()[:16]} came back",
+            hint="the hub (or its store) served another record: nothing was restored; "
+            "tell the hub's operator (docs/OPERATIONS.md, 'A restore says a record is not the "
+            "one asked for')",
+        )
 
 
 async def load_manifest(

@@ -4,6 +4,7 @@
     GET  /api/v1/status                      per node: last checkpoint age vs RPO, backlog
     GET  /api/v1/nodes                       enrolled nodes
     POST /api/v1/nodes {vault,node,labels}   enrol a node; returns its enrolment
+    POST /api/v1/nodes/V/N/replace           new device: new enrolment, signing key unpinned
     GET  /api/v1/checkpoints?vault=&node=    checkpoints the hub holds
 
 Errors are JSON ``{"error": code, "message": ..., "hint": ...}`` with an HTTP status.
@@ -42,6 +43,7 @@ class AdminApi:
     ingest_stats: IngestStats
     enrol: Issue  # (vault, node, labels) -> enrolment
     rotate: Issue  # (vault, node) -> enrolment
+    replace: Issue  # (vault, node) -> enrolment; the node's signing key unpinned
 
 
 API_KEY = web.AppKey("api", AdminApi)
@@ -91,6 +93,7 @@ def make_app(api: AdminApi) -> web.Application:
     app.router.add_get("/api/v1/nodes", nodes)
     app.router.add_post("/api/v1/nodes", add_node)
     app.router.add_post("/api/v1/nodes/{vault}/{node}/rotate", rotate_node)
+    app.router.add_post("/api/v1/nodes/{vault}/{node}/replace", replace_node)
     app.router.add_get("/api/v1/checkpoints", checkpoints)
     app.router.add_get("/api/v1/restores", restores)
     app.router.add_post("/api/v1/restores", restore_plan)
@@ -142,6 +145,12 @@ async def rotate_node(request: web.Request) -> web.Response:
     vault = check_name(request.match_info["vault"], "vault")
     node = check_name(request.match_info["node"], "node")
     return web.json_response(await _api(request).rotate(vault, node))
+
+
+async def replace_node(request: web.Request) -> web.Response:
+    vault = check_name(request.match_info["vault"], "vault")
+    node = check_name(request.match_info["node"], "node")
+    return web.json_response(await _api(request).replace(vault, node))
 
 
 async def checkpoints(request: web.Request) -> web.Response:

@@ -40,7 +40,6 @@ from amber.protocol.errors import (
     DiskFullError,
     JournalError,
     NotFoundError,
-    SignatureError,
     StoreError,
     WrongTargetError,
 )
@@ -150,8 +149,8 @@ async def import_bundle(hd: HubData, path: str) -> dict[str, Any]:
                 _stage(staged, m)
             stream.finish()
         _resolve_heads(staged)
-        if pin:
-            await hd.catalog.seen(header.vault, header.node, header.signer)
+        if pin:  # verified in full now: the node's first key, pinned on first use
+            await hd.catalog.pin_signer(header.vault, header.node, header.signer)
         if header.kind == b.RECEIPT:
             return await apply_receipt(hd, staged)
         return await _ingest(hd, staged)
@@ -167,16 +166,8 @@ async def _check_signer(hd: HubData, h: b.BundleHeader) -> bool:
             f"this bundle was made by a hub for node {h.vault}/{h.node}",
             hint="import it on that node: amber-agent bundle import FILE",
         )
-    node = await hd.catalog.node(h.vault, h.node)
-    if node.signer is None:
-        return True
-    if node.signer != h.signer:
-        raise SignatureError(
-            f"the bundle is signed by {h.signer.hex()[:16]}, but {h.vault}/{h.node} signs "
-            f"with {node.signer.hex()[:16]}",
-            hint="do not import it; if the node really got a new key, sync it once online",
-        )
-    return False
+    await hd.catalog.node(h.vault, h.node)  # enrolled, or NotFoundError
+    return not await hd.catalog.check_signer(h.vault, h.node, h.signer)
 
 
 def _staging(hd: HubData, bundle_id: bytes) -> Path:

@@ -21,7 +21,7 @@ from typing import Any
 import aiosqlite
 
 from amber.logs import register_secret
-from amber.protocol.errors import JournalError, NotFoundError
+from amber.protocol.errors import JournalError, NotFoundError, SignatureError
 from amber.protocol.records import Checkpoint
 from amber.sqlitetx import begin_immediate, rollback_if_open
 
@@ -49,7 +49,12 @@ CREATE TABLE IF NOT EXISTS manifests(
     vault TEXT NOT NULL, id BLOB NOT NULL, node TEXT NOT NULL, source TEXT NOT NULL,
     kind TEXT NOT NULL, tier TEXT NOT NULL, time_us INTEGER NOT NULL, size INTEGER NOT NULL,
     chunks INTEGER NOT NULL, PRIMARY KEY(vault, id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS signer_pins(
+    vault TEXT NOT NULL, node TEXT NOT NULL, signer BLOB, pinned_us INTEGER,
+    retired TEXT NOT NULL DEFAULT '[]', PRIMARY KEY(vault, node));
 """
+CATALOG_VERSION = 1
+"""PRAGMA user_version: 1 = node signing keys pinned in signer_pins."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +262,66 @@ class Catalog:
                 (now_us(), signer, vault, node),
             )
 
+    # --- pinned node signing keys -----------------------------------------------------
+
+    async def pinned(self, vault: str, node: str) -> tuple[bytes | None, list[str]]:
+        """The node's pinned signing key (None: none yet) and its retired keys (hex)."""
+        rows = await self.query(
+            "SELECT signer, retired FROM signer_pins WHERE vault=? AND node=?", (vault, node)
+        )
+        return (rows[0][0], json.loads(rows[0][1])) if rows else (None, [])
+
+    async def check_signer(self, vault: str, node: str, signer: bytes) -> bool:
+        """Raise :class:`SignatureError` unless ``signer`` may sign for the node; True if
+        it is pinned already, False if it would be pinned on first use."""
+        pin, retired = await self.pinned(vault, node)
+        if pin is not None and pin != signer:
+            raise SignatureError(
+                f"a record for {vault}/{node} is signed by key {signer.hex()[:16]}, but the "
+                f"node's pinned key is {pin.hex()[:16]}",
+                hint="if the node's hardware was replaced, run 'amber-hub node replace NAME "
+                "--vault V --out FILE' and enrol the new device with that file",
+            )
+        if pin is None and signer.hex() in retired:
+            raise SignatureError(
+                f"key {signer.hex()[:16]} of {vault}/{node} was retired by 'node replace'",
+                hint="only the replacement device, enrolled with the new file, may sign now",
+            )
+        return pin is not None
+
+    async def pin_signer(self, vault: str, node: str, signer: bytes) -> None:
+        """Check ``signer`` (:meth:`check_signer`) and pin it if the node has no key yet
+        (trust on first use: a node makes its key after the hub wrote its enrolment)."""
+        if await self.check_signer(vault, node, signer):
+            return
+        async with self.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO signer_pins(vault, node, signer, pinned_us) VALUES(?,?,?,?) "
+                "ON CONFLICT(vault, node) DO UPDATE SET signer=excluded.signer, "
+                "pinned_us=excluded.pinned_us WHERE signer_pins.signer IS NULL",
+                (vault, node, signer, now_us()),
+            )
+            await tx.execute(
+                "UPDATE nodes SET signer=? WHERE vault=? AND node=?", (signer, vault, node)
+            )
+        await self.check_signer(vault, node, signer)  # another key won the race: refused
+
+    async def unpin(self, vault: str, node: str) -> bytes | None:
+        """Forget the node's pinned key and retire it for good (a replaced device);
+        the next key to sign for the node is pinned. Returns the key retired."""
+        pin, retired = await self.pinned(vault, node)
+        if pin is not None:
+            retired = [*retired, pin.hex()]
+        async with self.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO signer_pins(vault, node, signer, pinned_us, retired) "
+                "VALUES(?,?,NULL,NULL,?) ON CONFLICT(vault, node) DO UPDATE SET signer=NULL, "
+                "pinned_us=NULL, retired=excluded.retired",
+                (vault, node, json.dumps(retired)),
+            )
+            await tx.execute("UPDATE nodes SET signer=NULL WHERE vault=? AND node=?", (vault, node))
+        return pin
+
     # --- objects --------------------------------------------------------------------
 
     async def add_objects(self, vault: str, rows: Iterable[tuple[bytes, str, int]]) -> None:
@@ -417,3 +482,34 @@ async def _migrate(db: aiosqlite.Connection) -> None:
     for name, decl in (("pack", "BLOB"), ("off", "INTEGER")):
         if name not in columns:
             await db.execute(f"ALTER TABLE objects ADD COLUMN {name} {decl}")
+    async with db.execute("PRAGMA user_version") as cur:
+        version = (await cur.fetchone() or (0,))[0]
+    if version < 1:
+        await _pin_existing_nodes(db)
+
+
+async def _pin_existing_nodes(db: aiosqlite.Connection) -> None:
+    """Catalogs made before pinning: each node's key is pinned from its latest accepted
+    checkpoint (else the key the catalog last saw it sign with, e.g. a bundle's)."""
+    await db.execute("BEGIN IMMEDIATE")
+    try:
+        await db.execute(
+            "INSERT OR IGNORE INTO signer_pins(vault, node, signer, pinned_us) "
+            "SELECT c.vault, c.node, c.signer, ? FROM checkpoints c WHERE c.seq = "
+            "(SELECT MAX(seq) FROM checkpoints d WHERE d.vault=c.vault AND d.node=c.node)",
+            (now_us(),),
+        )
+        await db.execute(
+            "INSERT OR IGNORE INTO signer_pins(vault, node, signer, pinned_us) "
+            "SELECT vault, node, signer, ? FROM nodes WHERE signer IS NOT NULL",
+            (now_us(),),
+        )
+        await db.execute(
+            "UPDATE nodes SET signer=(SELECT p.signer FROM signer_pins p "
+            "WHERE p.vault=nodes.vault AND p.node=nodes.node)"
+        )
+        await db.execute(f"PRAGMA user_version={CATALOG_VERSION}")
+        await db.execute("COMMIT")
+    except BaseException:
+        await rollback_if_open(db)
+        raise

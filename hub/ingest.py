@@ -4,10 +4,11 @@ Rules, checked on every message before anything is stored:
 - the vault and node come from the NATS subject (the node's credentials allow it
   only its own), never from the payload; records must name the same ones;
 - chunk blobs must have a valid header and size (the hub cannot decrypt them);
-- records must carry a valid Ed25519 signature; a manifest (or manifest part) is
-  accepted only once every chunk it names is durable, a version 2 manifest head only
-  once its parts are, a checkpoint only once its manifests are and it continues the
-  node's hash chain (the next seq, naming the head as prev).
+- records must carry a valid Ed25519 signature by the node's pinned key (the first
+  key to sign for a node is pinned; ``amber-hub node replace`` unpins it); a manifest
+  (or manifest part) is accepted only once every chunk it names is durable, a version 2
+  manifest head only once its parts are, a checkpoint only once its manifests are and it
+  continues the node's hash chain (the next seq, naming the head as prev).
 A message that arrived too early (its prerequisites are still in flight) is
 retried later; a bad one is rejected, counted and logged with the node's name.
 """
@@ -138,6 +139,7 @@ class Ingestor:
         if await self.catalog.present(vault, [msg.id]):
             self.stats.duplicates += 1
             return "duplicate"
+        await self.catalog.pin_signer(vault, node, raw.signer)  # the node's key, or refused
         if raw.kind == KIND_MANIFEST:
             return await self._manifest(vault, node, msg, raw.signer)
         if raw.kind == KIND_PART:
@@ -203,7 +205,7 @@ class Ingestor:
         await self.catalog.add_checkpoint(cp, msg.id, signer)
         await self._check_won(cp, msg.id)
         await self.catalog.add_objects(vault, [(msg.id, RECORD, len(msg.data))])
-        await self.catalog.seen(vault, node, signer)
+        await self.catalog.seen(vault, node)
         self.stats.records += 1
         log.info(
             "checkpoint %s seq %d of %s/%s is durable",

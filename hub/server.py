@@ -151,6 +151,7 @@ class Hub:
             ingest_stats=stats,
             enrol=self.enrol,
             rotate=self.rotate,
+            replace=self.replace,
         )
         runner = web.AppRunner(make_app(api), access_log=None)
         await runner.setup()
@@ -188,6 +189,21 @@ class Hub:
         password = secrets.token_urlsafe(24)
         await self.catalog.set_password(vault, node, password)
         return await self._issue(vault, node, row.user, password)
+
+    async def replace(self, vault: str, node: str) -> dict[str, Any]:
+        """A node's new device: new NATS credentials (the old ones stop working at once,
+        so only the holder of the new enrolment can sign next) and its old signing key
+        retired; the new device's key is pinned when it first signs."""
+        enrolment = await self.rotate(vault, node)
+        old = await self.catalog.unpin(vault, node)
+        log.warning(
+            "node %s/%s replaced: key %s retired",
+            vault,
+            node,
+            old.hex()[:16] if old else "(none pinned)",
+            extra={"vault": vault, "node": node},
+        )
+        return enrolment
 
     def _need_embedded(self) -> None:
         if self.embedded is None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from amber.agent.identity import NodeIdentity
-from amber.agent.manifests import load_manifest
+from amber.agent.manifests import check_record_id, load_manifest
 from amber.agent.restore.chunksource import ChunkSource, RecordSource
 from amber.agent.restore.files import FileRestore, FileTask, Window
 from amber.protocol.errors import AmberError, IntegrityError, NotFoundError, RestoreError
@@ -58,15 +58,20 @@ class Restorer:
         self.stats = RestoreStats()
 
     async def load(self, cp_id: bytes) -> tuple[Checkpoint, dict[str, Manifest]]:
+        """The checkpoint ``cp_id`` and its manifests, each record checked to be the one
+        asked for (its bytes hash to the id) and each manifest to be the one of the
+        checkpoint's source: a hub cannot hand over another genuine record instead."""
         data = await self.records.record(cp_id)
         if data is None:
             raise NotFoundError(f"checkpoint {cp_id.hex()[:16]} is not available")
+        check_record_id(cp_id, data, "checkpoint")
         cp = decode_checkpoint(data, self.ident.keys, trusted=self.trusted)
         manifests: dict[str, Manifest] = {}
         for name, mid in sorted(cp.manifests.items()):
             m = await load_manifest(self.records.record, mid, self.ident.keys, trusted=self.trusted)
             if m is None:
                 raise NotFoundError(f"manifest {mid.hex()[:16]} of source {name!r} is missing")
+            check_manifest_owner(cp, name, mid, m)
             manifests[name] = m
         return cp, manifests
 
@@ -136,6 +141,17 @@ class Restorer:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return self.stats
+
+
+def check_manifest_owner(cp: Checkpoint, name: str, mid: bytes, m: Manifest) -> None:
+    """A manifest must be of the vault, node and source of the checkpoint naming it."""
+    if (m.vault, m.node, m.source) != (cp.vault, cp.node, name):
+        raise IntegrityError(
+            f"manifest {mid.hex()[:16]} is of {m.vault}/{m.node} source {m.source!r}, but "
+            f"checkpoint seq {cp.seq} of {cp.vault}/{cp.node} names it for source {name!r}",
+            hint="the checkpoint is not a consistent restore point: nothing was restored; "
+            "restore another checkpoint",
+        )
 
 
 def select_sources(

@@ -1,4 +1,4 @@
-"""`amber-hub node add|rotate`, `amber-hub nodes` and `amber-hub status`: the fleet."""
+"""`amber-hub node add|rotate|replace`, `amber-hub nodes` and `amber-hub status`: the fleet."""
 
 from __future__ import annotations
 
@@ -34,6 +34,20 @@ def run_node_rotate(args: argparse.Namespace) -> int:
     cli.out(
         f"new credentials for {vault}/{args.name} in {args.out}; the old ones no longer "
         "work: run 'amber-agent enroll FILE' on the node"
+    )
+    return 0
+
+
+def run_node_replace(args: argparse.Namespace) -> int:
+    client = AdminClient.from_args(args)
+    vault = vault_from_hub(args.vault, client)
+    enrolment = client.call("POST", f"/api/v1/nodes/{quote(vault)}/{quote(args.name)}/replace")
+    logs.register_secret(enrolment.get("password"))
+    write_secret(args.out, json.dumps(enrolment, indent=2).encode(), overwrite=True)
+    cli.out(
+        f"{vault}/{args.name} may now get a new device: its enrolment is in {args.out}. "
+        "The old credentials no longer work and the old signing key is refused; the key "
+        "of the first device to sign with the new enrolment is pinned"
     )
     return 0
 
@@ -79,6 +93,13 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--vault", type=cli.NAME, help=VAULT_HELP)
     s.add_argument("--out", required=True, type=cli.PATH)
     s.set_defaults(func=run_node_rotate)
+    s = node.add_parser(
+        "replace", help="a node's new hardware: new enrolment, its old signing key retired"
+    )
+    s.add_argument("name", type=cli.NAME)
+    s.add_argument("--vault", type=cli.NAME, help=VAULT_HELP)
+    s.add_argument("--out", required=True, type=cli.PATH)
+    s.set_defaults(func=run_node_replace)
 
     for name, func, helptext in (
         ("nodes", run_nodes, "list enrolled nodes"),
