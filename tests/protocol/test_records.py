@@ -35,9 +35,9 @@ IDS = [blake3.blake3(bytes([i])).digest() for i in range(6)]
 ids = st.sampled_from(IDS) | st.binary(min_size=32, max_size=32)
 names = st.text(max_size=12)
 record_names = st.from_regex(wire.NAME_RE, fullmatch=True)  # vault, node and source names
-component = st.text(st.characters(blacklist_characters="/\0"), min_size=1, max_size=8).filter(
-    lambda c: c not in (".", "..")
-)
+component = st.text(
+    st.characters(blacklist_characters="/\0", blacklist_categories=("Cs",)), min_size=1, max_size=8
+).filter(lambda c: c not in (".", ".."))
 entry_paths = st.lists(component, min_size=1, max_size=3).map("/".join)
 int64 = st.integers(-(2**63), 2**63 - 1)
 uint32 = st.integers(0, 2**32 - 1)
