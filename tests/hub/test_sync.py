@@ -237,8 +237,11 @@ def test_lost_disk_relists_restores_and_continues_the_chain(
     snap1 = snapshot(sources_of(tmp_path), db)
     assert agent.sync()["checkpoints"] == 2
 
-    shutil.rmtree(agent.state)  # the node's disk is lost; its vault key and enrolment kept
-    fresh = Agent.init(tmp_path / "new-state", "edge1", VAULT, vault_key, enroll=agent.enrolment)
+    shutil.rmtree(agent.state)  # the node's disk is lost (and its signing key); vault key kept
+    # the operator vouches for the replacement: new credentials, the old key retired
+    replaced = tmp_path / "edge1-replaced.enrol"
+    hub.ok("node", "replace", "edge1", "--vault", VAULT, "--out", replaced)
+    fresh = Agent.init(tmp_path / "new-state", "edge1", VAULT, vault_key, enroll=replaced)
     assert "2 checkpoint(s) already at the hub" in fresh.init_output
     listed = fresh.checkpoints()
     assert [(c["seq"], c["id"], c["synced"]) for c in listed] == [
