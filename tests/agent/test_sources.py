@@ -9,19 +9,20 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from agent_helpers import (
-    Node,
+
+from tests.support.data import (
     SqliteWriter,
     age_tree,
     integrity,
     make_files_tree,
     make_sqlite,
     rand,
-    run_measured,
     sqlite_rows,
     tree,
     write,
 )
+from tests.support.node import Node
+from tests.support.procs import run_measured
 
 MiB = 1024 * 1024
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hub_helpers import Agent, HubProcess, pid_alive, wait_until
+from tests.support.hub import HubProcess
+from tests.support.node import Agent
+from tests.support.procs import pid_alive, wait_until
 
 
 def test_hub_restarts_its_killed_nats_server(hub: HubProcess, tmp_path: Path) -> None:

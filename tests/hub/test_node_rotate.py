@@ -8,7 +8,9 @@ import json
 from pathlib import Path
 
 import nats
-from hub_helpers import Agent, HubProcess
+
+from tests.support.hub import HubProcess
+from tests.support.node import Agent
 
 
 def _connects(enrolment: Path) -> bool:

@@ -16,27 +16,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hub_helpers import (
-    Agent,
-    HubProcess,
-    Result,
+
+from tests.support.data import (
     Snapshot,
-    ThreadedProxy,
-    add_memory_sources,
-    agent_argv,
-    assert_evicted_only_durable,
-    assert_exactly_once_at_hub,
     assert_restored,
     grow_memory,
     make_memory,
     make_model,
-    new_agent,
     snapshot,
-    stop_proc,
-    tail,
-    wait_until,
     write,
 )
+from tests.support.faultproxy import ThreadedProxy
+from tests.support.hub import (
+    HubProcess,
+    assert_evicted_only_durable,
+    assert_exactly_once_at_hub,
+    new_agent,
+)
+from tests.support.node import Agent, add_memory_sources, agent_argv
+from tests.support.procs import Result, stop_proc, tail, wait_until
 
 VAULT = "fleet"
 MiB = 1024 * 1024

@@ -1,6 +1,6 @@
-"""Helpers for the hub's security tests: a hub in a box as a real process, node
-connections with their enrolled credentials, the agent CLI as a process, forged
-records, and a scanner that looks for leaked plaintext in everything the hub stored.
+"""Helpers for the hub's security tests: node connections with their enrolled
+credentials, forged records, and a scanner that looks for leaked plaintext in everything
+the hub stored. The hub itself is tests/support/hub.py's HubProcess.
 
 Plain Python (no pytest imports). Used by test_permissions.py, test_hostile_input.py
 and test_no_plaintext.py.
@@ -9,216 +9,17 @@ and test_no_plaintext.py.
 from __future__ import annotations
 
 import base64
-import contextlib
-import json
-import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import nats
 import zstandard
 
 from amber.protocol.keys import SigningKey, VaultKeys
 from amber.protocol.records import Checkpoint, encode_checkpoint
-
-START_TIMEOUT = 30.0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie child still "exists": look at its state
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll ``check`` until it returns something truthy; return that."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
-
-
-class HubProc:
-    """``python -m amber.hub.cli.parser --data D serve`` on free ports, as a real process."""
-
-    def __init__(self, data: Path) -> None:
-        self.data = data
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.stderr_path = data.parent / f"{data.name}.stderr.log"
-        self.stdout_path = data.parent / f"{data.name}.stdout.log"
-        self._err: IO[bytes] | None = None
-        self.nats_pid: int | None = None
-
-    # --- lifecycle ------------------------------------------------------------------
-
-    def start(self) -> HubProc:
-        (self.data / "hub.json").unlink(missing_ok=True)
-        self._err = open(self.stderr_path, "ab")
-        with open(self.stdout_path, "ab") as out:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "amber.hub.cli",
-                    "--data",
-                    str(self.data),
-                    "serve",
-                    "--nats-listen",
-                    "127.0.0.1:0",
-                    "--admin-listen",
-                    "127.0.0.1:0",
-                ],
-                stdout=out,
-                stderr=self._err,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + START_TIMEOUT
-        while not (self.data / "hub.json").exists():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"hub exited with {self.proc.returncode}:\n{self.stderr()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"hub did not start in {START_TIMEOUT}s:\n{self.stderr()}")
-            time.sleep(0.05)
-        with contextlib.suppress(OSError, ValueError):
-            self.nats_pid = int((self.data / "nats" / "nats-server.pid").read_text().strip())
-        return self
-
-    def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM the hub (it stops its nats-server), then make sure both are gone."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.nats_pid is None:
-            with contextlib.suppress(OSError, ValueError):
-                self.nats_pid = int((self.data / "nats" / "nats-server.pid").read_text().strip())
-        if self.nats_pid is not None and _alive(self.nats_pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.nats_pid, signal.SIGTERM)
-            deadline = time.monotonic() + 5
-            while _alive(self.nats_pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if _alive(self.nats_pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.nats_pid, signal.SIGKILL)
-        if self._err is not None:
-            self._err.close()
-            self._err = None
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    # --- what it tells us -----------------------------------------------------------
-
-    @property
-    def runtime(self) -> dict[str, Any]:
-        return json.loads((self.data / "hub.json").read_text())
-
-    @property
-    def nats_url(self) -> str:
-        return str(self.runtime["nats_url"])
-
-    @property
-    def admin_url(self) -> str:
-        return str(self.runtime["admin_url"])
-
-    @property
-    def token(self) -> str:
-        return str(json.loads((self.data / "secrets.json").read_text())["admin_token"])
-
-    def stderr(self) -> str:
-        try:
-            return self.stderr_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def api(self, path: str, body: Any = None) -> Any:
-        req = urllib.request.Request(
-            self.admin_url + path,
-            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
-            data=None if body is None else json.dumps(body).encode(),
-        )
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return json.loads(resp.read())
-
-    def status(self) -> dict[str, Any]:
-        return dict(self.api("/api/v1/status"))
-
-    def rejected(self, vault: str, node: str) -> int:
-        return int(self.status()["ingest"]["rejected"].get(f"{vault}/{node}", 0))
-
-    def checkpoints(self, vault: str | None = None, node: str | None = None) -> list[Any]:
-        query = "&".join(f"{k}={v}" for k, v in (("vault", vault), ("node", node)) if v)
-        return list(self.api("/api/v1/checkpoints" + (f"?{query}" if query else "")))
-
-    def stored_files(self) -> dict[str, int]:
-        """Every object file under DATA/objects, with its size."""
-        root = self.data / "objects"
-        if not root.exists():
-            return {}
-        return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*") if p.is_file()}
-
-    def snapshot(self) -> tuple[Any, ...]:
-        """What the hub holds: object files, catalog counts, checkpoints per node."""
-        st = self.status()
-        cps = [(c["vault"], c["node"], c["seq"], c["id"]) for c in self.checkpoints()]
-        return (self.stored_files(), st["objects"], st["stored_bytes"], sorted(cps))
-
-    # --- enrolment ------------------------------------------------------------------
-
-    def enrol(self, vault: str, node: str, out: Path, *, cli: bool = True) -> dict[str, Any]:
-        """Enrol a node with `amber-hub node add` (or, faster, the admin API it calls)."""
-        if not cli:
-            enrolment = dict(self.api("/api/v1/nodes", {"vault": vault, "node": node}))
-            out.write_text(json.dumps(enrolment))
-            return enrolment
-        res = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "amber.hub.cli",
-                "--data",
-                str(self.data),
-                "node",
-                "add",
-                node,
-                "--vault",
-                vault,
-                "--out",
-                str(out),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert res.returncode == 0, f"node add {vault}/{node}: {res.stdout}{res.stderr}"
-        return dict(json.loads(out.read_text()))
-
 
 # --- node connections -------------------------------------------------------------
 
@@ -254,36 +55,6 @@ async def connect(enr: dict[str, Any], errors: Errors | None = None, **kw: Any) 
         opts["error_cb"] = errors.cb
     opts.update(kw)
     return await nats.connect(list(enr["nats_servers"]), **opts)
-
-
-# --- the agent as a process ---------------------------------------------------------
-
-
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-    def __str__(self) -> str:
-        return f"exit {self.code}\n--- stdout\n{self.out}\n--- stderr\n{self.err}"
-
-
-def agent(*args: object, timeout: float = 120) -> Run:
-    """``amber-agent ARGS`` as a real process."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "amber.agent.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    return Run(proc.returncode, proc.stdout, proc.stderr)
-
-
-def agent_ok(*args: object, timeout: float = 120) -> Run:
-    res = agent(*args, timeout=timeout)
-    assert res.code == 0, str(res)
-    return res
 
 
 # --- forged records -----------------------------------------------------------------
