@@ -42,12 +42,16 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from amber.agent.config import load_config
 from amber.agent.identity import NodeIdentity, load_identity
 from amber.agent.journal import TENTATIVE
 from amber.agent.runtime import AgentRuntime
 from amber.protocol.records import KIND_CHECKPOINT, check_chain, decode_checkpoint, record_id
 from tests.support.node import cli, cli_ok
+
+pytestmark = pytest.mark.servers  # agent processes, SIGKILLed
 
 MiB = 1024 * 1024
 SEED = 20240611

@@ -22,6 +22,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from amber.agent.cli import parser as cli
 from amber.agent.config import TierPolicy, load_config, save_config
 from amber.agent.daemon import AgentDaemon
@@ -110,6 +112,7 @@ def small_sources(data: Path, rng: random.Random) -> list[tuple[str, str, Path]]
 # --- the tests ------------------------------------------------------------------------
 
 
+@pytest.mark.servers  # the agent daemon as a process
 def test_run_takes_scheduled_checkpoints_and_stops_on_sigterm(tmp_path: Path) -> None:
     rng = random.Random(7)
     data = tmp_path / "data"
@@ -157,6 +160,7 @@ def test_run_takes_scheduled_checkpoints_and_stops_on_sigterm(tmp_path: Path) ->
     assert (restored / "log" / "agent.jsonl").read_bytes() == (data / "agent.jsonl").read_bytes()
 
 
+@pytest.mark.servers  # the agent daemon as a process
 def test_sigterm_during_a_large_checkpoint_exits_promptly_and_cleanly(tmp_path: Path) -> None:
     rng = random.Random(8)
     data = tmp_path / "data"

@@ -27,6 +27,8 @@ from amber.protocol.errors import DiskFullError
 from tests.support.node import cli_ok, cli_proc
 from tests.support.procs import Result
 
+pytestmark = pytest.mark.servers  # agent processes on a small loop-mounted filesystem
+
 MiB = 1024 * 1024
 FS_SIZE = 8 * MiB
 

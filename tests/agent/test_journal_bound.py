@@ -19,11 +19,15 @@ import sqlite3
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from amber.agent.cli import parser as cli
 from amber.agent.config import load_config, save_config
 from amber.agent.journal import TENTATIVE
 from amber.protocol.errors import JournalFullError
 from tests.support.node import cli_ok, cli_proc
+
+pytestmark = pytest.mark.servers  # agent processes
 
 MiB = 1024 * 1024
 

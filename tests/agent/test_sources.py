@@ -166,6 +166,7 @@ def test_recently_modified_file_is_reread_when_unsure(node: Node, data: Path) ->
     assert second["new_chunks"] == 0  # re-hashed, deduplicated
 
 
+@pytest.mark.servers  # an agent process, its peak RSS measured
 def test_large_model_streams_in_bounded_memory(node: Node, data: Path) -> None:
     size = 300 * MiB
     model = data / "model.safetensors"

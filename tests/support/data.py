@@ -78,6 +78,22 @@ def make_model(root: Path, size: int, seed: int = 7) -> Path:
     return root
 
 
+def write_machine_state(data: Path, label: str, seed: int, model_size: int = 96 * 1024) -> None:
+    """Replace a machine's three sources under ``data`` with state ``seed`` (every source
+    differs per seed): ``db/memory.db`` (SQLite), ``files/`` (prompts, a policy with mode
+    0640, a blob) and ``model/`` (weights and a config)."""
+    for sub in ("db", "files", "model"):
+        shutil.rmtree(data / sub, ignore_errors=True)
+    make_sqlite(data / "db" / "memory.db", rows=150 + seed % 50, body=120, seed=seed)
+    files = data / "files"
+    write(files / "prompts" / "system.txt", f"You are {label}, state {seed}.\n" * 40)
+    write(files / "policy.json", json.dumps({"seed": seed, "allow": list(range(seed % 97))}))
+    write(files / "blobs" / f"state-{seed}.bin", rand(40_000 + seed % 1000, seed))
+    os.chmod(files / "policy.json", 0o640)
+    write(data / "model" / "weights.bin", rand(model_size, seed + 10_000))
+    write(data / "model" / "config.json", json.dumps({"layers": seed % 13}))
+
+
 # --------------------------------------------------------------------------- SQLite
 
 

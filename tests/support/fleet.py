@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.support.data import integrity, make_sqlite, rand, sqlite_dump, tree, write
+from tests.support.data import integrity, sqlite_dump, tree, write_machine_state
 from tests.support.faultproxy import ThreadedProxy
 from tests.support.hub import HubProcess
 from tests.support.node import Agent, keygen
@@ -79,16 +79,7 @@ class Node:
     # -- data
     def write_state(self, seed: int, model_size: int = 96 * 1024) -> State:
         """Replace the node's data with state ``seed`` (every source differs per seed)."""
-        for sub in ("db", "files", "model"):
-            shutil.rmtree(self.data / sub, ignore_errors=True)
-        make_sqlite(self.db, rows=150 + seed % 50, body=120, seed=seed)
-        files = self.data / "files"
-        write(files / "prompts" / "system.txt", f"You are node {self.name}, state {seed}.\n" * 40)
-        write(files / "policy.json", json.dumps({"seed": seed, "allow": list(range(seed % 97))}))
-        write(files / "blobs" / f"state-{seed}.bin", rand(40_000 + seed % 1000, seed))
-        os.chmod(files / "policy.json", 0o640)
-        write(self.data / "model" / "weights.bin", rand(model_size, seed + 10_000))
-        write(self.data / "model" / "config.json", json.dumps({"layers": seed % 13}))
+        write_machine_state(self.data, f"node {self.name}", seed, model_size)
         return self.capture()
 
     def capture(self) -> State:

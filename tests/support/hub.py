@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
-import time
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,6 +38,7 @@ from tests.support.procs import (
     spawn,
     stop_proc,
     tail,
+    wait_until,
 )
 
 # --------------------------------------------------------------------------- the hub
@@ -56,11 +56,14 @@ class HubProcess:
         options: Sequence[object] = (),
         serve_options: Sequence[object] = (),
         env: dict[str, str] | None = None,
+        stdout: Path | None = None,
     ) -> None:
         """``options`` go before ``serve`` (e.g. ``-v``, ``--log-format json``),
-        ``serve_options`` after it (e.g. ``--store URL``); ``env`` is added to ours."""
+        ``serve_options`` after it (e.g. ``--store URL``); ``env`` is added to ours.
+        Output goes to :attr:`log`, stdout to ``stdout`` instead if given."""
         self.data = data
         self.log = data.parent / f"{data.name}-serve.log"
+        self.stdout = stdout
         self.options = [str(o) for o in options]
         self.serve_options = [str(o) for o in serve_options]
         self.env = env
@@ -127,7 +130,7 @@ class HubProcess:
         self.data.parent.mkdir(parents=True, exist_ok=True)
         argv = [PY, "-m", "amber.hub.cli", *self.options, "--data", str(self.data), "serve"]
         argv += ["--nats-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]
-        self.proc = spawn([*argv, *self.serve_options], self.log, env=self.env)
+        self.proc = spawn([*argv, *self.serve_options], self.log, self.env, self.stdout)
         try:
             self._wait_ready()
         except BaseException:
@@ -136,27 +139,31 @@ class HubProcess:
         return self
 
     def _wait_ready(self) -> None:
+        try:
+            wait_until("amber-hub serve to answer", self._ready, self.START_TIMEOUT, 0.05)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}:\n{tail(self.log)}") from None
+
+    def _ready(self) -> bool:
+        """Whether hub.json names this process and its admin API answers its health
+        check (then its nats-server's pid is noted for :meth:`cleanup`)."""
         assert self.proc is not None
-        deadline = time.monotonic() + self.START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"amber-hub serve exited with {self.proc.returncode}:\n{tail(self.log)}"
-                )
-            try:
-                info = self.runtime
-                if info.get("pid") == self.proc.pid:
-                    url = info["admin_url"] + "/api/v1/health"
-                    with urllib.request.urlopen(url, timeout=2) as resp:
-                        if json.loads(resp.read()).get("ok"):
-                            pid = self.nats_pid()
-                            if pid is not None:
-                                self.nats_pids.add(pid)
-                            return
-            except (OSError, ValueError, KeyError):
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"hub not ready after {self.START_TIMEOUT}s:\n{tail(self.log)}")
+        if self.proc.poll() is not None:
+            raise AssertionError(f"amber-hub serve exited with {self.proc.returncode}")
+        try:
+            info = self.runtime
+            if info.get("pid") != self.proc.pid:
+                return False
+            url = info["admin_url"] + "/api/v1/health"
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if not json.loads(resp.read()).get("ok"):
+                    return False
+        except (OSError, ValueError, KeyError):
+            return False
+        pid = self.nats_pid()
+        if pid is not None:
+            self.nats_pids.add(pid)
+        return True
 
     def stop(self, grace: float = 15.0) -> int | None:
         """SIGTERM the hub (it stops its nats-server), SIGKILL after ``grace`` s."""

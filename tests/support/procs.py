@@ -92,10 +92,15 @@ def run_python(
     return Result(done.returncode, done.stdout, done.stderr)
 
 
-def spawn(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """Start a child in its own session, output appended to ``log``; it dies with us."""
-    with open(log, "ab") as fh:
-        return _spawn(argv, cwd=Path.cwd(), log=fh, env={**os.environ, **(env or {})})
+def spawn(
+    argv: list[str], log: Path, env: dict[str, str] | None = None, stdout: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a child in its own session, output appended to ``log`` (only its stderr
+    when ``stdout`` names another file); it dies with us."""
+    full_env = {**os.environ, **(env or {})}
+    with open(log, "ab") as fh, contextlib.ExitStack() as stack:
+        out = stack.enter_context(open(stdout, "ab")) if stdout is not None else None
+        return _spawn(argv, cwd=Path.cwd(), log=fh, env=full_env, stdout=out)
 
 
 def pid_alive(pid: int) -> bool:

@@ -177,7 +177,10 @@ def _spawn(
     log: IO[bytes],
     env: dict[str, str] | None = None,
     cleanup: Callable[[], None] | None = None,
+    stdout: IO[bytes] | None = None,
 ) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in a session of its own, registered for cleanup; its stderr (and
+    its stdout unless ``stdout`` is given) go to ``log``."""
     _install_hooks()
     # PR_SET_PDEATHSIG fires when the *thread* that forked exits, so only use it from the
     # main thread (a to_thread() worker may exit long before the test is done).
@@ -191,8 +194,8 @@ def _spawn(
         cwd=cwd,
         env=env,
         stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
+        stdout=log if stdout is None else stdout,
+        stderr=subprocess.STDOUT if stdout is None else log,
         start_new_session=True,
         preexec_fn=preexec,  # only a prctl() call, resolved before fork
     )

@@ -18,14 +18,13 @@ Plain Python, no pytest imports; the fixture lives in tests/support/fixtures.py.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.support.data import has_table, integrity, make_sqlite, rand, sqlite_dump, tree, write
+from tests.support.data import has_table, integrity, sqlite_dump, tree, write_machine_state
 from tests.support.hub import HubProcess
 from tests.support.node import Agent, keygen
 from tests.support.procs import PY, Result
@@ -65,16 +64,8 @@ class Machine:
 
     # -- data
     def write_state(self, seed: int) -> State:
-        for sub in ("db", "files", "model"):
-            shutil.rmtree(self.data / sub, ignore_errors=True)
-        make_sqlite(self.db, rows=120 + seed % 40, body=100, seed=seed)
-        files = self.data / "files"
-        write(files / "prompts" / "system.txt", f"You are {self.node}, state {seed}.\n" * 30)
-        write(files / "policy.json", json.dumps({"seed": seed, "allow": list(range(seed % 50))}))
-        write(files / "blobs" / f"state-{seed}.bin", rand(30_000 + seed % 500, seed))
-        os.chmod(files / "policy.json", 0o640)
-        write(self.data / "model" / "weights.bin", rand(80 * 1024, seed + 10_000))
-        write(self.data / "model" / "config.json", json.dumps({"layers": seed % 13}))
+        """Replace the machine's data with state ``seed`` (every source differs per seed)."""
+        write_machine_state(self.data, self.node, seed, 80 * 1024)
         return self.capture()
 
     def capture(self) -> State:
