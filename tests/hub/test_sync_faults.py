@@ -34,7 +34,7 @@ from tests.support.hub import (
     new_agent,
 )
 from tests.support.node import Agent, add_memory_sources, agent_argv
-from tests.support.procs import Result, stop_proc, tail, wait_until
+from tests.support.procs import Result, spawn, stop_proc, tail, wait_until
 
 VAULT = "fleet"
 MiB = 1024 * 1024
@@ -97,14 +97,7 @@ def sync_until_done(
     results: list[Result] = []
     for _ in range(attempts):
         out = agent.log.with_name(f"sync-{len(results)}.out")
-        with open(out, "wb") as fh:
-            proc = subprocess.Popen(
-                agent_argv("--config", agent.config, "sync", "--once", "--json"),
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        proc = spawn(agent_argv("--config", agent.config, "sync", "--once", "--json"), out)
         try:
             while proc.poll() is None:
                 if time.monotonic() > deadline:

@@ -27,19 +27,12 @@ from amber.hub.config import load_hub_config
 from amber.protocol.errors import ConfigError
 from tests.support.hub import HubProcess
 from tests.support.node import Agent, agent_argv
-from tests.support.procs import Result, run_python, spawn, stop_proc, wait_until
+from tests.support.procs import spawn, stop_proc, wait_until
 
 VAULT, NODE = "fleet", "edge-1"
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def run(*argv: object, timeout: float = 120) -> Result:
-    """``python ARGV``, which must succeed."""
-    res = run_python(*argv, timeout=timeout)
-    assert res.code == 0, f"{argv}: {res}"
-    return res
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -141,11 +134,9 @@ def test_agent_and_hub_metrics_over_http(tmp_path: Path) -> None:
         (data / "prompts" / "a.bin").write_bytes(blob)
         (data / "prompts" / "copy-of-a.bin").write_bytes(blob)  # deduplicated at checkpoint
         (data / "prompts" / "system.txt").write_text("be careful\n" * 100)
-        run("-m", "amber.agent.cli", "init", "--dir", state, "--node", NODE, "--vault", VAULT,
-            "--enroll", enrol)  # fmt: skip
-        config = state / "agent.toml"
-        run("-m", "amber.agent.cli", "--config", config, "source", "add", "prompts",
-            "--kind", "files", "--path", data / "prompts", "--tier", "hot")  # fmt: skip
+        node = Agent.init(state, NODE, VAULT, enroll=enrol)
+        node.add("prompts", "files", data / "prompts", "--tier", "hot")
+        config = node.config
         cfg = load_config(config)
         tiers = {**cfg.tiers, "hot": TierPolicy(interval=1, rpo=120)}
         save_config(
@@ -216,11 +207,10 @@ def test_rpo_breach_and_age_at_scrape(tmp_path: Path) -> None:
     state, data = tmp_path / "state", tmp_path / "data"
     data.mkdir()
     (data / "f.txt").write_text("x" * 1000)
-    run("-m", "amber.agent.cli", "init", "--dir", state, "--node", NODE, "--vault", VAULT)
-    config = state / "agent.toml"
+    node = Agent.init(state, NODE, VAULT)
     for name, tier in (("slow", "cold"), ("fast", "hot")):
-        run("-m", "amber.agent.cli", "--config", config, "source", "add", name,
-            "--kind", "files", "--path", data, "--tier", tier)  # fmt: skip
+        node.add(name, "files", data, "--tier", tier)
+    config = node.config
     cfg = load_config(config)
     # hot: every second; cold: once a day (not due before the first day passes)
     tiers = {
@@ -273,10 +263,9 @@ def test_busy_metrics_port_is_a_config_error(tmp_path: Path) -> None:
         taken.listen()
         busy = f"127.0.0.1:{taken.getsockname()[1]}"
         state = tmp_path / "state"
-        run("-m", "amber.agent.cli", "init", "--dir", state, "--node", NODE, "--vault", VAULT)
-        cfg = load_config(state / "agent.toml")
-        save_config(dataclasses.replace(cfg, metrics_listen=busy))
-        agent = Agent(state).proc("run", timeout=60)
+        node = Agent.init(state, NODE, VAULT)
+        node.configure(metrics_listen=busy)
+        agent = node.proc("run", timeout=60)
         assert agent.code == 3, agent.err
         assert "metrics.listen" in agent.err and "hint:" in agent.err
         assert "Traceback" not in agent.err

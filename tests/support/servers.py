@@ -1,7 +1,7 @@
 """Real servers for tests: nats-server (JetStream) and SeaweedFS's S3 gateway.
 
 Plain Python, no pytest imports, so the helpers can also be used from bench/ or a REPL.
-Fixtures that wrap these live in tests/conftest.py.
+Fixtures that wrap these live in tests/support/fixtures.py.
 
 Every child process is started in its own session (process group) and recorded in a
 module-level registry; an ``atexit`` hook (and, where nobody else handles it, a SIGTERM
