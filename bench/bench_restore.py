@@ -67,6 +67,7 @@ from ainode import DEFAULT_SEED, QUICK_SCALE, SOURCES, MiB
 from harness import (
     AmberNode,
     HubProcess,
+    Run,
     ThreadedProxy,
     check_restore,
     finish,
@@ -191,9 +192,27 @@ def amber_empty_restore(
         if hub_spy is not None:
             hub_spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
             hub_spy.wait(timeout=60)
+    res = restore_result(f"amber restore {tag}", run, total, (load0, cpu0), target, keep)
+    res["init_s"] = init_s
+    shutil.rmtree(fresh.state)
+    if not keep:
+        shutil.rmtree(target, ignore_errors=True)
+    return res
+
+
+def restore_result(
+    what: str,
+    run: Run,
+    total: int,
+    before: tuple[float, dict[str, float]],
+    target: Path,
+    keep: bool,
+) -> dict[str, Any]:
+    """One timed restore into an empty directory: throughput, the load and the servers'
+    CPU meanwhile (``before``: load and servers' CPU at its start); logged."""
+    load0, cpu0 = before
     res = {
         "mib_s": total / MiB / run.wall_s,
-        "init_s": init_s,
         "run": run.summary(),
         "servers_cpu_s": SERVERS.delta(cpu0),
         "load1_start": load0,
@@ -201,13 +220,10 @@ def amber_empty_restore(
         "target": target if keep else None,
     }
     log(
-        f"amber restore {tag}: {run.wall_s:.1f} s = {res['mib_s']:.0f} MiB/s "
-        f"({run.cpu_s:.1f} CPU s, other {run.other_cpu_s or 0:.1f} s, load {res['load1_end']}; "
+        f"{what}: {run.wall_s:.1f} s = {res['mib_s']:.0f} MiB/s ({run.cpu_s:.1f} CPU s, "
+        f"other {run.other_cpu_s or 0:.1f} s, load {res['load1_end']}; "
         f"servers {res['servers_cpu_s']})"
     )
-    shutil.rmtree(fresh.state)
-    if not keep:
-        shutil.rmtree(target, ignore_errors=True)
     return res
 
 
@@ -221,19 +237,7 @@ def restic_empty_restore(
     target.mkdir(parents=True)
     load0, cpu0 = load1(), SERVERS.snapshot()
     run = run_timed(r.restore_argv("latest", target), env=r.env())
-    res = {
-        "mib_s": total / MiB / run.wall_s,
-        "run": run.summary(),
-        "servers_cpu_s": SERVERS.delta(cpu0),
-        "load1_start": load0,
-        "load1_end": load1(),
-        "target": target if keep else None,
-    }
-    log(
-        f"restic restore {tag}: {run.wall_s:.1f} s = {res['mib_s']:.0f} MiB/s "
-        f"({run.cpu_s:.1f} CPU s, other {run.other_cpu_s or 0:.1f} s, load {res['load1_end']}; "
-        f"servers {res['servers_cpu_s']})"
-    )
+    res = restore_result(f"restic restore {tag}", run, total, (load0, cpu0), target, keep)
     shutil.rmtree(r.cache.parent, ignore_errors=True)
     if not keep:
         shutil.rmtree(target, ignore_errors=True)

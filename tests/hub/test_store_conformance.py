@@ -31,16 +31,6 @@ BACKENDS = [
 RETAINING = {"local", "s3"}
 
 
-@pytest.fixture(scope="module")
-def lock_bucket(s3_server: Any) -> str:
-    return s3_server.make_bucket(object_lock=True)
-
-
-@pytest.fixture(scope="module")
-def plain_bucket(s3_server: Any) -> str:
-    return s3_server.make_bucket(object_lock=False)
-
-
 def _open_s3(server: Any, bucket: str) -> ObjectStore:
     query = urlencode({"endpoint": server.endpoint_url, "region": server.region})
     return open_store(

@@ -54,6 +54,18 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
         server.kill()  # its data is thrown away; stop() would just wait 3 s for SIGTERM
 
 
+@pytest.fixture(scope="module")
+def lock_bucket(s3_server: SeaweedS3) -> str:
+    """A bucket with Object Lock in the session's S3, shared by a module's tests."""
+    return s3_server.make_bucket(object_lock=True)
+
+
+@pytest.fixture(scope="module")
+def plain_bucket(s3_server: SeaweedS3) -> str:
+    """A bucket without Object Lock in the session's S3, shared by a module's tests."""
+    return s3_server.make_bucket(object_lock=False)
+
+
 # --------------------------------------------------------------------------- hubs
 
 

@@ -40,11 +40,12 @@ from tests.support.procs import (
     tail,
     wait_until,
 )
+from tests.support.servers import ChildServer
 
 # --------------------------------------------------------------------------- the hub
 
 
-class HubProcess:
+class HubProcess(ChildServer):
     """``amber-hub --data DATA serve`` as a real process (a hub in a box)."""
 
     START_TIMEOUT = 30.0
@@ -75,13 +76,8 @@ class HubProcess:
     def runtime(self) -> dict[str, Any]:
         return json.loads((self.data / "hub.json").read_text())
 
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
-
-    @property
-    def running(self) -> bool:
-        return self.pid is not None
+    def _child(self) -> subprocess.Popen[bytes] | None:
+        return self.proc
 
     @property
     def nats_url(self) -> str:
@@ -131,11 +127,7 @@ class HubProcess:
         argv = [PY, "-m", "amber.hub.cli", *self.options, "--data", str(self.data), "serve"]
         argv += ["--nats-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]
         self.proc = spawn([*argv, *self.serve_options], self.log, self.env, self.stdout)
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.kill()
-            raise
+        self._ready_or_killed()
         return self
 
     def _wait_ready(self) -> None:
@@ -347,4 +339,17 @@ def new_agent(
     enrolment = hub.enrol(node, vault, root / f"{vault}.{node}.enrol.json")
     agent = Agent.init(root / f"{vault}.{node}-state", node, vault, vault_key, enroll=enrolment)
     agent.enrolment = enrolment
+    return agent
+
+
+def synced_node(hub: HubProcess, root: Path, node: str = "n1", vault: str = "v1") -> Agent:
+    """:func:`new_agent` with one ``files`` source, ``root/src`` holding ``a.txt``,
+    checkpointed and synced once."""
+    agent = new_agent(hub, root, node, vault)
+    src = root / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("first\n")
+    agent.add("files", "files", src)
+    agent.ok("checkpoint")
+    agent.ok("sync", "--once")
     return agent
