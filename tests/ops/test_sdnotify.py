@@ -480,7 +480,7 @@ def test_the_sandbox_emulation_really_restricts(tmp_path: Path) -> None:
         timeout=60,
         check=False,
     )
-    assert r.code == 0, r
+    assert r.returncode == 0, r.stderr
     check_sandboxed(r.stderr)
     got = dict(line.split(" ", 1) for line in r.stdout.splitlines())
     assert got["inet"] == "allowed"
