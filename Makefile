@@ -27,9 +27,10 @@ demo: $(STAMP)
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q tests
 
-# The inner loop: unit and in-process tests, no server processes (under 90 s).
+# The inner loop: unit and in-process tests, no server or agent processes and no slow
+# builds (under 90 s). tests/conftest.py marks `servers`; see tests/support/fixtures.py.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not servers" tests
+	$(BIN)/python -m pytest -q -m "not servers and not slow" tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -37,25 +37,31 @@ Everything is written under ``bench/.work/bench_agent/`` (removed at the start o
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import shutil
-import sqlite3
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import ainode
-import blake3
 from ainode import DEFAULT_SEED, QUICK_SCALE, SOURCES, WORK_DIR, MiB
 from datagen import write_model_file
+from harness import (
+    AmberNode,
+    Run,
+    check_restore,
+    environment,
+    finish,
+    fmt_bytes,
+    log,
+    precompile,
+    print_table,
+    run_timed,
+    tree_digests,
+    verdicts,
+)
 from restic import Restic, find_restic, parse_backup_summary, restic_version
 
 TARGETS = {
@@ -64,248 +70,6 @@ TARGETS = {
     "restore_throughput_ratio": (">=", 1.0),
     "peak_rss_mib": ("<", 200.0),
 }
-
-
-# --------------------------------------------------------------------------- measuring
-
-
-def machine_busy() -> float | None:
-    """Busy CPU seconds of the whole machine since boot, from /proc/stat."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq = (fields + [0] * 7)[:7]
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
-
-
-@dataclass
-class Run:
-    """One timed child process."""
-
-    argv: list[str]
-    wall_s: float
-    cpu_s: float  # user + system of the child (and its waited-for descendants)
-    maxrss_mib: float
-    other_cpu_s: float | None  # CPU the rest of the machine used meanwhile
-    returncode: int
-    stdout: str = field(repr=False)
-    stderr: str = field(repr=False)
-
-    def summary(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("stdout"), d.pop("stderr")
-        d["argv"] = [Path(a).name if os.sep in a else a for a in self.argv[:3]]
-        return d
-
-
-def run_timed(
-    argv: Sequence[str],
-    *,
-    env: dict[str, str] | None = None,
-    cwd: Path | None = None,
-    check: bool = True,
-) -> Run:
-    """Run ``argv`` to completion; wall time, CPU time and peak RSS of the child.
-
-    ``wait4`` gives the rusage of exactly this child, so nothing else the bench
-    started earlier counts towards its peak RSS.
-    """
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        busy0, own0 = machine_busy(), _own_cpu()
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(list(argv), stdout=out, stderr=err, env=env, cwd=cwd)
-        _pid, status, ru = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t0
-        busy1, own1 = machine_busy(), _own_cpu()
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0), err.seek(0)
-        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
-    cpu = ru.ru_utime + ru.ru_stime
-    other = None
-    if busy0 is not None and busy1 is not None:
-        other = max(0.0, busy1 - busy0 - cpu - (own1 - own0))
-    run = Run(list(argv), wall, cpu, ru.ru_maxrss / 1024, other, proc.returncode, stdout, stderr)
-    if check and run.returncode != 0:
-        raise RuntimeError(
-            f"{' '.join(argv[:4])} ... exited {run.returncode}:\n{stderr[-3000:]}{stdout[-1000:]}"
-        )
-    return run
-
-
-def _own_cpu() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
-def tool(name: str) -> str:
-    """A console script of this venv (next to the interpreter), else from PATH."""
-    here = Path(sys.executable).parent / name
-    if here.exists():
-        return str(here)
-    found = shutil.which(name)
-    if found is None:
-        sys.exit(f"cannot find {name}: run the bench with the project's venv (.venv/bin/python)")
-    return found
-
-
-# --------------------------------------------------------------------------- Amber
-
-
-class AmberNode:
-    """One ``amber-agent`` state directory, driven through the CLI."""
-
-    def __init__(self, state: Path, node: str = "edge-01", vault: str = "bench") -> None:
-        self.state, self.node, self.vault = state, node, vault
-        self.bin = tool("amber-agent")
-
-    @property
-    def config(self) -> Path:
-        return self.state / "agent.toml"
-
-    def argv(self, *args: str) -> list[str]:
-        return [self.bin, "--config", str(self.config), *args]
-
-    def init(self, *, vault_key: Path | None = None, enroll: Path | None = None) -> None:
-        if self.state.exists():
-            shutil.rmtree(self.state)
-        cmd = [self.bin, "init", "--dir", str(self.state), "--node", self.node]
-        cmd += ["--vault", self.vault]
-        if vault_key is not None:
-            cmd += ["--vault-key", str(vault_key)]
-        if enroll is not None:
-            cmd += ["--enroll", str(enroll)]
-        run_timed(cmd)
-
-    def add_source(self, name: str, kind: str, path: Path) -> None:
-        run_timed(self.argv("source", "add", name, "--kind", kind, "--path", str(path)))
-
-    def add_node_sources(self, root: Path, only: Sequence[str] | None = None) -> None:
-        for name, (kind, rel) in SOURCES.items():
-            if only is None or name in only:
-                self.add_source(name, kind, root / rel)
-
-    def checkpoint(self) -> tuple[Run, dict[str, Any]]:
-        run = run_timed(self.argv("checkpoint", "--json"))
-        return run, json.loads(run.stdout.strip().splitlines()[-1])
-
-    def sync(self) -> tuple[Run, dict[str, Any]]:
-        run = run_timed(self.argv("sync", "--once", "--json"))
-        return run, json.loads(run.stdout.strip().splitlines()[-1])
-
-    def status(self) -> dict[str, Any]:
-        return json.loads(run_timed(self.argv("status", "--json")).stdout)
-
-    def held_bytes(self) -> int:
-        return int(self.status()["journal_bytes"])
-
-    def journal_file_bytes(self) -> int:
-        """On disk: journal.db (and its WAL) plus the pack files."""
-        files = [p for p in self.state.glob("journal.db*") if p.name != "journal.db-shm"]
-        return sum(p.stat().st_size for p in [*files, *self.state.glob("packs/*.pack")])
-
-    def restore_argv(self, target: Path) -> list[str]:
-        return self.argv("restore", "latest", "--to", str(target))
-
-
-# --------------------------------------------------------------------------- checks
-
-
-def tree_digests(root: Path) -> dict[str, tuple[int, str]]:
-    """(size, BLAKE3) of every regular file under ``root``, except SQLite's -wal and -shm
-    files (a read-only connection, Amber's backup copy or our check, leaves them)."""
-    out = {}
-    for p in sorted(root.rglob("*")):
-        if p.name.endswith(("-wal", "-shm")):
-            continue
-        if p.is_file() and not p.is_symlink():
-            h = blake3.blake3()
-            with open(p, "rb") as f:
-                while block := f.read(8 * MiB):
-                    h.update(block)
-            out[p.relative_to(root).as_posix()] = (p.stat().st_size, h.hexdigest())
-    return out
-
-
-def db_fingerprint(path: Path) -> tuple[str, int, int]:
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        ok = con.execute("PRAGMA integrity_check").fetchone()[0]
-        n = con.execute("SELECT count(*) FROM messages").fetchone()[0]
-        e = con.execute("SELECT count(*) FROM embeddings").fetchone()[0]
-    finally:
-        con.close()
-    return ok, n, e
-
-
-def check_restore(source: Path, restored: Path) -> str:
-    """'ok', or what differs. The SQLite database is compared by content (Amber restores
-    the online-backup copy, whose header may differ from the live file's)."""
-    want, got = tree_digests(source), tree_digests(restored)
-    db = SOURCES["memory"][1]
-    want.pop(db, None)
-    got_db = got.pop(db, None)
-    if want != got:
-        missing = sorted(set(want) - set(got))[:3]
-        extra = sorted(set(got) - set(want))[:3]
-        diff = sorted(k for k in set(want) & set(got) if want[k] != got[k])[:3]
-        return f"differs: missing {missing} extra {extra} changed {diff}"
-    if got_db is None:
-        return "differs: no database restored"
-    a, b = db_fingerprint(source / db), db_fingerprint(restored / db)
-    return "ok" if a == b else f"database differs: {a} != {b}"
-
-
-# --------------------------------------------------------------------------- reporting
-
-
-def verdict(name: str, value: float | None) -> str:
-    if value is None:
-        return "n/a"
-    op, bound = TARGETS[name]
-    ok = {
-        ">=": value >= bound,
-        "<=": value <= bound,
-        "<": value < bound,
-    }[op]
-    return "PASS" if ok else "MISS"
-
-
-def fmt_bytes(n: float) -> str:
-    return f"{n / MiB:,.1f} MiB" if n >= MiB else f"{n / 1024:,.1f} KiB"
-
-
-def print_table(rows: list[list[str]], out: Any) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for k, r in enumerate(rows):
-        cells = [
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(r, widths, strict=True))
-        ]
-        print("  ".join(cells), file=out)
-        if k == 0:
-            print("  ".join("-" * w for w in widths), file=out)
-
-
-def environment() -> dict[str, Any]:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "cpus": cpus,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "loadavg_start": os.getloadavg(),
-    }
-
-
-def precompile() -> None:
-    """Write the bytecode of Amber's packages once, as installing a wheel does: with an
-    editable install and ``PYTHONDONTWRITEBYTECODE`` set, every timed command would
-    otherwise recompile ~40 modules (40-70 ms per command)."""
-    root = Path(__file__).resolve().parent.parent
-    dirs = [str(root / d) for d in ("agent", "hub", "protocol", "amber_ns")]
-    subprocess.run([sys.executable, "-m", "compileall", "-q", *dirs], check=True)
 
 
 def big_model(seed: int, size_mib: int) -> Path:
@@ -338,9 +102,6 @@ def main(argv: list[str] | None = None) -> int:
     scale = args.scale if args.scale is not None else (QUICK_SCALE if args.quick else 1.0)
     rss_mib = args.rss_mib or (256 if args.quick else 2048)
     out = sys.stderr if args.json else sys.stdout
-
-    def log(msg: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
     precompile()
     env0 = environment()
@@ -513,10 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         "restore_throughput_ratio": rest["ratio"] if a_ok == r_ok == "ok" else None,
         "peak_rss_mib": rss["amber"]["peak_rss_mib"],
     }
-    doc["targets"] = {
-        k: {"value": v, "target": f"{TARGETS[k][0]} {TARGETS[k][1]}", "verdict": verdict(k, v)}
-        for k, v in results.items()
-    }
+    doc["targets"] = verdicts(TARGETS, results)
     doc["environment"]["loadavg_end"] = os.getloadavg()
 
     def other(runs: list[Run]) -> str:
@@ -600,10 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{doc['environment']['loadavg_end'][0]:.2f}",
         file=out,
     )
-    if args.json:
-        json.dump(doc, sys.stdout, indent=2, default=str)
-        print()
-    return 0
+    return finish(doc, args.json)
 
 
 if __name__ == "__main__":

@@ -63,28 +63,35 @@ from pathlib import Path
 from typing import Any
 
 import ainode
-from ainode import DEFAULT_SEED, QUICK_SCALE, SOURCES, WORK_DIR, MiB
-from bench_agent import (
+from ainode import DEFAULT_SEED, QUICK_SCALE, SOURCES, MiB
+from harness import (
     AmberNode,
+    HubProcess,
+    Run,
+    ThreadedProxy,
     check_restore,
-    environment,
+    finish,
     fmt_bytes,
+    hub_process,
+    log,
+    open_bench,
     precompile,
     print_table,
     run_timed,
     tool,
+    tree_cpu,
+    verdicts,
+    via_proxy,
 )
-from bench_sync import VAULT, HubProcess, ProxyThread, log, via_proxy, warm
-from restic import Restic, find_restic, parse_backup_summary, restic_version
+from restic import Restic, parse_backup_summary
 
 from amber.agent.config import load_config, save_config
 from amber.protocol.keys import VaultKeys
 from amber.protocol.records import decode_checkpoint, decode_manifest
 from amber.secretfile import read_secret
-from tests.support.servers import (
-    SeaweedS3,  # importable once bench_sync put the repository on sys.path
-)
+from tests.support.servers import SeaweedS3  # importable once harness put the repo on sys.path
 
+VAULT = "bench"
 TARGETS = {
     "box_vs_restic_s3": (">=", 1.5),
     "s3_vs_restic_s3": (">=", 1.5),
@@ -93,38 +100,8 @@ TARGETS = {
 DETAIL_RE = re.compile(r"(\d+) chunk\(s\) fetched from the hub, (\d+) reused from local files")
 
 
-def verdict(name: str, value: float | None) -> str:
-    if value is None:
-        return "n/a"
-    op, bound = TARGETS[name]
-    return "PASS" if (value >= bound if op == ">=" else value <= bound) else "MISS"
-
-
 def load1() -> float:
     return round(os.getloadavg()[0], 2)
-
-
-def tree_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of ``pid`` and its live descendants, from /proc."""
-    tick = os.sysconf("SC_CLK_TCK")
-    parent: dict[int, int] = {}
-    cpu: dict[int, float] = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parent[int(d)] = int(fields[1])
-        cpu[int(d)] = (int(fields[11]) + int(fields[12])) / tick
-    total, todo = 0.0, [pid]
-    while todo:
-        p = todo.pop()
-        total += cpu.get(p, 0.0)
-        todo.extend(c for c, pp in parent.items() if pp == p)
-    return total
 
 
 class Servers:
@@ -159,7 +136,7 @@ class Origin:
 
 
 def make_origin(hub: HubProcess, work: Path, name: str, root: Path, key: Path) -> Origin:
-    enr = hub.add_node(name, work / f"{name}.enrolment.json")
+    enr = hub.enrol(name, VAULT, work / f"{name}.enrolment.json")
     node = AmberNode(work / f"origin-{name}", node=name, vault=VAULT)
     node.init(vault_key=key, enroll=enr)
     node.add_node_sources(root)
@@ -215,9 +192,27 @@ def amber_empty_restore(
         if hub_spy is not None:
             hub_spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
             hub_spy.wait(timeout=60)
+    res = restore_result(f"amber restore {tag}", run, total, (load0, cpu0), target, keep)
+    res["init_s"] = init_s
+    shutil.rmtree(fresh.state)
+    if not keep:
+        shutil.rmtree(target, ignore_errors=True)
+    return res
+
+
+def restore_result(
+    what: str,
+    run: Run,
+    total: int,
+    before: tuple[float, dict[str, float]],
+    target: Path,
+    keep: bool,
+) -> dict[str, Any]:
+    """One timed restore into an empty directory: throughput, the load and the servers'
+    CPU meanwhile (``before``: load and servers' CPU at its start); logged."""
+    load0, cpu0 = before
     res = {
         "mib_s": total / MiB / run.wall_s,
-        "init_s": init_s,
         "run": run.summary(),
         "servers_cpu_s": SERVERS.delta(cpu0),
         "load1_start": load0,
@@ -225,13 +220,10 @@ def amber_empty_restore(
         "target": target if keep else None,
     }
     log(
-        f"amber restore {tag}: {run.wall_s:.1f} s = {res['mib_s']:.0f} MiB/s "
-        f"({run.cpu_s:.1f} CPU s, other {run.other_cpu_s or 0:.1f} s, load {res['load1_end']}; "
+        f"{what}: {run.wall_s:.1f} s = {res['mib_s']:.0f} MiB/s ({run.cpu_s:.1f} CPU s, "
+        f"other {run.other_cpu_s or 0:.1f} s, load {res['load1_end']}; "
         f"servers {res['servers_cpu_s']})"
     )
-    shutil.rmtree(fresh.state)
-    if not keep:
-        shutil.rmtree(target, ignore_errors=True)
     return res
 
 
@@ -245,19 +237,7 @@ def restic_empty_restore(
     target.mkdir(parents=True)
     load0, cpu0 = load1(), SERVERS.snapshot()
     run = run_timed(r.restore_argv("latest", target), env=r.env())
-    res = {
-        "mib_s": total / MiB / run.wall_s,
-        "run": run.summary(),
-        "servers_cpu_s": SERVERS.delta(cpu0),
-        "load1_start": load0,
-        "load1_end": load1(),
-        "target": target if keep else None,
-    }
-    log(
-        f"restic restore {tag}: {run.wall_s:.1f} s = {res['mib_s']:.0f} MiB/s "
-        f"({run.cpu_s:.1f} CPU s, other {run.other_cpu_s or 0:.1f} s, load {res['load1_end']}; "
-        f"servers {res['servers_cpu_s']})"
-    )
+    res = restore_result(f"restic restore {tag}", run, total, (load0, cpu0), target, keep)
     shutil.rmtree(r.cache.parent, ignore_errors=True)
     if not keep:
         shutil.rmtree(target, ignore_errors=True)
@@ -295,7 +275,7 @@ def inplace_restore(
 ) -> dict[str, Any]:
     name = "edge-inplace"
     data = ainode.working_copy(cache, work / "node-inplace")
-    enr = hub.add_node(name, work / f"{name}.enrolment.json")
+    enr = hub.enrol(name, VAULT, work / f"{name}.enrolment.json")
     node = AmberNode(work / f"state-{name}", node=name, vault=VAULT)
     node.init(vault_key=key, enroll=enr)
     node.add_node_sources(data)
@@ -314,7 +294,7 @@ def inplace_restore(
     changes = ainode.mutate(data, seed)
     log(f"mutated: {json.dumps(changes)[:160]}")
 
-    proxy = ProxyThread(hub.nats_port).start()
+    proxy = ThreadedProxy(hub.nats_port)
     daemon: subprocess.Popen[bytes] | None = None
     dlog = open(work / f"{name}.daemon.log", "ab")
     try:
@@ -359,7 +339,7 @@ def inplace_restore(
                 os.kill(daemon.pid, signal.SIGKILL)
                 daemon.wait()
         dlog.close()
-        proxy.stop()
+        proxy.close()
     if n["state"] != "healthy":
         raise RuntimeError(f"in-place restore ended {n['state']}: {n['detail']}")
     m = DETAIL_RE.search(n["detail"] or "")
@@ -462,26 +442,17 @@ def main(argv: list[str] | None = None) -> int:
     scale = args.scale if args.scale is not None else (QUICK_SCALE if args.quick else 1.0)
     out = sys.stderr if args.json else sys.stdout
 
-    env0 = environment()
-    rversion = restic_version(find_restic())
-    log(rversion)
-    cache = ainode.ensure_node(args.seed, scale)
-    stats = ainode.node_stats(cache)
+    doc, cache, work = open_bench("bench_restore", args.seed, scale)
+    env0, rversion, stats = doc["environment"], doc["restic"], doc["node"]
     total = stats["bytes"]
     paths = [cache / rel for _kind, rel in SOURCES.values()]
-    work = WORK_DIR / "bench_restore"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    log(f"node: {total / MiB:.0f} MiB in {stats['files']} files; warmed {warm(cache):.0f} MiB")
-    doc: dict[str, Any] = {"bench": "bench_restore", "environment": env0, "restic": rversion}
-    doc["node"] = {"seed": args.seed, "scale": scale, **stats}
 
     hubs: list[HubProcess] = []
     s3 = SeaweedS3(work / "seaweed")
     try:
         key = work / "vault.key"
         run_timed([tool("amber-agent"), "keygen", "--out", str(key)])
-        box = HubProcess(work / "hub-box")
+        box = hub_process(work / "hub-box")
         hubs.append(box.start())
         assert box.proc is not None
         SERVERS.pids["hub-box"] = box.proc.pid  # with its nats-server, a child
@@ -497,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         bucket = s3.make_bucket("amber-hub", object_lock=True)
         url = f"s3://{bucket}/hub?endpoint={s3.endpoint_url}&region={s3.region}"
-        hub3 = HubProcess(work / "hub-s3", store=url, env=s3_env)
+        hub3 = hub_process(work / "hub-s3", url, s3_env)
         hubs.append(hub3.start())
         assert hub3.proc is not None
         SERVERS.pids["hub-s3"] = hub3.proc.pid
@@ -561,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
             doc["in_place"] = inplace_restore(box, work, cache, key, args.seed)
     finally:
         for h in hubs:
-            h.stop()
+            h.cleanup()
         s3.kill()
     if not args.keep:
         for sub in ("seaweed", "hub-box", "hub-s3", "node-inplace", "state-edge-inplace"):
@@ -576,10 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     ip = doc.get("in_place")
     if ip is not None:
         results["inplace_fetched_vs_changed"] = ip["ratio"] if ip["check"] == "ok" else None
-    doc["targets"] = {
-        k: {"value": v, "target": f"{TARGETS[k][0]} {TARGETS[k][1]}", "verdict": verdict(k, v)}
-        for k, v in results.items()
-    }
+    doc["targets"] = verdicts(TARGETS, results)
     doc["environment"]["loadavg_end"] = os.getloadavg()
 
     t = doc["targets"]
@@ -672,10 +640,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{doc['environment']['loadavg_end'][0]:.2f}",
         file=out,
     )
-    if args.json:
-        json.dump(doc, sys.stdout, indent=2, default=str)
-        print()
-    return 0
+    return finish(doc, args.json)
 
 
 if __name__ == "__main__":

@@ -38,39 +38,37 @@ Everything is written under ``bench/.work/bench_sync/`` (removed at the start of
 from __future__ import annotations
 
 import argparse
-import asyncio
 import concurrent.futures as cf
-import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import ainode
-from ainode import DEFAULT_SEED, QUICK_SCALE, SOURCES, WORK_DIR, MiB
-from bench_agent import (
+from ainode import DEFAULT_SEED, QUICK_SCALE, SOURCES, MiB
+from harness import (
     AmberNode,
+    HubProcess,
     Run,
-    environment,
+    ThreadedProxy,
+    finish,
     fmt_bytes,
+    hub_process,
+    log,
+    open_bench,
     precompile,
     print_table,
     run_timed,
     tool,
+    verdict,
+    verdicts,
+    via_proxy,
 )
-from restic import Restic, find_restic, parse_backup_summary, restic_version
+from restic import Restic, parse_backup_summary
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from tests.support.faultproxy import FaultProxy  # noqa: E402
-from tests.support.servers import SeaweedS3  # noqa: E402
+from tests.support.servers import SeaweedS3
 
 TARGETS = {
     "s3_throughput_ratio": (">=", 2.0),
@@ -79,128 +77,11 @@ TARGETS = {
 VAULT = "bench"
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def verdict(name: str, value: float | None) -> str:
-    if value is None:
-        return "n/a"
-    op, bound = TARGETS[name]
-    return "PASS" if (value >= bound if op == ">=" else value <= bound) else "MISS"
-
-
-# --------------------------------------------------------------------------- the hub
-
-
-class HubProcess:
-    """``amber-hub serve`` on free ports with its own data directory."""
-
-    def __init__(self, data: Path, store: str | None = None, env: dict[str, str] | None = None):
-        self.data, self.store, self.env = data, store, env
-        self.bin = tool("amber-hub")
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.info: dict[str, Any] = {}
-
-    def start(self, timeout: float = 60.0) -> HubProcess:
-        if self.data.exists():
-            shutil.rmtree(self.data)
-        self.data.mkdir(parents=True)
-        cmd = [self.bin, "--data", str(self.data), "serve"]
-        cmd += ["--nats-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]
-        if self.store:
-            cmd += ["--store", self.store]
-        self._log = open(self.data.parent / f"{self.data.name}.log", "ab")
-        self.proc = subprocess.Popen(
-            cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
-        )
-        deadline = time.monotonic() + timeout
-        runtime = self.data / "hub.json"
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"amber-hub exited {self.proc.returncode}; see its log")
-            if runtime.exists():
-                try:
-                    self.info = json.loads(runtime.read_text())
-                    return self
-                except ValueError:
-                    pass
-            time.sleep(0.1)
-        raise RuntimeError("amber-hub did not start in time")
-
-    @property
-    def nats_port(self) -> int:
-        return int(self.info["nats_url"].rsplit(":", 1)[1].split(",")[0])
-
-    def add_node(self, node: str, out: Path, vault: str = VAULT) -> Path:
-        cmd = [self.bin, "--data", str(self.data), "node", "add", node]
-        run_timed([*cmd, "--vault", vault, "--out", str(out)], env=self.env)
-        return out
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.proc = None
-        if hasattr(self, "_log"):
-            self._log.close()
-
-
-def via_proxy(enrolment: Path, port: int) -> Path:
-    """Point an enrolment file at the byte-counting proxy instead of the hub's NATS."""
-    obj = json.loads(enrolment.read_text())
-    obj["nats_servers"] = [f"nats://127.0.0.1:{port}"]
-    enrolment.write_text(json.dumps(obj, indent=2))
-    os.chmod(enrolment, 0o600)
-    return enrolment
-
-
-class ProxyThread:
-    """A :class:`FaultProxy` on its own event loop in a thread, counting bytes."""
-
-    def __init__(self, port: int) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.proxy = FaultProxy("127.0.0.1", port)
-
-    def start(self) -> ProxyThread:
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.proxy.start(), self.loop).result(10)
-        return self
-
-    @property
-    def port(self) -> int:
-        return self.proxy.port
-
-    def counts(self) -> tuple[int, int]:
-        return self.proxy.bytes_upstream, self.proxy.bytes_downstream
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.proxy.stop(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
-
 # --------------------------------------------------------------------------- benches
 
 
-def warm(root: Path) -> float:
-    """Read every file once (page cache); return MiB read."""
-    n = 0
-    for p in root.rglob("*"):
-        if p.is_file():
-            with open(p, "rb") as f:
-                while block := f.read(8 * MiB):
-                    n += len(block)
-    return n / MiB
-
-
 def amber_to_hub(hub: HubProcess, work: Path, name: str, root: Path, total: int) -> dict[str, Any]:
-    enr = hub.add_node(name, work / f"{name}.enrolment.json")
+    enr = hub.enrol(name, VAULT, work / f"{name}.enrolment.json")
     node = AmberNode(work / f"amber-{name}", node=name, vault=VAULT)
     node.init(enroll=enr)
     node.add_node_sources(root)
@@ -259,13 +140,19 @@ def fleet_nodes(
     return nodes, results
 
 
+def enrol_via_proxy(hub: HubProcess, nodes: list[AmberNode], work: Path, tag: str) -> ThreadedProxy:
+    """Enrol ``nodes`` at ``hub`` through a new byte-counting proxy to its NATS."""
+    proxy = ThreadedProxy(hub.nats_port)
+    for n in nodes:
+        enr = hub.enrol(n.node, "fleet", work / f"{n.node}.{tag}.json")
+        run_timed(n.argv("enroll", str(via_proxy(enr, proxy.port))))
+    return proxy
+
+
 def fleet_sync(hub: HubProcess, nodes: list[AmberNode], work: Path) -> dict[str, Any]:
     """Staggered: node 1 syncs to the empty hub, then the others one after another."""
-    proxy = ProxyThread(hub.nats_port).start()
+    proxy = enrol_via_proxy(hub, nodes, work, "enrolment")
     try:
-        for n in nodes:
-            enr = hub.add_node(n.node, work / f"{n.node}.enrolment.json", vault="fleet")
-            run_timed(n.argv("enroll", str(via_proxy(enr, proxy.port))))
         per_node: list[dict[str, Any]] = []
         wire: list[int] = []
         for n in nodes:
@@ -285,16 +172,13 @@ def fleet_sync(hub: HubProcess, nodes: list[AmberNode], work: Path) -> dict[str,
             "per_node": per_node,
         }
     finally:
-        proxy.stop()
+        proxy.close()
 
 
 def fleet_simultaneous(hub: HubProcess, nodes: list[AmberNode], work: Path) -> dict[str, Any]:
     """All nodes sync at once to an empty hub; compared with one node alone."""
-    proxy = ProxyThread(hub.nats_port).start()
+    proxy = enrol_via_proxy(hub, nodes, work, "enrolment-b")
     try:
-        for n in nodes:
-            enr = hub.add_node(n.node, work / f"{n.node}.enrolment-b.json", vault="fleet")
-            run_timed(n.argv("enroll", str(via_proxy(enr, proxy.port))))
         up0, down0 = proxy.counts()
         t0 = time.perf_counter()
         with cf.ThreadPoolExecutor(len(nodes)) as pool:
@@ -313,7 +197,7 @@ def fleet_simultaneous(hub: HubProcess, nodes: list[AmberNode], work: Path) -> d
             "per_node": per_node,
         }
     finally:
-        proxy.stop()
+        proxy.close()
 
 
 def copy_states(nodes: list[AmberNode], dst: Path) -> list[AmberNode]:
@@ -350,24 +234,15 @@ def main(argv: list[str] | None = None) -> int:
     fleet_size = args.fleet or (4 if args.quick else 10)
     simultaneous = args.quick if args.simultaneous is None else args.simultaneous
 
-    env0 = environment()
-    rversion = restic_version(find_restic())
-    log(rversion)
-    cache = ainode.ensure_node(args.seed, scale)
-    stats = ainode.node_stats(cache)
+    doc, cache, work = open_bench("bench_sync", args.seed, scale)
+    env0, rversion, stats = doc["environment"], doc["restic"], doc["node"]
     total = stats["bytes"]
     paths = [cache / rel for _kind, rel in SOURCES.values()]
-    work = WORK_DIR / "bench_sync"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    log(f"node: {total / MiB:.0f} MiB in {stats['files']} files; warmed {warm(cache):.0f} MiB")
-    doc: dict[str, Any] = {"bench": "bench_sync", "environment": env0, "restic": rversion}
-    doc["node"] = {"seed": args.seed, "scale": scale, **stats}
     hubs: list[HubProcess] = []
     s3 = SeaweedS3(work / "seaweed")
     try:
         # 1. hub in a box
-        box = HubProcess(work / "hub-box")
+        box = hub_process(work / "hub-box")
         hubs.append(box.start())
         doc["hub_box"] = amber_to_hub(box, work, "edge-box", cache, total)
         box.stop()
@@ -389,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 bucket = s3.make_bucket(f"amber-hub-r{i}", object_lock=True)
                 url = f"s3://{bucket}/hub?endpoint={s3.endpoint_url}&region={s3.region}"
-                hub = HubProcess(work / f"hub-s3-r{i}", store=url, env=s3_env)
+                hub = hub_process(work / f"hub-s3-r{i}", url, s3_env)
                 hubs.append(hub.start())
                 amber_s3.append(amber_to_hub(hub, work, f"edge-s3-r{i}", cache, total))
                 hub.stop()
@@ -406,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         run_timed([tool("amber-agent"), "keygen", "--out", str(key)])
         nodes, ck = fleet_nodes(work, cache, fleet_size, key)
         copies = copy_states(nodes, work / "fleet-b") if simultaneous else None
-        hub_a = HubProcess(work / "hub-fleet")
+        hub_a = hub_process(work / "hub-fleet")
         hubs.append(hub_a.start())
         staggered = fleet_sync(hub_a, nodes, work)
         staggered["checkpoints"] = ck
@@ -420,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         for n in nodes:
             shutil.rmtree(n.state)
         if copies is not None:
-            hub_b = HubProcess(work / "hub-fleet-b")
+            hub_b = hub_process(work / "hub-fleet-b")
             hubs.append(hub_b.start())
             sim = fleet_simultaneous(hub_b, copies, work)
             hub_b.stop()
@@ -436,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.rmtree(n.state)
     finally:
         for h in hubs:
-            h.stop()
+            h.cleanup()
         s3.kill()
 
     # --- verdicts and the table
@@ -445,16 +320,13 @@ def main(argv: list[str] | None = None) -> int:
         "s3_throughput_ratio": doc["s3_ratio"],
         "fleet_bytes_ratio": fleet["staggered"]["ratio"],
     }
-    doc["targets"] = {
-        k: {"value": v, "target": f"{TARGETS[k][0]} {TARGETS[k][1]}", "verdict": verdict(k, v)}
-        for k, v in results.items()
-    }
+    doc["targets"] = verdicts(TARGETS, results)
     if "simultaneous" in fleet:
         v = fleet["simultaneous"]["ratio"]
         doc["targets"]["fleet_bytes_ratio_simultaneous"] = {
             "value": v,
             "target": "<= 1.1",
-            "verdict": verdict("fleet_bytes_ratio", v),
+            "verdict": verdict(TARGETS, "fleet_bytes_ratio", v),
         }
     doc["environment"]["loadavg_end"] = os.getloadavg()
 
@@ -548,10 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         f"end {doc['environment']['loadavg_end'][0]:.2f}",
         file=out,
     )
-    if args.json:
-        json.dump(doc, sys.stdout, indent=2, default=str)
-        print()
-    return 0
+    return finish(doc, args.json)
 
 
 if __name__ == "__main__":

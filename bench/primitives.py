@@ -45,6 +45,7 @@ from importlib import metadata
 from typing import Any
 
 from datagen import DTYPES, model_like_bytes
+from harness import machine_cpu, own_cpu
 
 try:
     import blake3
@@ -81,23 +82,6 @@ class Stage:
     best: float = float("inf")
     cpu: float = 0.0
     extra: dict[str, Any] | None = None
-
-
-def machine_busy() -> tuple[float, float] | None:
-    """(busy, steal) CPU seconds of the whole machine since boot, from /proc/stat."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    tick = os.sysconf("SC_CLK_TCK")
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
-    return (user + nice + system + irq + softirq) / tick, steal / tick
-
-
-def own_cpu() -> float:
-    t = os.times()
-    return t.user + t.system
 
 
 def cut(data: bytes, avg: int) -> list[memoryview]:
@@ -329,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # --- interleaved rounds -----------------------------------------------------------
     started = time.perf_counter()
-    busy0, cpu0 = machine_busy(), own_cpu()
+    busy0, cpu0 = machine_cpu(), own_cpu()
     try:
         for r in range(args.runs):
             print(f"round {r + 1}/{args.runs} ...", file=out, flush=True)
@@ -346,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         for pool in pools.values():
             pool.shutdown()
     elapsed = time.perf_counter() - started
-    busy1, ours = machine_busy(), own_cpu() - cpu0
+    busy1, ours = machine_cpu(), own_cpu() - cpu0
     others = steal = None
     if busy0 and busy1:
         others = max(0.0, busy1[0] - busy0[0] - ours)

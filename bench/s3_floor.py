@@ -15,28 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from harness import own_cpu, proc_cpu
 
-from tests.support.servers import SeaweedS3  # noqa: E402
-
-
-def proc_cpu(pid: int) -> float:
-    """CPU-seconds of ``pid`` and its threads (utime + stime)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def own_cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+from tests.support.servers import SeaweedS3
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,19 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-from agent_helpers import (
-    Node,
-    age_tree,
-    cli,
-    cli_proc,
-    fingerprint_of,
-    make_files_tree,
-    make_sqlite,
-    tree,
-    write,
-)
 
 from amber.agent.config import TierPolicy, load_config
+from tests.support.data import age_tree, make_files_tree, make_sqlite, tree, write
+from tests.support.node import Node, cli, cli_proc, fingerprint_of
 
 
 def mode(path: Path) -> int:

@@ -13,24 +13,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from agent_helpers import (
-    Node,
-    cli,
-    listing,
-    make_files_tree,
-    make_sqlite,
-    permissions_bind,
-    rand,
-    run_no_dac,
-    sqlite_rows,
-    tree,
-    write,
-)
 
 from amber.agent.journal import PACK_DIR
 from amber.agent.packs import ENTRY
 from amber.agent.sources import jsonl as source_jsonl
 from amber.agent.sources import registry as sources
+from tests.support.data import listing, make_files_tree, make_sqlite, rand, sqlite_rows, tree, write
+from tests.support.node import Node, cli
+from tests.support.procs import permissions_bind, run_no_dac
 
 
 @pytest.fixture

@@ -14,12 +14,13 @@ from typing import Any
 
 import blake3
 import pytest
-from agent_helpers import Node, age_tree, rand, tree, write
 
 from amber.agent.journal import Journal
 from amber.agent.pipeline import WINDOW_BYTES, ChunkWriter
 from amber.protocol.chunk import chunk_id
 from amber.protocol.keys import VaultKeys
+from tests.support.data import age_tree, rand, tree, write
+from tests.support.node import Node
 
 KEYS = VaultKeys.from_master(bytes(range(32)))
 PIECE = 64 * 1024

@@ -30,8 +30,6 @@ commit, so it proves it hit both.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import io
 import json
 import os
 import random
@@ -44,12 +42,16 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from amber.agent.cli import parser as cli
+import pytest
+
 from amber.agent.config import load_config
 from amber.agent.identity import NodeIdentity, load_identity
 from amber.agent.journal import TENTATIVE
 from amber.agent.runtime import AgentRuntime
 from amber.protocol.records import KIND_CHECKPOINT, check_chain, decode_checkpoint, record_id
+from tests.support.node import cli, cli_ok
+
+pytestmark = pytest.mark.servers  # agent processes, SIGKILLed
 
 MiB = 1024 * 1024
 SEED = 20240611
@@ -63,24 +65,12 @@ MIN_AFTER = 2  # kills that must land after the commit (the process still runnin
 # --- small local helpers --------------------------------------------------------------
 
 
-def agent(cfg: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """``amber-agent --config CFG ARGS`` as a real process."""
-    return subprocess.run(
-        [sys.executable, "-m", "amber.agent.cli", "--config", str(cfg), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 def amber(cfg: Path, *args: str) -> str:
     """``amber-agent --config CFG ARGS`` run in this process (the same code path as the
     command, without an interpreter start); it must succeed. Returns its stdout."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main(["--config", str(cfg), *args])
-    assert code == 0, f"amber-agent {' '.join(args)}: exit {code}\n{out.getvalue()}{err.getvalue()}"
-    return out.getvalue()
+    res = cli("--config", cfg, *args)
+    assert res.code == 0, res
+    return res.out
 
 
 def spawn_checkpoint(cfg: Path) -> subprocess.Popen[bytes]:
@@ -89,11 +79,6 @@ def spawn_checkpoint(cfg: Path) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-
-
-def ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert proc.returncode == 0, f"{proc.args}\nexit {proc.returncode}\n{proc.stdout}{proc.stderr}"
-    return proc
 
 
 @dataclass
@@ -218,7 +203,7 @@ def mutate(root: Path, rng: random.Random, round_no: int) -> None:
 def setup_node(tmp_path: Path, rng: random.Random) -> Path:
     data, state = tmp_path / "data", tmp_path / "state"
     make_data(data, rng)
-    assert cli.main(["init", "--dir", str(state), "--node", "edge-1", "--vault", "fleet"]) == 0
+    assert cli("init", "--dir", state, "--node", "edge-1", "--vault", "fleet").code == 0
     cfg = state / "agent.toml"
     for name, kind, path in (
         ("model", "model", data / "model.bin"),
@@ -227,7 +212,7 @@ def setup_node(tmp_path: Path, rng: random.Random) -> Path:
         ("logs", "jsonl", data / "logs"),
     ):
         argv = ["--config", str(cfg), "source", "add", name, "--kind", kind, "--path", str(path)]
-        assert cli.main(argv) == 0
+        assert cli(*argv).code == 0
     return cfg
 
 
@@ -314,7 +299,7 @@ def test_sigkill_at_random_moments_never_leaves_a_partial_checkpoint(tmp_path: P
     ident = load_identity(config)
     copy_leftovers = config.state_dir / "tmp"
 
-    ok(agent(cfg, "checkpoint"))  # the first, full checkpoint
+    cli_ok("--config", cfg, "checkpoint")  # the first, full checkpoint
     lock_inode = (config.state_dir / "agent.lock").stat().st_ino
     # How long an uninterrupted incremental checkpoint holds the lock, and how long the
     # process takes to get there.
@@ -414,12 +399,12 @@ def test_sigkill_at_random_moments_never_leaves_a_partial_checkpoint(tmp_path: P
 
     # Opened for writing again: the next checkpoint succeeds, nothing tentative is left,
     # the chain is whole, and every checkpoint verifies (in a process of its own).
-    out = json.loads(ok(agent(cfg, "checkpoint", "--json")).stdout)
+    out = cli_ok("--config", cfg, "checkpoint", "--json").json()
     assert out["seq"] == before[-1]["seq"] + 1
     final = snapshot(journal)
     assert final.tentative == 0
     check_hash_chain(final, ident)
     assert len(final.rows) == len(before) + 1
-    verified = ok(agent(cfg, "verify")).stdout
+    verified = cli_ok("--config", cfg, "verify").out
     assert f"verified {len(final.rows)} checkpoint(s)" in verified
     assert not any(copy_leftovers.glob("*.backup.db*"))

@@ -18,16 +18,18 @@ import random
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import IO
+
+import pytest
 
 from amber.agent.cli import parser as cli
 from amber.agent.config import TierPolicy, load_config, save_config
 from amber.agent.daemon import AgentDaemon
 from amber.agent.journal import TENTATIVE
+from tests.support.node import agent_argv, cli_ok
+from tests.support.procs import spawn
 
 MiB = 1024 * 1024
 
@@ -35,27 +37,9 @@ MiB = 1024 * 1024
 # --- small local helpers --------------------------------------------------------------
 
 
-def agent(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """``amber-agent --config CFG ARGS`` as a real process."""
-    return subprocess.run(
-        [sys.executable, "-m", "amber.agent.cli", "--config", str(cfg), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert proc.returncode == 0, f"{proc.args}\nexit {proc.returncode}\n{proc.stdout}{proc.stderr}"
-    return proc
-
-
-def start_daemon(cfg: Path, log: IO[bytes]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "amber.agent.cli", "--config", str(cfg), "run"],
-        stdout=log,
-        stderr=log,
-    )
+def start_daemon(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
+    """``amber-agent run`` in the background, its output appended to ``log``."""
+    return spawn(agent_argv("--config", cfg, "run"), log)
 
 
 def stop_daemon(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> tuple[int, float]:
@@ -128,32 +112,33 @@ def small_sources(data: Path, rng: random.Random) -> list[tuple[str, str, Path]]
 # --- the tests ------------------------------------------------------------------------
 
 
+@pytest.mark.servers  # the agent daemon as a process
 def test_run_takes_scheduled_checkpoints_and_stops_on_sigterm(tmp_path: Path) -> None:
     rng = random.Random(7)
     data = tmp_path / "data"
     cfg = make_node(tmp_path, small_sources(data, rng), hot_interval=1)
     journal = load_config(cfg).journal_path
 
-    with open(tmp_path / "daemon.log", "wb") as log:
-        t0 = time.monotonic()
-        proc = start_daemon(cfg, log)
-        try:
-            wait_for(lambda: len(journal_rows(journal)[0]) >= 3, 20, "3 checkpoints", proc)
-            # Something changes on disk; the next checkpoint but one (which certainly
-            # started scanning after the change) must carry it.
-            seen = len(journal_rows(journal)[0])
-            (data / "prompts" / "new.md").write_text("a prompt written while the daemon runs")
-            with open(data / "agent.jsonl", "a") as fh:
-                fh.write(json.dumps({"late": True}) + "\n")
-            wait_for(
-                lambda: len(journal_rows(journal)[0]) >= seen + 2,
-                20,
-                "two checkpoints after the change",
-                proc,
-            )
-            ran_for = time.monotonic() - t0
-        finally:
-            code, took = stop_daemon(proc)
+    log = tmp_path / "daemon.log"
+    t0 = time.monotonic()
+    proc = start_daemon(cfg, log)
+    try:
+        wait_for(lambda: len(journal_rows(journal)[0]) >= 3, 20, "3 checkpoints", proc)
+        # Something changes on disk; the next checkpoint but one (which certainly
+        # started scanning after the change) must carry it.
+        seen = len(journal_rows(journal)[0])
+        (data / "prompts" / "new.md").write_text("a prompt written while the daemon runs")
+        with open(data / "agent.jsonl", "a") as fh:
+            fh.write(json.dumps({"late": True}) + "\n")
+        wait_for(
+            lambda: len(journal_rows(journal)[0]) >= seen + 2,
+            20,
+            "two checkpoints after the change",
+            proc,
+        )
+        ran_for = time.monotonic() - t0
+    finally:
+        code, took = stop_daemon(proc)
     assert code == 0, (tmp_path / "daemon.log").read_text()
     assert took < 10
 
@@ -166,8 +151,8 @@ def test_run_takes_scheduled_checkpoints_and_stops_on_sigterm(tmp_path: Path) ->
     assert len(rows) <= ran_for + 1, (len(rows), ran_for)
     gaps = [(b - a) / 1e6 for (_, a), (_, b) in itertools.pairwise(rows)]
     assert min(gaps) >= 0.5, gaps
-    ok(agent(cfg, "verify"))
-    ok(agent(cfg, "restore", "latest", "--to", str(tmp_path / "restored")))
+    cli_ok("--config", cfg, "verify")
+    cli_ok("--config", cfg, "restore", "latest", "--to", str(tmp_path / "restored"))
     restored = tmp_path / "restored"
     assert (restored / "prompts" / "new.md").read_text() == (
         "a prompt written while the daemon runs"
@@ -175,6 +160,7 @@ def test_run_takes_scheduled_checkpoints_and_stops_on_sigterm(tmp_path: Path) ->
     assert (restored / "log" / "agent.jsonl").read_bytes() == (data / "agent.jsonl").read_bytes()
 
 
+@pytest.mark.servers  # the agent daemon as a process
 def test_sigterm_during_a_large_checkpoint_exits_promptly_and_cleanly(tmp_path: Path) -> None:
     rng = random.Random(8)
     data = tmp_path / "data"
@@ -183,17 +169,17 @@ def test_sigterm_during_a_large_checkpoint_exits_promptly_and_cleanly(tmp_path: 
     model.write_bytes(rng.randbytes(MiB))
     cfg = make_node(tmp_path, [*sources, ("model", "model", model)], hot_interval=1)
     journal = load_config(cfg).journal_path
-    ok(agent(cfg, "checkpoint"))
+    cli_ok("--config", cfg, "checkpoint")
     before, _ = journal_rows(journal)
     model.write_bytes(rng.randbytes(96 * MiB))  # the next checkpoint has a lot to write
 
-    with open(tmp_path / "daemon.log", "wb") as log:
-        proc = start_daemon(cfg, log)
-        try:
-            # Mid-checkpoint: its first chunks are in the journal, not yet committed.
-            wait_for(lambda: journal_rows(journal)[1] > 0, 30, "tentative chunks", proc)
-        finally:
-            code, took = stop_daemon(proc)
+    log = tmp_path / "daemon.log"
+    proc = start_daemon(cfg, log)
+    try:
+        # Mid-checkpoint: its first chunks are in the journal, not yet committed.
+        wait_for(lambda: journal_rows(journal)[1] > 0, 30, "tentative chunks", proc)
+    finally:
+        code, took = stop_daemon(proc)
     text = (tmp_path / "daemon.log").read_text()
     assert code == 0, text
     assert took < 10, f"took {took:.1f}s to exit"
@@ -203,9 +189,9 @@ def test_sigterm_during_a_large_checkpoint_exits_promptly_and_cleanly(tmp_path: 
     rows, tentative = journal_rows(journal)
     assert rows == before  # the cancelled checkpoint left nothing visible
     assert tentative == 0  # and its chunks were discarded
-    ok(agent(cfg, "verify"))
+    cli_ok("--config", cfg, "verify")
     # The next run picks up where the cancelled one left off.
-    out = json.loads(ok(agent(cfg, "checkpoint", "--json")).stdout)
+    out = cli_ok("--config", cfg, "checkpoint", "--json").json()
     assert out["seq"] == len(before) and "model" in out["changed"]
 
 

@@ -10,13 +10,11 @@ through.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
 import sqlite3
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +24,10 @@ from amber.agent.cli import parser as cli
 from amber.agent.config import load_config
 from amber.agent.journal import TENTATIVE
 from amber.protocol.errors import DiskFullError
+from tests.support.node import cli_ok, cli_proc
+from tests.support.procs import Result
+
+pytestmark = pytest.mark.servers  # agent processes on a small loop-mounted filesystem
 
 MiB = 1024 * 1024
 FS_SIZE = 8 * MiB
@@ -101,21 +103,6 @@ def small_fs(tmp_path: Path) -> Iterator[SmallFs]:
 # --- small local helpers --------------------------------------------------------------
 
 
-def agent(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """``amber-agent --config CFG ARGS`` as a real process."""
-    return subprocess.run(
-        [sys.executable, "-m", "amber.agent.cli", "--config", str(cfg), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert proc.returncode == 0, f"{proc.args}\nexit {proc.returncode}\n{proc.stdout}{proc.stderr}"
-    return proc
-
-
 def journal_view(cfg: Path) -> tuple[list[str], int]:
     """(checkpoint ids, tentative chunk rows), read straight from the file."""
     con = sqlite3.connect(f"file:{load_config(cfg).journal_path}?mode=ro", uri=True)
@@ -144,12 +131,10 @@ def add_source(cfg: Path, name: str, kind: str, path: Path) -> None:
     assert cli.main(argv) == 0
 
 
-def assert_disk_full(proc: subprocess.CompletedProcess[str]) -> None:
-    assert proc.returncode == DiskFullError.exit_code == 42, (
-        f"exit {proc.returncode}, expected 42 (disk full)\n{proc.stderr}"
-    )
-    assert "no space left" in proc.stderr
-    assert "free space" in proc.stderr.split("hint:", 1)[1]
+def assert_disk_full(proc: Result) -> None:
+    assert proc.code == DiskFullError.exit_code == 42, f"expected 42 (disk full): {proc}"
+    assert "no space left" in proc.err
+    assert "free space" in proc.err.split("hint:", 1)[1]
 
 
 # --- the tests ------------------------------------------------------------------------
@@ -160,25 +145,25 @@ def test_journal_filling_the_disk_fails_with_disk_full_and_keeps_the_journal(
 ) -> None:
     data = tmp_path / "data"
     cfg = make_node(small_fs.path, data)
-    ok(agent(cfg, "checkpoint"))
+    cli_ok("--config", cfg, "checkpoint")
     (data / "model.bin").write_bytes(random.Random(1).randbytes(24 * MiB))  # cannot fit
     add_source(cfg, "model", "model", data / "model.bin")
     before = journal_view(cfg)
     assert len(before[0]) == 1 and before[1] == 0
 
-    proc = agent(cfg, "checkpoint")
+    proc = cli_proc("--config", cfg, "checkpoint")
     assert_disk_full(proc)
     assert journal_view(cfg) == before  # same checkpoints, nothing tentative left
-    ok(agent(cfg, "verify"))
-    again = agent(cfg, "checkpoint")  # still no room: the same clean failure
+    cli_ok("--config", cfg, "verify")
+    again = cli_proc("--config", cfg, "checkpoint")  # still no room: the same clean failure
     assert_disk_full(again)
     assert journal_view(cfg) == before
 
     small_fs.grow(128 * MiB)
-    out = json.loads(ok(agent(cfg, "checkpoint", "--json")).stdout)
+    out = cli_ok("--config", cfg, "checkpoint", "--json").json()
     assert out["seq"] == 1 and out["changed"] == ["model"]
     assert journal_view(cfg) == ([*before[0], out["id"]], 0)
-    ok(agent(cfg, "verify"))
+    cli_ok("--config", cfg, "verify")
 
 
 def test_sqlite_copy_filling_the_disk_fails_with_disk_full(
@@ -188,7 +173,7 @@ def test_sqlite_copy_filling_the_disk_fails_with_disk_full(
     that does not fit there is a full disk too, not an unreadable source."""
     data = tmp_path / "data"
     cfg = make_node(small_fs.path, data)
-    ok(agent(cfg, "checkpoint"))
+    cli_ok("--config", cfg, "checkpoint")
     rng = random.Random(2)
     con = sqlite3.connect(data / "memory.db")
     con.execute("CREATE TABLE m(id INTEGER PRIMARY KEY, emb BLOB)")
@@ -198,13 +183,13 @@ def test_sqlite_copy_filling_the_disk_fails_with_disk_full(
     add_source(cfg, "memory", "sqlite", data / "memory.db")
     before = journal_view(cfg)
 
-    proc = agent(cfg, "checkpoint")
+    proc = cli_proc("--config", cfg, "checkpoint")
     assert_disk_full(proc)
     assert journal_view(cfg) == before
     assert not list((small_fs.path / "tmp").glob("*.backup.db*"))  # no half copy left
-    ok(agent(cfg, "verify"))
+    cli_ok("--config", cfg, "verify")
 
     small_fs.grow(128 * MiB)
-    out = json.loads(ok(agent(cfg, "checkpoint", "--json")).stdout)
+    out = cli_ok("--config", cfg, "checkpoint", "--json").json()
     assert out["changed"] == ["memory"]
-    ok(agent(cfg, "verify"))
+    cli_ok("--config", cfg, "verify")

@@ -16,32 +16,20 @@ import json
 import random
 import shutil
 import sqlite3
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
+
+import pytest
 
 from amber.agent.cli import parser as cli
 from amber.agent.config import load_config, save_config
 from amber.agent.journal import TENTATIVE
 from amber.protocol.errors import JournalFullError
+from tests.support.node import cli_ok, cli_proc
+
+pytestmark = pytest.mark.servers  # agent processes
 
 MiB = 1024 * 1024
-
-
-def agent(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """``amber-agent --config CFG ARGS`` as a real process."""
-    return subprocess.run(
-        [sys.executable, "-m", "amber.agent.cli", "--config", str(cfg), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert proc.returncode == 0, f"{proc.args}\nexit {proc.returncode}\n{proc.stdout}{proc.stderr}"
-    return proc
 
 
 def set_bound(cfg: Path, max_bytes: int) -> None:
@@ -93,52 +81,52 @@ def add_model(cfg: Path) -> None:
 def test_checkpoint_over_the_bound_fails_cleanly_then_passes_when_raised(tmp_path: Path) -> None:
     cfg = make_node(tmp_path)
     set_bound(cfg, 2 * MiB)
-    ok(agent(cfg, "checkpoint"))  # ~320 KB of prompts fit
+    cli_ok("--config", cfg, "checkpoint")  # ~320 KB of prompts fit
     add_model(cfg)  # 6 MiB of weights do not
     before = journal_view(cfg)
     assert len(before[0]) == 1 and 300_000 < before[1] < 2 * MiB and before[2] == 0
 
-    proc = agent(cfg, "checkpoint")
-    assert proc.returncode == JournalFullError.exit_code == 41, proc.stderr
-    assert "nothing was committed" in proc.stderr
-    hint = proc.stderr.split("hint:", 1)[1]
+    proc = cli_proc("--config", cfg, "checkpoint")
+    assert proc.code == JournalFullError.exit_code == 41, proc.err
+    assert "nothing was committed" in proc.err
+    hint = proc.err.split("hint:", 1)[1]
     assert "sync" in hint and "journal.max_bytes" in hint
     assert journal_view(cfg) == before  # same checkpoints, same bytes, nothing tentative
-    ok(agent(cfg, "verify"))
+    cli_ok("--config", cfg, "verify")
 
     set_bound(cfg, 64 * MiB)
-    out = json.loads(ok(agent(cfg, "checkpoint", "--json")).stdout)
+    out = cli_ok("--config", cfg, "checkpoint", "--json").json()
     assert out["seq"] == 1 and out["changed"] == ["model"]
     ids, held, tentative = journal_view(cfg)
     assert ids == [*before[0], out["id"]]
     assert held >= before[1] + 6 * MiB and tentative == 0
-    ok(agent(cfg, "verify"))
+    cli_ok("--config", cfg, "verify")
 
 
 def test_bound_counts_the_checkpoints_records_at_commit(tmp_path: Path) -> None:
     """Chunks that fit under the bound by a few bytes, with records that do not: the
     check at the commit refuses the checkpoint, atomically."""
     cfg = make_node(tmp_path)
-    ok(agent(cfg, "checkpoint"))
+    cli_ok("--config", cfg, "checkpoint")
     add_model(cfg)
     before = journal_view(cfg)
     # The same checkpoint in a copy of the state directory (chunks and records encode
     # deterministically, so it holds the same bytes) tells what the journal would hold.
     twin = tmp_path / "twin"
     shutil.copytree(cfg.parent, twin)
-    ok(agent(twin / "agent.toml", "checkpoint"))
+    cli_ok("--config", twin / "agent.toml", "checkpoint")
     _, would_hold, _ = journal_view(twin / "agent.toml")
     # Set the bound a few bytes under that: the chunks alone still fit.
     set_bound(cfg, would_hold - 40)
 
-    proc = agent(cfg, "checkpoint")
-    assert proc.returncode == 41, proc.stderr
-    assert "would grow the journal" in proc.stderr and "nothing was committed" in proc.stderr
+    proc = cli_proc("--config", cfg, "checkpoint")
+    assert proc.code == 41, proc.err
+    assert "would grow the journal" in proc.err and "nothing was committed" in proc.err
     assert journal_view(cfg) == before
-    ok(agent(cfg, "verify"))
+    cli_ok("--config", cfg, "verify")
 
     set_bound(cfg, would_hold)
-    ok(agent(cfg, "checkpoint"))
+    cli_ok("--config", cfg, "checkpoint")
     ids, held, tentative = journal_view(cfg)
     assert len(ids) == 2 and held == would_hold and tentative == 0
-    ok(agent(cfg, "verify"))
+    cli_ok("--config", cfg, "verify")

@@ -10,8 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agent_helpers import (
-    Node,
+from tests.support.data import (
     integrity,
     listing,
     make_files_tree,
@@ -21,6 +20,7 @@ from agent_helpers import (
     tree,
     write,
 )
+from tests.support.node import Node
 
 
 def every_kind(node: Node, data: Path) -> dict[str, Path]:

@@ -9,19 +9,20 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from agent_helpers import (
-    Node,
+
+from tests.support.data import (
     SqliteWriter,
     age_tree,
     integrity,
     make_files_tree,
     make_sqlite,
     rand,
-    run_measured,
     sqlite_rows,
     tree,
     write,
 )
+from tests.support.node import Node
+from tests.support.procs import run_measured
 
 MiB = 1024 * 1024
 
@@ -165,6 +166,7 @@ def test_recently_modified_file_is_reread_when_unsure(node: Node, data: Path) ->
     assert second["new_chunks"] == 0  # re-hashed, deduplicated
 
 
+@pytest.mark.servers  # an agent process, its peak RSS measured
 def test_large_model_streams_in_bounded_memory(node: Node, data: Path) -> None:
     size = 300 * MiB
     model = data / "model.safetensors"

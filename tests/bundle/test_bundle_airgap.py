@@ -17,7 +17,7 @@ import json
 import os
 from pathlib import Path
 
-from bundle_helpers import VAULT, Site, pipe
+from tests.support.site import VAULT, Site, pipe
 
 
 def test_offline_node_ships_its_checkpoints_to_the_hub(site: Site, tmp_path: Path) -> None:

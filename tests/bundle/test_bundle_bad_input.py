@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bundle_helpers import VAULT, Machine, Site, State
-from hub_helpers import PY, Result, keygen
 
 from amber.protocol.keys import SigningKey
+from tests.support.node import keygen
+from tests.support.procs import PY, Result
+from tests.support.site import VAULT, Machine, Site, State
 
 NODE = "edge-c"
 

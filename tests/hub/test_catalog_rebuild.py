@@ -14,19 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hub_helpers import (
-    Agent,
-    HubProcess,
-    add_memory_sources,
-    assert_exactly_once_at_hub,
+
+from tests.support.data import (
     assert_restored,
     copy_tree,
     grow_memory,
     make_memory,
     make_model,
-    new_agent,
     snapshot,
 )
+from tests.support.hub import HubProcess, assert_exactly_once_at_hub, new_agent
+from tests.support.node import Agent, add_memory_sources
 
 VAULT = "fleet"
 MiB = 1024 * 1024

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from hub_helpers import Agent, HubProcess, agent_argv
+from tests.support.hub import HubProcess
+from tests.support.node import Agent
 
 MiB = 1024 * 1024
 
@@ -32,20 +33,12 @@ def test_concurrent_fleet_sends_a_shared_model_about_once(
             fh.write('\n[hub]\nbandwidth_limit = "4MiB"\n')
         agents.append(agent)
 
-    procs = [
-        subprocess.Popen(
-            agent_argv("--config", a.config, "sync", "--once", "--json"),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        for a in agents
-    ]
+    with ThreadPoolExecutor(len(agents)) as pool:  # four agent processes at once
+        runs = list(pool.map(lambda a: a.proc("sync", "--once", "--json", timeout=180), agents))
     sent = []
-    for p in procs:
-        out, _ = p.communicate(timeout=180)
-        assert p.returncode == 0
-        sent.append(json.loads(out.strip().splitlines()[-1])["bytes_sent"])
+    for res in runs:
+        assert res.code == 0, res
+        sent.append(json.loads(res.out.strip().splitlines()[-1])["bytes_sent"])
     assert min(sent) >= 0
     # the model crosses the network about once, not four times
     assert sum(sent) <= 1.1 * len(model) + 64 * 1024, sent

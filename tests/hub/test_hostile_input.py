@@ -19,7 +19,6 @@ import msgpack
 import nats
 import pytest
 from nats.errors import MaxPayloadError
-from security_helpers import HubProc, agent_ok, checkpoint_record, connect, wait_for
 
 from amber.protocol import wire
 from amber.protocol.chunk import HEADER, MAX_CHUNK_SIZE
@@ -32,6 +31,10 @@ from amber.protocol.records import (
     record_id,
     seal,
 )
+from tests.support.hub import HubProcess
+from tests.support.node import cli_ok
+from tests.support.procs import wait_for
+from tests.support.security import checkpoint_record, connect
 
 VAULT, NODE = "v1", "h1"
 INGEST, RPC = f"amber.{VAULT}.{NODE}.ingest", f"amber.{VAULT}.{NODE}.rpc"
@@ -40,17 +43,17 @@ MiB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProc]:
-    h = HubProc(tmp_path_factory.mktemp("hostile") / "hub").start()
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
+    h = HubProcess(tmp_path_factory.mktemp("hostile") / "hub").start()
     try:
         yield h
     finally:
-        h.stop()
+        h.cleanup()
 
 
 @pytest.fixture(scope="module")
-def hostile(hub: HubProc) -> dict[str, Any]:
-    return hub.enrol(VAULT, NODE, hub.data.parent / f"{NODE}.json", cli=False)
+def hostile(hub: HubProcess) -> dict[str, Any]:
+    return hub.enrolment(VAULT, NODE, hub.data.parent / f"{NODE}.json", api=True)
 
 
 # --- message builders ------------------------------------------------------------------
@@ -299,15 +302,15 @@ MALFORMED: dict[str, tuple[Callable[[], bytes], str]] = {
 # --- helpers -----------------------------------------------------------------------------
 
 
-def rejection_lines(hub: HubProc) -> list[str]:
+def rejection_lines(hub: HubProcess) -> list[str]:
     return [
         line
-        for line in hub.stderr().splitlines()
+        for line in hub.output().splitlines()
         if "rejected" in line and f"{VAULT}/{NODE}" in line
     ]
 
 
-async def ingest_stream_state(hub: HubProc) -> Any:
+async def ingest_stream_state(hub: HubProcess) -> Any:
     """The ingest stream's state, seen with the hub's own NATS user."""
     password = json.loads((hub.data / "secrets.json").read_text())["nats_password"]
     nc = await nats.connect([hub.nats_url], user="amber-hub", password=password)
@@ -323,16 +326,16 @@ async def publish(nc: Any, payload: bytes) -> None:
     assert ack.stream == "AMBER_INGEST"
 
 
-async def expect_rejected(hub: HubProc, nc: Any, payload: bytes) -> str:
+async def expect_rejected(hub: HubProcess, nc: Any, payload: bytes) -> str:
     """Publish ``payload``; the hub must reject it: counted, logged, nothing stored."""
-    before = hub.snapshot()
+    before = hub.holdings()
     count, lines = hub.rejected(VAULT, NODE), len(rejection_lines(hub))
     await publish(nc, payload)
     await asyncio.to_thread(
         wait_for,
         lambda: hub.rejected(VAULT, NODE) > count,
         10,
-        f"the hub to count the rejection (stderr tail: {hub.stderr()[-1500:]})",
+        f"the hub to count the rejection (stderr tail: {hub.output()[-1500:]})",
     )
     assert hub.rejected(VAULT, NODE) == count + 1
     logged = await asyncio.to_thread(
@@ -340,7 +343,7 @@ async def expect_rejected(hub: HubProc, nc: Any, payload: bytes) -> str:
     )
     assert len(logged) == 1, logged
     await asyncio.sleep(0.05)
-    assert hub.snapshot() == before
+    assert hub.holdings() == before
     assert hub.running
     return str(logged[0])
 
@@ -370,10 +373,10 @@ def match_reasons(reasons: dict[str, str], lines: list[str]) -> dict[str, str]:
     return {case: lines[i] for i, case in owner.items()}
 
 
-async def test_malformed_ingest_is_rejected(hub: HubProc, hostile: dict[str, Any]) -> None:
+async def test_malformed_ingest_is_rejected(hub: HubProcess, hostile: dict[str, Any]) -> None:
     """Every case enters the stream (JetStream acknowledges it) and is then rejected:
     counted once, logged once with the node's name and the reason, nothing stored."""
-    before = hub.snapshot()
+    before = hub.holdings()
     count, seen = hub.rejected(VAULT, NODE), len(rejection_lines(hub))
     nc = await connect(hostile)
     try:
@@ -387,7 +390,7 @@ async def test_malformed_ingest_is_rejected(hub: HubProc, hostile: dict[str, Any
         lambda: hub.rejected(VAULT, NODE) >= want,
         20,
         f"{len(MALFORMED)} rejections (got {hub.rejected(VAULT, NODE) - count}; "
-        f"hub log tail: {hub.stderr()[-3000:]})",
+        f"hub log tail: {hub.output()[-3000:]})",
     )
     await asyncio.sleep(0.5)  # nothing is counted twice, nothing is retried
     assert hub.rejected(VAULT, NODE) == want
@@ -395,15 +398,15 @@ async def test_malformed_ingest_is_rejected(hub: HubProc, hostile: dict[str, Any
     assert len(lines) == len(MALFORMED), "\n".join(lines)
     matched = match_reasons({k: reason for k, (_, reason) in MALFORMED.items()}, lines)
     assert all("node v1/h1" in line for line in matched.values())
-    assert hub.snapshot() == before
-    assert "Traceback" not in hub.stderr()
+    assert hub.holdings() == before
+    assert "Traceback" not in hub.output()
     assert hub.running
     # nothing is left in the ingest stream to be retried
     stream = await ingest_stream_state(hub)
     assert stream.messages == 0, stream
 
 
-async def test_chain_fork_is_rejected(hub: HubProc, hostile: dict[str, Any]) -> None:
+async def test_chain_fork_is_rejected(hub: HubProcess, hostile: dict[str, Any]) -> None:
     first = valid_checkpoint()
     nc = await connect(hostile)
     try:
@@ -440,10 +443,12 @@ async def test_chain_fork_is_rejected(hub: HubProc, hostile: dict[str, Any]) -> 
         await nc.close()
 
 
-async def test_payload_over_max_payload_is_refused(hub: HubProc, hostile: dict[str, Any]) -> None:
+async def test_payload_over_max_payload_is_refused(
+    hub: HubProcess, hostile: dict[str, Any]
+) -> None:
     """Over NATS's max_payload (8 MiB): nats-py refuses it, and so does the server when
     a client does not check (a raw protocol connection)."""
-    before, count = hub.snapshot(), hub.rejected(VAULT, NODE)
+    before, count = hub.holdings(), hub.rejected(VAULT, NODE)
     payload = chunk_put(os.urandom(32), blob(8 * MiB + 1024))
     nc = await connect(hostile)
     try:
@@ -460,7 +465,7 @@ async def test_payload_over_max_payload_is_refused(hub: HubProc, hostile: dict[s
     reply = await asyncio.to_thread(raw_publish, host, int(port), hostile, payload)
     assert "maximum payload violation" in reply.lower(), reply
     await asyncio.sleep(0.3)
-    assert hub.snapshot() == before
+    assert hub.holdings() == before
     assert hub.rejected(VAULT, NODE) == count
 
 
@@ -506,7 +511,7 @@ BAD_REQUESTS: dict[str, bytes] = {
 
 @pytest.mark.parametrize("case", list(BAD_REQUESTS))
 async def test_bad_requests_get_an_error_reply(
-    hub: HubProc, hostile: dict[str, Any], case: str
+    hub: HubProcess, hostile: dict[str, Any], case: str
 ) -> None:
     nc = await connect(hostile)
     try:
@@ -523,7 +528,7 @@ async def test_bad_requests_get_an_error_reply(
     assert hub.running
 
 
-async def test_bad_heartbeats_are_ignored(hub: HubProc, hostile: dict[str, Any]) -> None:
+async def test_bad_heartbeats_are_ignored(hub: HubProcess, hostile: dict[str, Any]) -> None:
     nc = await connect(hostile)
     try:
         for payload in (b"\xc1", pack({"v": 1, "t": "heartbeat", "node": 1}), b""):
@@ -539,7 +544,7 @@ async def test_bad_heartbeats_are_ignored(hub: HubProc, hostile: dict[str, Any])
 # --- afterwards ----------------------------------------------------------------------------
 
 
-def test_hub_keeps_serving_a_real_agent(hub: HubProc, hostile: dict[str, Any]) -> None:
+def test_hub_keeps_serving_a_real_agent(hub: HubProcess, hostile: dict[str, Any]) -> None:
     """After all of the above, a real agent of another node enrols, checkpoints and syncs,
     and the hostile node's rejections are on record in the admin API."""
     assert hub.rejected(VAULT, NODE) >= len(MALFORMED)
@@ -549,13 +554,13 @@ def test_hub_keeps_serving_a_real_agent(hub: HubProc, hostile: dict[str, Any]) -
     (src / "a.txt").write_text("hello from a good node\n" * 100)
     (src / "sub" / "b.bin").write_bytes(os.urandom(200_000))
     enrolment = root / "g1.json"
-    hub.enrol(VAULT, "g1", enrolment)
+    hub.enrolment(VAULT, "g1", enrolment)
     state = root / "state"
-    agent_ok("init", "--dir", state, "--node", "g1", "--vault", VAULT, "--enroll", enrolment)
+    cli_ok("init", "--dir", state, "--node", "g1", "--vault", VAULT, "--enroll", enrolment)
     cfg = state / "agent.toml"
-    agent_ok("--config", cfg, "source", "add", "docs", "--kind", "files", "--path", src)
-    cp = json.loads(agent_ok("--config", cfg, "checkpoint", "--json").out)
-    synced = json.loads(agent_ok("--config", cfg, "sync", "--once", "--json").out)
+    cli_ok("--config", cfg, "source", "add", "docs", "--kind", "files", "--path", src)
+    cp = json.loads(cli_ok("--config", cfg, "checkpoint", "--json").out)
+    synced = json.loads(cli_ok("--config", cfg, "sync", "--once", "--json").out)
     assert synced["checkpoints"] == 1
     rows = hub.checkpoints(vault=VAULT, node="g1")
     assert [r["id"] for r in rows] == [cp["id"]]

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 from blake3 import blake3
-from hub_helpers import HubProcess, make_model, new_agent
 
 from amber.hub.catalog import CHUNK, PACK, Catalog, Location
 from amber.hub.ingest import PACK_BYTES, Ingestor
@@ -29,6 +28,8 @@ from amber.protocol.chunk import encode_chunk
 from amber.protocol.errors import FormatError, IntegrityError
 from amber.protocol.keys import VaultKeys
 from amber.protocol.records import decode_manifest
+from tests.support.data import make_model
+from tests.support.hub import HubProcess, new_agent
 
 VAULT = "fleet"
 KiB = 1024

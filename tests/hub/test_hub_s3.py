@@ -3,116 +3,47 @@ and a node that lost its disk restores from it."""
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
-import sys
-import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from amber.agent.cli import main as agent
-
-PY = sys.executable
-
-
-def _start_hub(data: Path, store_url: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    argv = [PY, "-m", "amber.hub.cli", "--data", str(data), "serve", "--store", store_url]
-    argv += ["--nats-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]
-    proc = subprocess.Popen(
-        argv,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=open(data.parent / "hub.err", "wb"),
-    )
-    deadline = time.monotonic() + 30
-    while not (data / "hub.json").exists():
-        assert proc.poll() is None, (data.parent / "hub.err").read_text()
-        assert time.monotonic() < deadline, "hub did not start"
-        time.sleep(0.05)
-    return proc
-
-
-def _stop_hub(proc: subprocess.Popen[bytes], data: Path) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    pid_file = data / "nats" / "nats-server.pid"
-    if pid_file.exists():
-        try:
-            os.kill(int(pid_file.read_text()), signal.SIGKILL)
-        except (ProcessLookupError, ValueError):
-            pass
+from tests.support.hub import HubProcess
+from tests.support.node import Agent
+from tests.support.servers import SeaweedS3
 
 
 @pytest.fixture
-def s3_hub(s3_server, tmp_path: Path):  # type: ignore[no-untyped-def]
+def s3_hub(s3_server: SeaweedS3, tmp_path: Path) -> Iterator[tuple[HubProcess, str]]:
+    """A hub in a box whose store is a fresh Object Lock bucket of the session's S3."""
     bucket = s3_server.make_bucket(object_lock=True)
-    env = {
-        **os.environ,
+    url = f"s3://{bucket}/amber?endpoint={s3_server.endpoint_url}&region={s3_server.region}"
+    keys = {
         "AWS_ACCESS_KEY_ID": s3_server.access_key,
         "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
     }
-    url = f"s3://{bucket}/amber?endpoint={s3_server.endpoint_url}&region={s3_server.region}"
-    data = tmp_path / "hub"
-    data.mkdir()
-    proc = _start_hub(data, url, env)
+    hub = HubProcess(tmp_path / "hub", serve_options=["--store", url], env=keys)
     try:
-        yield data, bucket
+        yield hub.start(), bucket
     finally:
-        _stop_hub(proc, data)
+        hub.cleanup()
 
 
-def _hub_cli(data: Path, *args: str) -> str:
-    res = subprocess.run(
-        [PY, "-m", "amber.hub.cli", "--data", str(data), *args],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return res.stdout
-
-
-def test_sync_to_s3_hub_locks_objects_and_restores(s3_hub, s3_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    data, bucket = s3_hub
-    enrol = tmp_path / "n1.enrol"
-    _hub_cli(data, "node", "add", "n1", "--vault", "v1", "--out", str(enrol))
+def test_sync_to_s3_hub_locks_objects_and_restores(
+    s3_hub: tuple[HubProcess, str], s3_server: SeaweedS3, tmp_path: Path
+) -> None:
+    hub, bucket = s3_hub
+    enrol = hub.enrol("n1", "v1", tmp_path / "n1.enrol")
     src = tmp_path / "src"
     src.mkdir()
     payload = os.urandom(3 * 1024 * 1024)
     (src / "weights.bin").write_bytes(payload)
-    state = tmp_path / "state"
-    cfg = ["--config", str(state / "agent.toml")]
-    assert (
-        agent(
-            ["init", "--dir", str(state), "--node", "n1", "--vault", "v1", "--enroll", str(enrol)]
-        )
-        == 0
-    )
-    assert (
-        agent(
-            [
-                *cfg,
-                "source",
-                "add",
-                "model",
-                "--kind",
-                "model",
-                "--path",
-                str(src),
-                "--tier",
-                "cold",
-            ]
-        )
-        == 0
-    )
-    assert agent([*cfg, "checkpoint"]) == 0
-    assert agent([*cfg, "sync", "--once"]) == 0
+    node = Agent.init(tmp_path / "state", "n1", "v1", enroll=enrol)
+    node.add("model", "model", src, "--tier", "cold")
+    node.ok("checkpoint")
+    node.ok("sync", "--once")
 
     client = s3_server.client()
     keys = [
@@ -129,29 +60,10 @@ def test_sync_to_s3_hub_locks_objects_and_restores(s3_hub, s3_server, tmp_path: 
         assert head["ObjectLockRetainUntilDate"] > now  # immutable: a thief cannot erase it
 
     # the node loses its disk; a fresh one with the vault key restores from S3 via the hub
-    state2 = tmp_path / "state2"
-    assert (
-        agent(
-            [
-                "init",
-                "--dir",
-                str(state2),
-                "--node",
-                "n1",
-                "--vault",
-                "v1",
-                "--vault-key",
-                str(state / "vault.key"),
-                "--enroll",
-                str(enrol),
-            ]
-        )
-        == 0
+    fresh = Agent.init(
+        tmp_path / "state2", "n1", "v1", vault_key=node.state / "vault.key", enroll=enrol
     )
     out = tmp_path / "restored"
-    assert (
-        agent(["--config", str(state2 / "agent.toml"), "restore", "latest", "--to", str(out)]) == 0
-    )
+    fresh.restore_to("latest", out)
     assert (out / "model" / "weights.bin").read_bytes() == payload
-    listed = json.loads(_hub_cli(data, "checkpoints", "--json"))
-    assert [c["seq"] for c in listed] == [0]
+    assert [c["seq"] for c in hub.checkpoints()] == [0]

@@ -5,18 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hub_helpers import Agent, HubProcess, pid_alive, wait_until
+from tests.support.hub import HubProcess, synced_node
+from tests.support.procs import pid_alive, wait_until
 
 
 def test_hub_restarts_its_killed_nats_server(hub: HubProcess, tmp_path: Path) -> None:
-    enrol = hub.enrol("n1", "v1", tmp_path / "n1.enrol")
+    agent = synced_node(hub, tmp_path)
     src = tmp_path / "src"
-    src.mkdir()
-    (src / "a.txt").write_text("first\n")
-    agent = Agent.init(tmp_path / "state", "n1", "v1", enroll=enrol)
-    agent.ok("source", "add", "files", "--kind", "files", "--path", src)
-    agent.ok("checkpoint")
-    agent.ok("sync", "--once")
 
     port = hub.nats_port
     old = hub.kill_nats()

@@ -19,14 +19,14 @@ import os
 import random
 import secrets
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import zstandard
-from security_helpers import HubProc, agent_ok, scan, scanned_bytes, walk_files
 
 from amber.protocol.keys import VaultKeys
+from tests.support.hub import HubProcess
+from tests.support.node import cli_ok
+from tests.support.security import scan, scanned_bytes, walk_files
 
 VAULT, NODE = "v1", "leaky"
 TOKEN = secrets.token_hex(6)
@@ -55,15 +55,6 @@ MARKERS = {
         "APPENDED",  # written between the two checkpoints
     )
 }
-
-
-@pytest.fixture
-def hub(tmp_path: Path) -> Iterator[HubProc]:
-    h = HubProc(tmp_path / "hub").start()
-    try:
-        yield h
-    finally:
-        h.stop()
 
 
 def random_with(needle: str, size: int, seed: int) -> bytes:
@@ -134,13 +125,13 @@ def key_secrets(state: Path) -> dict[str, bytes]:
     return out
 
 
-def test_hub_stores_no_plaintext_names_or_keys(hub: HubProc, tmp_path: Path) -> None:
+def test_hub_stores_no_plaintext_names_or_keys(hub: HubProcess, tmp_path: Path) -> None:
     node_root = tmp_path / "node"
     paths = make_sources(node_root / "data")
     enrolment = tmp_path / f"{NODE}.json"
-    hub.enrol(VAULT, NODE, enrolment)
+    hub.enrolment(VAULT, NODE, enrolment)
     state = node_root / "state"
-    agent_ok("init", "--dir", state, "--node", NODE, "--vault", VAULT, "--enroll", enrolment)
+    cli_ok("init", "--dir", state, "--node", NODE, "--vault", VAULT, "--enroll", enrolment)
     cfg = state / "agent.toml"
     lineage = [
         "--lineage",
@@ -149,11 +140,11 @@ def test_hub_stores_no_plaintext_names_or_keys(hub: HubProc, tmp_path: Path) -> 
         f"{MARKERS['LINEAGEKEY']}=1",
     ]
     for kind, path in paths.items():
-        agent_ok("--config", cfg, "source", "add", kind, "--kind", kind, "--path", path, *lineage)
-    first = json.loads(agent_ok("--config", cfg, "checkpoint", "--json").out)
+        cli_ok("--config", cfg, "source", "add", kind, "--kind", kind, "--path", path, *lineage)
+    first = json.loads(cli_ok("--config", cfg, "checkpoint", "--json").out)
     change_sources(paths)
-    second = json.loads(agent_ok("--config", cfg, "checkpoint", "--json").out)
-    synced = json.loads(agent_ok("--config", cfg, "sync", "--once", "--json").out)
+    second = json.loads(cli_ok("--config", cfg, "checkpoint", "--json").out)
+    synced = json.loads(cli_ok("--config", cfg, "sync", "--once", "--json").out)
     assert synced["checkpoints"] == 2
     at_hub = [r["id"] for r in hub.checkpoints(vault=VAULT, node=NODE)]
     assert at_hub == [first["id"], second["id"]]
@@ -179,7 +170,7 @@ def test_hub_stores_no_plaintext_names_or_keys(hub: HubProc, tmp_path: Path) -> 
     assert "catalog.db" in scanned
     assert scanned_bytes(hub.data) > chunk_bytes
     findings = scan(hub.data, leaks)
-    findings += scan(hub.stderr_path, leaks) + scan(hub.stdout_path, leaks)
+    findings += scan(hub.log, leaks)
     assert not findings, "the hub stored secrets:\n" + "\n".join(map(str, findings))
 
     # positive control 2: the same scan finds each form once it is in the hub's tree

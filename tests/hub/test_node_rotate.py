@@ -8,7 +8,8 @@ import json
 from pathlib import Path
 
 import nats
-from hub_helpers import Agent, HubProcess
+
+from tests.support.hub import HubProcess, synced_node
 
 
 def _connects(enrolment: Path) -> bool:
@@ -33,14 +34,9 @@ async def _try_connect(enrolment: Path) -> bool:
 
 
 def test_rotate_node_credentials(hub: HubProcess, tmp_path: Path) -> None:
-    old = hub.enrol("n1", "v1", tmp_path / "n1.enrol")
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "a.txt").write_text("a\n")
-    agent = Agent.init(tmp_path / "state", "n1", "v1", enroll=old)
-    agent.ok("source", "add", "files", "--kind", "files", "--path", src)
-    agent.ok("checkpoint")
-    agent.ok("sync", "--once")
+    agent = synced_node(hub, tmp_path)
+    old, src = agent.enrolment, tmp_path / "src"
+    assert old is not None
     assert _connects(old)
 
     new = tmp_path / "n1-rotated.enrol"

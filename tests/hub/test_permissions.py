@@ -21,12 +21,14 @@ import nats
 import pytest
 from nats.errors import Error as NatsError
 from nats.js.api import StreamConfig
-from security_helpers import Errors, HubProc, checkpoint_record, connect, wait_for
 
 from amber.protocol import wire
 from amber.protocol.chunk import HEADER
 from amber.protocol.keys import SigningKey, VaultKeys
 from amber.protocol.records import KIND_CHECKPOINT, record_id
+from tests.support.hub import HubProcess
+from tests.support.procs import wait_for
+from tests.support.security import Errors, checkpoint_record, connect
 
 STREAM = "AMBER_INGEST"
 DURABLE = "hub-ingest"
@@ -34,25 +36,25 @@ REFUSED = 0.5  # seconds to wait for an answer that must never come
 
 
 @pytest.fixture(scope="module")
-def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProc]:
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
     root = tmp_path_factory.mktemp("perm")
-    h = HubProc(root / "hub").start()
+    h = HubProcess(root / "hub").start()
     try:
         yield h
     finally:
-        h.stop()
+        h.cleanup()
 
 
 @pytest.fixture(scope="module")
-def enr(hub: HubProc) -> dict[str, dict[str, Any]]:
+def enr(hub: HubProcess) -> dict[str, dict[str, Any]]:
     """Enrolments: a1 and b1 in vault v1, c1 in vault v2."""
     out = {}
     for vault, node in (("v1", "a1"), ("v1", "b1"), ("v2", "c1")):
-        out[node] = hub.enrol(vault, node, hub.data.parent / f"{node}.json", cli=node == "a1")
+        out[node] = hub.enrolment(vault, node, hub.data.parent / f"{node}.json", api=node != "a1")
     return out
 
 
-async def hub_conn(hub: HubProc) -> Any:
+async def hub_conn(hub: HubProcess) -> Any:
     """The hub's own (unrestricted) NATS user, to look at the stream from outside."""
     password = json.loads((hub.data / "secrets.json").read_text())["nats_password"]
     return await nats.connect(
@@ -60,7 +62,7 @@ async def hub_conn(hub: HubProc) -> Any:
     )
 
 
-def node_users(hub: HubProc) -> dict[str, dict[str, list[str]]]:
+def node_users(hub: HubProcess) -> dict[str, dict[str, list[str]]]:
     """Each node user's allowed publish and subscribe patterns, from the nats-server
     config the hub generated (its users are a JSON list)."""
     text = (hub.data / "nats" / "nats.conf").read_text()
@@ -112,7 +114,7 @@ async def rpc(nc: Any, subject: str, msg: wire.Message) -> wire.Message:
 # --- positive controls ---------------------------------------------------------------
 
 
-async def test_node_uses_its_own_subjects(hub: HubProc, enr: dict[str, dict[str, Any]]) -> None:
+async def test_node_uses_its_own_subjects(hub: HubProcess, enr: dict[str, dict[str, Any]]) -> None:
     errors = Errors()
     nc = await connect(enr["a1"], errors)
     try:
@@ -181,7 +183,7 @@ async def wait_for_receipt(nc: Any, subject: str, oid: bytes) -> wire.Receipt:
     raise AssertionError(f"the hub never stored {oid.hex()}")
 
 
-async def test_wrong_password_is_refused(hub: HubProc, enr: dict[str, dict[str, Any]]) -> None:
+async def test_wrong_password_is_refused(hub: HubProcess, enr: dict[str, dict[str, Any]]) -> None:
     for user, password in (
         (enr["a1"]["user"], "not-" + enr["a1"]["password"]),
         (enr["a1"]["user"], enr["b1"]["password"]),  # B's password with A's user
@@ -204,7 +206,7 @@ async def test_wrong_password_is_refused(hub: HubProc, enr: dict[str, dict[str, 
 
 @pytest.mark.parametrize("kind", ["ingest", "rpc", "status", "cmd"])
 async def test_cannot_publish_into_another_nodes_subjects(
-    hub: HubProc, enr: dict[str, dict[str, Any]], kind: str
+    hub: HubProcess, enr: dict[str, dict[str, Any]], kind: str
 ) -> None:
     errors = Errors()
     nc = await connect(enr["a1"], errors)
@@ -219,7 +221,7 @@ async def test_cannot_publish_into_another_nodes_subjects(
 
 
 async def test_cannot_upload_or_request_as_another_node(
-    hub: HubProc, enr: dict[str, dict[str, Any]]
+    hub: HubProcess, enr: dict[str, dict[str, Any]]
 ) -> None:
     """A JetStream publish and an rpc request on B's subjects fail, and the hub never
     saw them."""
@@ -269,7 +271,7 @@ async def test_cannot_upload_or_request_as_another_node(
     ],
 )
 async def test_cannot_subscribe_to_another_nodes_subjects(
-    hub: HubProc, enr: dict[str, dict[str, Any]], subject: str
+    hub: HubProcess, enr: dict[str, dict[str, Any]], subject: str
 ) -> None:
     errors = Errors()
     nc = await connect(enr["a1"], errors)
@@ -285,7 +287,7 @@ async def test_cannot_subscribe_to_another_nodes_subjects(
 
 
 async def test_cannot_read_another_nodes_commands_or_replies(
-    hub: HubProc, enr: dict[str, dict[str, Any]]
+    hub: HubProcess, enr: dict[str, dict[str, Any]]
 ) -> None:
     """B's commands (its subject, and whatever JetStream subjects B's own user may use to
     pull and acknowledge them) and B's rpc replies are out of A's reach: each attempt is
@@ -326,7 +328,9 @@ async def test_cannot_read_another_nodes_commands_or_replies(
 # --- the JetStream API -----------------------------------------------------------------
 
 
-async def test_cannot_call_the_jetstream_api(hub: HubProc, enr: dict[str, dict[str, Any]]) -> None:
+async def test_cannot_call_the_jetstream_api(
+    hub: HubProcess, enr: dict[str, dict[str, Any]]
+) -> None:
     """Info, delete, purge, consumer deletion and stream creation are refused by the
     server, and the stream keeps its data: the hub is paused (SIGSTOP) so a message
     stays in the stream while A tries, and is ingested once the hub resumes."""
@@ -396,7 +400,7 @@ async def test_cannot_call_the_jetstream_api(hub: HubProc, enr: dict[str, dict[s
 
 
 async def test_cannot_list_another_nodes_checkpoints(
-    hub: HubProc, enr: dict[str, dict[str, Any]]
+    hub: HubProcess, enr: dict[str, dict[str, Any]]
 ) -> None:
     keys, signer = VaultKeys.generate(), SigningKey.generate()
     data = checkpoint_record(keys, signer, "v1", "b1")
@@ -425,7 +429,7 @@ async def test_cannot_list_another_nodes_checkpoints(
         await a.close()
 
 
-async def test_other_vault_is_unreachable(hub: HubProc, enr: dict[str, dict[str, Any]]) -> None:
+async def test_other_vault_is_unreachable(hub: HubProcess, enr: dict[str, dict[str, Any]]) -> None:
     """c1 (vault v2) can neither publish nor subscribe under v1, and the hub answers its
     requests from vault v2 only, even for ids that exist in v1."""
     errors = Errors()
@@ -454,12 +458,12 @@ async def test_other_vault_is_unreachable(hub: HubProc, enr: dict[str, dict[str,
         await nc.close()
 
 
-async def test_enrolled_nodes_share_no_subjects(hub: HubProc, tmp_path: Path) -> None:
+async def test_enrolled_nodes_share_no_subjects(hub: HubProcess, tmp_path: Path) -> None:
     """Node x-y of vault w and node y of vault w-x are different nodes: different NATS
     users, and no subject pattern one may publish or subscribe to overlaps the other's
     (for every pair of enrolled nodes, read from the server's generated config)."""
-    first = hub.enrol("w", "x-y", tmp_path / "first.json", cli=False)
-    second = hub.enrol("w-x", "y", tmp_path / "second.json", cli=False)
+    first = hub.enrolment("w", "x-y", tmp_path / "first.json", api=True)
+    second = hub.enrolment("w-x", "y", tmp_path / "second.json", api=True)
     assert first["user"] != second["user"]
     users = node_users(hub)
     assert first["user"] in users and second["user"] in users

@@ -22,18 +22,13 @@ import pytest
 from amber.hub.store.base import ObjectInfo, ObjectStore, open_store
 from amber.protocol.errors import NotFoundError, ObjectLockedError, StoreError
 
-BACKENDS = ["local", "s3", "s3-nolock"]
+# the S3 backends talk to the session's SeaweedFS (requested lazily by `store`)
+BACKENDS = [
+    "local",
+    pytest.param("s3", marks=pytest.mark.servers),
+    pytest.param("s3-nolock", marks=pytest.mark.servers),
+]
 RETAINING = {"local", "s3"}
-
-
-@pytest.fixture(scope="module")
-def lock_bucket(s3_server: Any) -> str:
-    return s3_server.make_bucket(object_lock=True)
-
-
-@pytest.fixture(scope="module")
-def plain_bucket(s3_server: Any) -> str:
-    return s3_server.make_bucket(object_lock=False)
 
 
 def _open_s3(server: Any, bucket: str) -> ObjectStore:

@@ -28,16 +28,6 @@ def make_store(server: Any, bucket: str, **kwargs: Any) -> S3Store:
     return S3Store(bucket, f"s3t-{uuid4().hex[:12]}", **options)
 
 
-@pytest.fixture(scope="module")
-def lock_bucket(s3_server: Any) -> str:
-    return s3_server.make_bucket(object_lock=True)
-
-
-@pytest.fixture(scope="module")
-def plain_bucket(s3_server: Any) -> str:
-    return s3_server.make_bucket(object_lock=False)
-
-
 @pytest.fixture
 async def locked_store(s3_server: Any, lock_bucket: str) -> AsyncIterator[S3Store]:
     store = make_store(s3_server, lock_bucket)

@@ -16,27 +16,26 @@ import shutil
 import time
 from pathlib import Path
 
-from hub_helpers import (
-    Agent,
-    HubProcess,
-    add_memory_sources,
-    assert_evicted_only_durable,
-    assert_exactly_once_at_hub,
+from amber.agent.config import load_config
+from amber.agent.remote import heartbeat
+from amber.agent.runtime import AgentRuntime
+from tests.support.data import (
     assert_restored,
     copy_tree,
     grow_memory,
     make_memory,
     make_model,
-    new_agent,
     snapshot,
-    stop_proc,
-    wait_until,
     write,
 )
-
-from amber.agent.config import load_config
-from amber.agent.remote import heartbeat
-from amber.agent.runtime import AgentRuntime
+from tests.support.hub import (
+    HubProcess,
+    assert_evicted_only_durable,
+    assert_exactly_once_at_hub,
+    new_agent,
+)
+from tests.support.node import Agent, add_memory_sources
+from tests.support.procs import stop_proc, wait_until
 
 VAULT = "fleet"
 MiB = 1024 * 1024

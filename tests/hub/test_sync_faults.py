@@ -16,27 +16,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hub_helpers import (
-    Agent,
-    HubProcess,
-    Result,
+
+from tests.support.data import (
     Snapshot,
-    ThreadedProxy,
-    add_memory_sources,
-    agent_argv,
-    assert_evicted_only_durable,
-    assert_exactly_once_at_hub,
     assert_restored,
     grow_memory,
     make_memory,
     make_model,
-    new_agent,
     snapshot,
-    stop_proc,
-    tail,
-    wait_until,
     write,
 )
+from tests.support.faultproxy import ThreadedProxy
+from tests.support.hub import (
+    HubProcess,
+    assert_evicted_only_durable,
+    assert_exactly_once_at_hub,
+    new_agent,
+)
+from tests.support.node import Agent, add_memory_sources, agent_argv
+from tests.support.procs import Result, spawn, stop_proc, tail, wait_until
 
 VAULT = "fleet"
 MiB = 1024 * 1024
@@ -99,14 +97,7 @@ def sync_until_done(
     results: list[Result] = []
     for _ in range(attempts):
         out = agent.log.with_name(f"sync-{len(results)}.out")
-        with open(out, "wb") as fh:
-            proc = subprocess.Popen(
-                agent_argv("--config", agent.config, "sync", "--once", "--json"),
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        proc = spawn(agent_argv("--config", agent.config, "sync", "--once", "--json"), out)
         try:
             while proc.poll() is None:
                 if time.monotonic() > deadline:

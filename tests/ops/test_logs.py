@@ -20,10 +20,8 @@ import io
 import json
 import logging
 import os
-import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,8 +32,9 @@ import pytest
 from amber import logs
 from amber.agent.config import TierPolicy, load_config, save_config
 from amber.protocol.keys import KEY_FILE_SIZE, VaultKeys
+from tests.support.hub import HubProcess
+from tests.support.procs import PY, spawn, stop_proc, wait_until
 
-PY = sys.executable
 VAULT, NODE = "fleet", "edge-1"
 
 # --------------------------------------------------------------------------- in process
@@ -146,46 +145,6 @@ def test_redaction_positive_control(root_logging: None) -> None:
 # --------------------------------------------------------------------------- processes
 
 
-def wait_until(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        return dict(json.loads(path.read_text()))
-    except (OSError, ValueError):
-        return {}
-
-
-def stop(proc: subprocess.Popen[bytes], grace: float = 20.0) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-    return int(proc.returncode)
-
-
-def kill_nats(data: Path) -> None:
-    try:
-        pid = int((data / "nats" / "nats-server.pid").read_text().strip())
-        alive = b"nats-server" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError):
-        return
-    if alive:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
 class Flow:
     """Runs every command with ``-v --log-format json`` and keeps all their stderr."""
 
@@ -213,11 +172,7 @@ class Flow:
 
     def spawn(self, tag: str, argv: list[str]) -> tuple[subprocess.Popen[bytes], Path]:
         log = self.tmp / f"{tag}.stderr"
-        with open(log, "wb") as err, open(self.tmp / f"{tag}.stdout", "wb") as out:
-            proc = subprocess.Popen(
-                [PY, "-m", *argv], stdout=out, stderr=err, start_new_session=True
-            )
-        return proc, log
+        return spawn([PY, "-m", *argv], log, stdout=self.tmp / f"{tag}.stdout"), log
 
     def records(self, text: bytes) -> list[dict[str, Any]]:
         """Every line parsed as JSON (any other line fails the test)."""
@@ -280,26 +235,20 @@ def secrets_of(state: Path, hub_data: Path, enrolment: Path) -> dict[str, bytes]
     return out
 
 
+@pytest.mark.servers
 def test_full_flow_logs_are_json_with_ids_and_no_secrets(tmp_path: Path) -> None:
     flow = Flow(tmp_path)
-    hub_proc, hub_log = flow.spawn(
-        "hub serve",
-        [
-            *("amber.hub.cli", "-v", "--log-format", "json", "--data", str(flow.hub_data)),
-            *("serve", "--nats-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"),
-            *("--metrics-listen", "127.0.0.1:0"),
-        ],
+    hub = HubProcess(
+        flow.hub_data,
+        options=["-v", "--log-format", "json"],
+        serve_options=["--metrics-listen", "127.0.0.1:0"],
+        stdout=tmp_path / "hub serve.stdout",
     )
     state, state2 = tmp_path / "node" / "state", tmp_path / "node2" / "state"
     enrolment = tmp_path / "edge-1.enrol"
     daemon_log: Path | None = None
     try:
-
-        def hub_up() -> bool:
-            assert hub_proc.poll() is None, hub_log.read_text()
-            return read_json(flow.hub_data / "hub.json").get("pid") == hub_proc.pid
-
-        wait_until("the hub to serve", hub_up)
+        hub.start()
         flow.hub("node", "add", NODE, "--vault", VAULT, "--out", enrolment)
         flow.hub("nodes")
         data = make_data(tmp_path / "data")
@@ -341,9 +290,10 @@ def test_full_flow_logs_are_json_with_ids_and_no_secrets(tmp_path: Path) -> None
                     daemon_log.read_text().count("is durable at the hub") >= 1
                     and daemon.poll() is None
                 ),
+                60,
             )
         finally:
-            assert stop(daemon) == 0
+            assert stop_proc(daemon, grace=20) == 0
 
         # Replacement hardware: same vault key and enrolment, restore from the hub.
         (tmp_path / "vault.key.backup").write_bytes((state / "vault.key").read_bytes())
@@ -358,9 +308,10 @@ def test_full_flow_logs_are_json_with_ids_and_no_secrets(tmp_path: Path) -> None
         flow.hub("checkpoints")
         flow.hub("status")
     finally:
-        assert stop(hub_proc) == 0
-        kill_nats(flow.hub_data)
-    flow.stderr["hub serve"] = hub_log.read_bytes()
+        code = hub.stop(grace=20)
+        hub.cleanup()
+    assert code == 0
+    flow.stderr["hub serve"] = hub.log.read_bytes()
     assert daemon_log is not None
     flow.stderr["agent run"] = daemon_log.read_bytes()
 

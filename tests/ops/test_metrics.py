@@ -12,12 +12,10 @@ import contextlib
 import dataclasses
 import json
 import os
-import signal
 import subprocess
-import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,31 +25,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from amber.agent.config import TierPolicy, load_config, parse_config, save_config
 from amber.hub.config import load_hub_config
 from amber.protocol.errors import ConfigError
+from tests.support.hub import HubProcess
+from tests.support.node import Agent, agent_argv
+from tests.support.procs import spawn, stop_proc, wait_until
 
-PY = sys.executable
 VAULT, NODE = "fleet", "edge-1"
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def wait_until(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
-
-
-def run(*argv: object, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run(
-        [PY, *map(str, argv)], capture_output=True, text=True, timeout=timeout, check=False
-    )
-    assert res.returncode == 0, f"{argv}: exit {res.returncode}\n{res.stdout}\n{res.stderr}"
-    return res
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -61,76 +42,30 @@ def read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
-def pid_is(pid: int, name: bytes) -> bool:
-    try:
-        return name in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-
-
-def stop(proc: subprocess.Popen[bytes], grace: float = 20.0) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-    return int(proc.returncode)
-
-
-def kill_nats(data: Path) -> None:
-    """The hub's own nats-server, by its pid file (it outlives a hub killed hard)."""
-    try:
-        pid = int((data / "nats" / "nats-server.pid").read_text().strip())
-    except (OSError, ValueError):
-        return
-    if pid_is(pid, b"nats-server"):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        wait_until("nats-server to exit", lambda: not pid_is(pid, b"nats-server"), 10)
+METRICS = ("--metrics-listen", "127.0.0.1:0")
 
 
 @contextlib.contextmanager
-def hub_process(data: Path, *extra: str) -> Iterator[subprocess.Popen[bytes]]:
-    log = data.parent / "hub.stderr"
-    with open(log, "ab") as err:
-        proc = subprocess.Popen(
-            [
-                *(PY, "-m", "amber.hub.cli", *extra, "--data", str(data), "serve"),
-                *("--nats-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"),
-                *("--metrics-listen", "127.0.0.1:0"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            start_new_session=True,
-        )
+def hub_process(data: Path, *options: str) -> Iterator[HubProcess]:
+    """A hub in a box serving metrics on a free port (``options`` before ``serve``)."""
+    hub = HubProcess(data, options=options, serve_options=METRICS)
     try:
-
-        def up() -> bool:
-            assert proc.poll() is None, log.read_text()
-            return read_json(data / "hub.json").get("pid") == proc.pid
-
-        wait_until("the hub to serve", up)
-        yield proc
+        yield hub.start()
     finally:
-        stop(proc)
-        kill_nats(data)
+        hub.cleanup()
 
 
 @contextlib.contextmanager
 def agent_daemon(config: Path, log: Path, *extra: str) -> Iterator[subprocess.Popen[bytes]]:
-    with open(log, "ab") as err:
-        proc = subprocess.Popen(
-            [PY, "-m", "amber.agent.cli", *extra, "--config", str(config), "run"],
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            start_new_session=True,
-        )
+    proc = spawn(agent_argv(*extra, "--config", config, "run"), log)
     try:
         yield proc
     finally:
         stop(proc)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> int:
+    return stop_proc(proc, grace=20)
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -157,7 +92,7 @@ def scrape_until(url: str, name: str, **labels: str) -> dict[Any, float]:
         s = scrape(url)
         return s if value(s, name, **labels) else None
 
-    return wait_until(f"{name}{labels} at {url}", check)
+    return wait_until(f"{name}{labels} at {url}", check, 60)
 
 
 def agent_metrics_url(state: Path, agent: subprocess.Popen[bytes]) -> str:
@@ -168,17 +103,18 @@ def agent_metrics_url(state: Path, agent: subprocess.Popen[bytes]) -> str:
         info = read_json(state / "agent.json")
         return info.get("metrics_url") if info.get("pid") == agent.pid else None
 
-    return wait_until("the agent's metrics URL", check)
+    return wait_until("the agent's metrics URL", check, 60)
 
 
 # --------------------------------------------------------------------------- tests
 
 
+@pytest.mark.servers
 def test_agent_and_hub_metrics_over_http(tmp_path: Path) -> None:
     hub_data = tmp_path / "hub"
     started = time.time()
     with hub_process(hub_data) as hub:
-        hub_url = read_json(hub_data / "hub.json")["metrics_url"]
+        hub_url = hub.runtime["metrics_url"]
         assert hub_url.startswith("http://127.0.0.1:") and hub_url.endswith("/metrics")
         assert not hub_url.endswith(":0/metrics")
         before = scrape(hub_url)
@@ -191,21 +127,16 @@ def test_agent_and_hub_metrics_over_http(tmp_path: Path) -> None:
         assert value(before, "amber_hub_store_errors_total") == 0
 
         enrol = tmp_path / "edge-1.enrol"
-        run(
-            "-m", "amber.hub.cli", "--data", hub_data, "node", "add", NODE, "--vault", VAULT,
-            "--out", enrol,
-        )  # fmt: skip
+        hub.enrol(NODE, VAULT, enrol)
         state, data = tmp_path / "state", tmp_path / "data"
         (data / "prompts").mkdir(parents=True)
         blob = os.urandom(300_000)
         (data / "prompts" / "a.bin").write_bytes(blob)
         (data / "prompts" / "copy-of-a.bin").write_bytes(blob)  # deduplicated at checkpoint
         (data / "prompts" / "system.txt").write_text("be careful\n" * 100)
-        run("-m", "amber.agent.cli", "init", "--dir", state, "--node", NODE, "--vault", VAULT,
-            "--enroll", enrol)  # fmt: skip
-        config = state / "agent.toml"
-        run("-m", "amber.agent.cli", "--config", config, "source", "add", "prompts",
-            "--kind", "files", "--path", data / "prompts", "--tier", "hot")  # fmt: skip
+        node = Agent.init(state, NODE, VAULT, enroll=enrol)
+        node.add("prompts", "files", data / "prompts", "--tier", "hot")
+        config = node.config
         cfg = load_config(config)
         tiers = {**cfg.tiers, "hot": TierPolicy(interval=1, rpo=120)}
         save_config(
@@ -227,7 +158,7 @@ def test_agent_and_hub_metrics_over_http(tmp_path: Path) -> None:
                 ) == 0
                 return s if done else None
 
-            a = wait_until("a checkpoint synced to the hub", synced)
+            a = wait_until("a checkpoint synced to the hub", synced, 60)
             last = value(a, "amber_source_last_checkpoint_timestamp_seconds", source="prompts")
             assert last is not None and started < last <= time.time()
             age = value(a, "amber_source_checkpoint_age_seconds", source="prompts")
@@ -264,23 +195,22 @@ def test_agent_and_hub_metrics_over_http(tmp_path: Path) -> None:
             assert stop(agent) == 0
         assert not (state / "agent.json").exists()  # removed on a clean stop
         # A staged restore planned (a dry run) shows as a draft plan.
-        run("-m", "amber.hub.cli", "--data", hub_data, "restore", "plan", "--vault", VAULT,
-            "--nodes", NODE, "--point", "latest")  # fmt: skip
+        hub.ok("restore", "plan", "--vault", VAULT, "--nodes", NODE, "--point", "latest")
         assert value(scrape(hub_url), "amber_hub_restore_plans", state="draft") == 1
-        assert hub.poll() is None
+        assert hub.running
 
 
+@pytest.mark.servers
 def test_rpo_breach_and_age_at_scrape(tmp_path: Path) -> None:
     """Without a hub: a source never checkpointed is in breach; once checkpointed, its
     age grows between scrapes with no new checkpoint."""
     state, data = tmp_path / "state", tmp_path / "data"
     data.mkdir()
     (data / "f.txt").write_text("x" * 1000)
-    run("-m", "amber.agent.cli", "init", "--dir", state, "--node", NODE, "--vault", VAULT)
-    config = state / "agent.toml"
+    node = Agent.init(state, NODE, VAULT)
     for name, tier in (("slow", "cold"), ("fast", "hot")):
-        run("-m", "amber.agent.cli", "--config", config, "source", "add", name,
-            "--kind", "files", "--path", data, "--tier", tier)  # fmt: skip
+        node.add(name, "files", data, "--tier", tier)
+    config = node.config
     cfg = load_config(config)
     # hot: every second; cold: once a day (not due before the first day passes)
     tiers = {
@@ -323,6 +253,7 @@ def _version() -> str:
     return __version__
 
 
+@pytest.mark.servers
 def test_busy_metrics_port_is_a_config_error(tmp_path: Path) -> None:
     """A taken port stops either daemon with the config exit code and a hint, no traceback."""
     import socket
@@ -332,43 +263,20 @@ def test_busy_metrics_port_is_a_config_error(tmp_path: Path) -> None:
         taken.listen()
         busy = f"127.0.0.1:{taken.getsockname()[1]}"
         state = tmp_path / "state"
-        run("-m", "amber.agent.cli", "init", "--dir", state, "--node", NODE, "--vault", VAULT)
-        cfg = load_config(state / "agent.toml")
-        save_config(dataclasses.replace(cfg, metrics_listen=busy))
-        agent = subprocess.run(
-            [PY, "-m", "amber.agent.cli", "--config", str(state / "agent.toml"), "run"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert agent.returncode == 3, agent.stderr
-        assert "metrics.listen" in agent.stderr and "hint:" in agent.stderr
-        assert "Traceback" not in agent.stderr
+        node = Agent.init(state, NODE, VAULT)
+        node.configure(metrics_listen=busy)
+        agent = node.proc("run", timeout=60)
+        assert agent.code == 3, agent.err
+        assert "metrics.listen" in agent.err and "hint:" in agent.err
+        assert "Traceback" not in agent.err
         assert not (state / "agent.json").exists()
-        data = tmp_path / "hub"
+        box = HubProcess(tmp_path / "hub")
         try:
-            hub = subprocess.run(
-                [
-                    PY,
-                    "-m",
-                    "amber.hub.cli",
-                    "--data",
-                    str(data),
-                    "serve",
-                    "--nats-listen",
-                    "127.0.0.1:0",
-                    "--admin-listen",
-                    "127.0.0.1:0",
-                    "--metrics-listen",
-                    busy,
-                ],
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=False,
+            hub = box.admin_proc(
+                *("serve", "--nats-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"),
+                *("--metrics-listen", busy),
             )
         finally:
-            kill_nats(data)
-        assert hub.returncode == 3, hub.stderr
-        assert "metrics.listen" in hub.stderr and "Traceback" not in hub.stderr
+            box.cleanup()
+        assert hub.code == 3, hub.err
+        assert "metrics.listen" in hub.err and "Traceback" not in hub.err

@@ -37,6 +37,8 @@ import pytest
 
 from amber import sdnotify
 from amber.agent.config import TierPolicy, load_config, save_config
+from tests.support.node import cli_proc
+from tests.support.procs import Result
 
 WATCHDOG_USEC = 400_000  # pings expected every 0.2 s
 START_TIMEOUT = 60.0
@@ -206,15 +208,8 @@ def _env(notify: str) -> dict[str, str]:
     return env
 
 
-def _agent(cfg: Path, *args: str, **kw: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "amber.agent.cli", "--config", str(cfg), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        **kw,  # type: ignore[arg-type]
-    )
+def _agent(cfg: Path, *args: str) -> Result:
+    return cli_proc("--config", cfg, *args)
 
 
 def _assert_watchdog_fed(listener: NotifyListener, since: float) -> None:
@@ -251,15 +246,16 @@ def notify_path(tmp_path: Path) -> Iterator[NotifyListener]:
     listener.close()
 
 
+@pytest.mark.servers  # the agent daemon, sandboxed as its unit would be
 def test_agent_ready_watchdog_and_clean_stop(tmp_path: Path, notify_path: NotifyListener) -> None:
     state, data, cfg = tmp_path / "state", tmp_path / "data", tmp_path / "agent.toml"
     data.mkdir()
     for i in range(4):
         (data / f"file{i}.bin").write_bytes(os.urandom(256 * 1024))
     r = _agent(cfg, "init", "--dir", str(state), "--node", "edge1", "--vault", "v1")
-    assert r.returncode == 0, r.stderr
+    assert r.code == 0, r
     r = _agent(cfg, "source", "add", "models", "--kind", "files", "--path", str(data))
-    assert r.returncode == 0, r.stderr
+    assert r.code == 0, r
     conf = load_config(cfg)
     tiers = dict(conf.tiers)
     tiers["warm"] = TierPolicy(interval=1, rpo=60)  # the source's tier: 1 s
@@ -308,10 +304,10 @@ def test_agent_ready_watchdog_and_clean_stop(tmp_path: Path, notify_path: Notify
 
     # No checkpoint half-written: the journal verifies, and the list is the committed ones.
     r = _agent(cfg, "verify")
-    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.code == 0, r
     r = _agent(cfg, "checkpoints", "--json")
-    assert r.returncode == 0, r.stderr
-    rows = json.loads(r.stdout)
+    assert r.code == 0, r
+    rows = r.json()
     assert [row["seq"] for row in sorted(rows, key=lambda x: x["seq"])] == list(range(len(rows)))
     logged = set(COMMITTED.findall(text))
     listed = {row["id"][:16] for row in rows}
@@ -348,6 +344,7 @@ def hub_data(tmp_path: Path) -> Iterator[Path]:
         os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.servers  # the hub, sandboxed as its unit would be
 def test_hub_ready_only_when_serving(hub_data: Path, tmp_path: Path) -> None:
     listener = NotifyListener(f"@amber-test-{secrets.token_hex(8)}")
     log = tmp_path / "hub.log"

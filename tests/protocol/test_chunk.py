@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from amber.protocol import chunk, keys
 from amber.protocol.errors import AmberError, FormatError, IntegrityError, UnknownVersionError
+from tests.support.checks import flip, raises
 
 VAULT = keys.VaultKeys.from_master(bytes(range(32)))
 OTHER_VAULT = keys.VaultKeys.from_master(bytes(range(1, 33)))
@@ -23,19 +24,6 @@ plaintexts = st.one_of(
     st.binary(max_size=2048),
     st.builds(lambda b, n: b * n, st.binary(min_size=1, max_size=16), st.integers(1, 300)),
 )
-
-
-def raises(exc: type[AmberError], fn, *args):
-    with pytest.raises(AmberError) as info:
-        fn(*args)
-    assert type(info.value) is exc, f"{type(info.value).__name__}: {info.value}"
-    return info.value
-
-
-def flip(data: bytes, bit: int) -> bytes:
-    out = bytearray(data)
-    out[bit // 8] ^= 1 << (bit % 8)
-    return bytes(out)
 
 
 def expected_for_flip(blob: bytes, bit: int) -> type[AmberError]:

@@ -17,6 +17,7 @@ import pytest
 
 from amber.protocol import chunk, enrolment, keys, packfile, records, wire
 from amber.protocol.errors import IntegrityError, UnknownVersionError
+from tests.fixtures.make_fixtures import jsonable  # how expected.json spells values
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 EXPECTED: dict[str, Any] = json.loads((FIXTURES / "expected.json").read_text())
@@ -24,19 +25,6 @@ EXPECTED: dict[str, Any] = json.loads((FIXTURES / "expected.json").read_text())
 
 def sample(name: str) -> bytes:
     return (FIXTURES / name).read_bytes()
-
-
-def jsonable(value: Any) -> Any:
-    """Spell a decoded value the way expected.json does (bytes as hex, tuples as lists)."""
-    if isinstance(value, bytes):
-        return value.hex()
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, dict):
-        return {k: jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    return value
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from amber.protocol.errors import (
     SignatureError,
     UnknownVersionError,
 )
+from tests.support.checks import flip, raises
 
 MASTER = bytes(range(32))
 SEED = bytes(range(100, 132))
@@ -29,20 +30,6 @@ PASSPHRASE = "tr0ub4dor&3"
 FAST = {"log2_n": 10}  # scrypt in tests: N = 1024
 
 key32 = st.binary(min_size=32, max_size=32)
-
-
-def raises(exc: type[AmberError], fn, *args):
-    """Call ``fn`` and return the error, which must be exactly ``exc``."""
-    with pytest.raises(AmberError) as info:
-        fn(*args)
-    assert type(info.value) is exc, f"{type(info.value).__name__}: {info.value}"
-    return info.value
-
-
-def flip(data: bytes, bit: int) -> bytes:
-    out = bytearray(data)
-    out[bit // 8] ^= 1 << (bit % 8)
-    return bytes(out)
 
 
 def hkdf_sha256(ikm: bytes, salt: bytes, info: bytes) -> bytes:

@@ -23,6 +23,7 @@ from amber.protocol.errors import (
     UnknownVersionError,
 )
 from amber.protocol.records import Checkpoint, Entry, Manifest
+from tests.support.checks import flip, raises
 
 VAULT = keys.VaultKeys.from_master(bytes(range(32)))
 OTHER_VAULT = keys.VaultKeys.from_master(bytes(range(1, 33)))
@@ -109,19 +110,6 @@ SMALL_MANIFEST = Manifest(
 SEQ0 = Checkpoint(
     vault="v", node="edge-01", seq=0, prev=None, time_us=1, manifests={"memory": IDS[0]}
 )
-
-
-def raises(exc: type[AmberError], fn, *args, **kwargs):
-    with pytest.raises(AmberError) as info:
-        fn(*args, **kwargs)
-    assert type(info.value) is exc, f"{type(info.value).__name__}: {info.value}"
-    return info.value
-
-
-def flip(data: bytes, bit: int) -> bytes:
-    out = bytearray(data)
-    out[bit // 8] ^= 1 << (bit % 8)
-    return bytes(out)
 
 
 def expected_for_flip(data: bytes, bit: int) -> tuple[type[AmberError], ...]:

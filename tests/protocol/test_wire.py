@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from amber.protocol import wire
 from amber.protocol.errors import AmberError, FormatError, ProtocolError, UnknownVersionError
+from tests.support.checks import raises
 
 ID = bytes(range(32))
 int64ish = st.integers(-(2**63), 2**64 - 1)
@@ -52,13 +53,6 @@ def all_types() -> list[type[wire.Message]]:
 
 
 messages = st.sampled_from(all_types()).flatmap(message_strategy)
-
-
-def raises(exc: type[AmberError], fn, *args, **kwargs):
-    with pytest.raises(AmberError) as info:
-        fn(*args, **kwargs)
-    assert type(info.value) is exc, f"{type(info.value).__name__}: {info.value}"
-    return info.value
 
 
 def envelope(t: str = "chunk.query", v: Any = 1, **fields: Any) -> bytes:

@@ -13,14 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
-from hub_helpers import tree, wait_until
-from restore_helpers import (
-    Fleet,
-    Node,
-    assert_restored,
-    assert_untouched,
-    node_states,
-)
+
+from tests.support.data import tree
+from tests.support.fleet import Fleet, Node, assert_restored, assert_untouched, node_states
+from tests.support.procs import wait_until
 
 MiB = 1024 * 1024
 

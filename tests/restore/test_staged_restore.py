@@ -13,8 +13,8 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from hub_helpers import integrity, sqlite_dump, tree
-from restore_helpers import (
+from tests.support.data import integrity, sqlite_dump, tree
+from tests.support.fleet import (
     Fleet,
     assert_restored,
     assert_untouched,

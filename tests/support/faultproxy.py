@@ -9,6 +9,9 @@
     proxy.set_bandwidth(1_000_000)           # 1 MB/s each way, per connection
     await proxy.stop()
 
+:class:`ThreadedProxy` runs one on an event loop thread of its own, so synchronous tests
+can cut and slow a link while a child process talks through it.
+
 Faults:
 - ``cut()``: abort (RST) every proxied connection, and accept-then-abort new ones until
   ``restore()``. The client sees the link drop at once and reconnect attempts fail.
@@ -27,10 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-__all__ = ["FaultProxy"]
+__all__ = ["FaultProxy", "ThreadedProxy"]
 
 _READ_SIZE = 64 * 1024
 _QUEUE_CHUNKS = 32  # per direction: bounds buffering so TCP backpressure still works
@@ -275,3 +280,66 @@ class FaultProxy:
                 self.bytes_downstream += len(piece)
             if bw is not None:
                 await asyncio.sleep(len(piece) / bw)
+
+
+class ThreadedProxy:
+    """tests/support/faultproxy.py's FaultProxy on an event loop in a thread of its own."""
+
+    def __init__(self, target_port: int) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.proxy = FaultProxy("127.0.0.1", target_port)
+        self._call(self.proxy.start())
+
+    def _call(self, coro: Any, timeout: float = 10) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def _do(self, fn: Callable[[], None]) -> None:
+        async def run() -> None:
+            fn()
+
+        self._call(run())
+
+    @property
+    def url(self) -> str:
+        return self.proxy.url("nats")
+
+    @property
+    def port(self) -> int:
+        return self.proxy.port
+
+    @property
+    def bytes_upstream(self) -> int:
+        return self.proxy.bytes_upstream
+
+    @property
+    def bytes_downstream(self) -> int:
+        return self.proxy.bytes_downstream
+
+    def counts(self) -> tuple[int, int]:
+        """Bytes carried so far: (client to target, target to client)."""
+        return self.proxy.bytes_upstream, self.proxy.bytes_downstream
+
+    @property
+    def connections_total(self) -> int:
+        return self.proxy.connections_total
+
+    def cut(self, silent: bool = False) -> None:
+        self._do(lambda: self.proxy.cut(silent=silent))
+
+    def restore(self) -> None:
+        self._do(self.proxy.restore)
+
+    def set_latency(self, seconds: float) -> None:
+        self._do(lambda: self.proxy.set_latency(seconds))
+
+    def set_bandwidth(self, bps: float | None) -> None:
+        self._do(lambda: self.proxy.set_bandwidth(bps))
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._call(self.proxy.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()

@@ -1,7 +1,7 @@
 """Real servers for tests: nats-server (JetStream) and SeaweedFS's S3 gateway.
 
 Plain Python, no pytest imports, so the helpers can also be used from bench/ or a REPL.
-Fixtures that wrap these live in tests/conftest.py.
+Fixtures that wrap these live in tests/support/fixtures.py.
 
 Every child process is started in its own session (process group) and recorded in a
 module-level registry; an ``atexit`` hook (and, where nobody else handles it, a SIGTERM
@@ -35,6 +35,7 @@ from typing import IO, Any, TypeAlias
 S3Client: TypeAlias = Any
 
 __all__ = [
+    "ChildServer",
     "NatsServer",
     "SeaweedS3",
     "ServerError",
@@ -177,7 +178,10 @@ def _spawn(
     log: IO[bytes],
     env: dict[str, str] | None = None,
     cleanup: Callable[[], None] | None = None,
+    stdout: IO[bytes] | None = None,
 ) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in a session of its own, registered for cleanup; its stderr (and
+    its stdout unless ``stdout`` is given) go to ``log``."""
     _install_hooks()
     # PR_SET_PDEATHSIG fires when the *thread* that forked exits, so only use it from the
     # main thread (a to_thread() worker may exit long before the test is done).
@@ -191,8 +195,8 @@ def _spawn(
         cwd=cwd,
         env=env,
         stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
+        stdout=log if stdout is None else stdout,
+        stderr=subprocess.STDOUT if stdout is None else log,
         start_new_session=True,
         preexec_fn=preexec,  # only a prctl() call, resolved before fork
     )
@@ -235,10 +239,45 @@ def _tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+# --------------------------------------------------------------------------- a child server
+
+
+class ChildServer:
+    """What a server run as one child process shares: its pid while it runs, and a
+    start that kills the child when it does not become ready."""
+
+    def _child(self) -> subprocess.Popen[bytes] | None:
+        raise NotImplementedError
+
+    def _wait_ready(self) -> None:
+        raise NotImplementedError
+
+    def kill(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int | None:
+        """Pid of the running server, or None when not running."""
+        proc = self._child()
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    @property
+    def running(self) -> bool:
+        return self.pid is not None
+
+    def _ready_or_killed(self) -> None:
+        """Wait until the child is ready; kill it if it is not."""
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.kill()
+            raise
+
+
 # --------------------------------------------------------------------------- NATS
 
 
-class NatsServer:
+class NatsServer(ChildServer):
     """A ``nats-server`` with JetStream, on 127.0.0.1, configured by a generated file.
 
     The config always has ``listen``, ``server_name``, ``max_payload: 8MB`` and a
@@ -271,16 +310,8 @@ class NatsServer:
     def url(self) -> str:
         return f"nats://127.0.0.1:{self._port}"
 
-    @property
-    def pid(self) -> int | None:
-        """Pid of the running server, or None when not running."""
-        if self._proc is None or self._proc.poll() is not None:
-            return None
-        return self._proc.pid
-
-    @property
-    def running(self) -> bool:
-        return self.pid is not None
+    def _child(self) -> subprocess.Popen[bytes] | None:
+        return self._proc
 
     @property
     def config_path(self) -> Path:
@@ -330,11 +361,7 @@ class NatsServer:
         self._proc = _spawn(
             [self.binary, "-c", str(self.config_path)], cwd=self.work_dir, log=self._log_fh
         )
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.kill()
-            raise
+        self._ready_or_killed()
         return self
 
     def _wait_ready(self) -> None:
@@ -445,7 +472,7 @@ class NatsServer:
 # --------------------------------------------------------------------------- SeaweedFS S3
 
 
-class SeaweedS3:
+class SeaweedS3(ChildServer):
     """``weed server`` (master + volume + filer + S3 gateway) on 127.0.0.1.
 
     Credentials are generated per instance and handed to weed through
@@ -500,15 +527,8 @@ class SeaweedS3:
     def region(self) -> str:
         return self.REGION
 
-    @property
-    def pid(self) -> int | None:
-        if self._proc is None or self._proc.poll() is not None:
-            return None
-        return self._proc.pid
-
-    @property
-    def running(self) -> bool:
-        return self.pid is not None
+    def _child(self) -> subprocess.Popen[bytes] | None:
+        return self._proc
 
     @property
     def data_dir(self) -> Path:
@@ -575,11 +595,7 @@ class SeaweedS3:
             env=self._env(),
             cleanup=self._remove_grpc_sockets,
         )
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.kill()
-            raise
+        self._ready_or_killed()
         return self
 
     def _wait_ready(self) -> None:

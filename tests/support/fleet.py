@@ -1,6 +1,6 @@
 """A real fleet for the staged-restore tests: one hub in a box, agent daemons as processes.
 
-- :class:`Fleet` runs the hub (tests/hub/hub_helpers.HubProcess), writes a vault key with
+- :class:`Fleet` runs the hub (tests/support/hub.HubProcess), writes a vault key with
   ``amber-agent keygen`` and enrols nodes that share it. Each :class:`Node` protects three
   sources under ``<home>/data``: ``memory`` (a SQLite database), ``files`` (prompts,
   policies, a blob) and ``model`` (weights), and runs ``amber-agent run`` as a daemon
@@ -15,7 +15,7 @@
   state N, :meth:`Node.capture` records what is there (trees with modes and digests, the
   database's dump), and the ``assert_*`` helpers compare.
 
-Plain Python, no pytest imports; the fixture lives in conftest.py next to this file.
+Plain Python, no pytest imports; the fixture lives in tests/support/fixtures.py.
 """
 
 from __future__ import annotations
@@ -31,23 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hub_helpers import (
-    Agent,
-    HubProcess,
-    ThreadedProxy,
-    agent_argv,
-    integrity,
-    keygen,
-    make_sqlite,
-    rand,
-    spawn,
-    sqlite_dump,
-    stop_proc,
-    tail,
-    tree,
-    wait_until,
-    write,
-)
+from tests.support.data import integrity, sqlite_dump, tree, write_machine_state
+from tests.support.faultproxy import ThreadedProxy
+from tests.support.hub import HubProcess
+from tests.support.node import Agent, keygen
+from tests.support.procs import stop_proc, tail, wait_until
 
 VAULT = "fleet"
 HOME_ENV = "AMBER_TEST_HOME"
@@ -91,16 +79,7 @@ class Node:
     # -- data
     def write_state(self, seed: int, model_size: int = 96 * 1024) -> State:
         """Replace the node's data with state ``seed`` (every source differs per seed)."""
-        for sub in ("db", "files", "model"):
-            shutil.rmtree(self.data / sub, ignore_errors=True)
-        make_sqlite(self.db, rows=150 + seed % 50, body=120, seed=seed)
-        files = self.data / "files"
-        write(files / "prompts" / "system.txt", f"You are node {self.name}, state {seed}.\n" * 40)
-        write(files / "policy.json", json.dumps({"seed": seed, "allow": list(range(seed % 97))}))
-        write(files / "blobs" / f"state-{seed}.bin", rand(40_000 + seed % 1000, seed))
-        os.chmod(files / "policy.json", 0o640)
-        write(self.data / "model" / "weights.bin", rand(model_size, seed + 10_000))
-        write(self.data / "model" / "config.json", json.dumps({"layers": seed % 13}))
+        write_machine_state(self.data, f"node {self.name}", seed, model_size)
         return self.capture()
 
     def capture(self) -> State:
@@ -115,10 +94,7 @@ class Node:
     # -- the daemon
     def start(self) -> None:
         assert self.proc is None or self.proc.poll() is not None, f"{self.name} already runs"
-        with open(self.agent.log, "ab") as fh:
-            fh.write(b"\n==== amber-agent run ====\n")
-        argv = agent_argv("--config", self.agent.config, "run")
-        self.proc = spawn(argv, self.agent.log, env={HOME_ENV: str(self.home)})
+        self.proc = self.agent.popen("run", env={HOME_ENV: str(self.home)})
 
     @property
     def running(self) -> bool:
@@ -228,11 +204,7 @@ class Fleet:
         ``data=False``: a replacement machine, sources configured but nothing there yet."""
         home = self.root / name
         home.mkdir(parents=True)
-        enrolment = home / "enrolment.json"
-        args: list[object] = ["node", "add", name, "--vault", VAULT, "--out", enrolment]
-        for label in labels:
-            args += ["--label", label]
-        self.hub.ok(*args)
+        enrolment = self.hub.enrol(name, VAULT, home / "enrolment.json", *labels)
         agent = Agent.init(home / "state", name, VAULT, self.key, enroll=enrolment)
         node = Node(self, name, home, agent)
         node.write_state(self.next_seed())

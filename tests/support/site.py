@@ -1,6 +1,6 @@
 """An air-gapped site for the bundle tests: a hub in a box, and nodes that never reach it.
 
-- :class:`Site` runs the hub (tests/hub/hub_helpers.HubProcess) and writes a vault key.
+- :class:`Site` runs the hub (tests/support/hub.HubProcess) and writes a vault key.
   Nodes are enrolled at the hub (``amber-hub node add``), but the enrolment never reaches
   the node's agent: the node learns only the hub's public key (:attr:`Site.hub_key`), as
   an operator would carry it to the site with the first bundle. No agent here ever opens
@@ -12,33 +12,22 @@
 - Snapshots of a journal and of the hub's catalog, to show that a refused bundle changed
   nothing.
 
-Plain Python, no pytest imports; the fixture lives in conftest.py next to this file.
+Plain Python, no pytest imports; the fixture lives in tests/support/fixtures.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import sqlite3
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hub_helpers import (
-    PY,
-    Agent,
-    HubProcess,
-    Result,
-    integrity,
-    keygen,
-    make_sqlite,
-    rand,
-    sqlite_dump,
-    tree,
-    write,
-)
+from tests.support.data import has_table, integrity, sqlite_dump, tree, write_machine_state
+from tests.support.hub import HubProcess
+from tests.support.node import Agent, keygen
+from tests.support.procs import PY, Result
 
 VAULT = "site"
 
@@ -75,16 +64,8 @@ class Machine:
 
     # -- data
     def write_state(self, seed: int) -> State:
-        for sub in ("db", "files", "model"):
-            shutil.rmtree(self.data / sub, ignore_errors=True)
-        make_sqlite(self.db, rows=120 + seed % 40, body=100, seed=seed)
-        files = self.data / "files"
-        write(files / "prompts" / "system.txt", f"You are {self.node}, state {seed}.\n" * 30)
-        write(files / "policy.json", json.dumps({"seed": seed, "allow": list(range(seed % 50))}))
-        write(files / "blobs" / f"state-{seed}.bin", rand(30_000 + seed % 500, seed))
-        os.chmod(files / "policy.json", 0o640)
-        write(self.data / "model" / "weights.bin", rand(80 * 1024, seed + 10_000))
-        write(self.data / "model" / "config.json", json.dumps({"layers": seed % 13}))
+        """Replace the machine's data with state ``seed`` (every source differs per seed)."""
+        write_machine_state(self.data, self.node, seed, 80 * 1024)
         return self.capture()
 
     def capture(self) -> State:
@@ -200,7 +181,7 @@ class Site:
             "plans": q("SELECT id, state FROM plans ORDER BY id"),
             "plan_nodes": q("SELECT plan, node, state, detail FROM plan_nodes ORDER BY 1, 2"),
             "receipts": q("SELECT receipt FROM bundle_receipts ORDER BY 1")
-            if _has_table(self.hub.catalog_path, "bundle_receipts")
+            if has_table(self.hub.catalog_path, "bundle_receipts")
             else [],
             "signers": q("SELECT vault, node, signer FROM nodes ORDER BY 1, 2"),
             "store": len(self.hub.store_files()),
@@ -227,11 +208,3 @@ def pipe(producer: list[object], consumer: list[object], timeout: float = 60) ->
         _, err = first.communicate(timeout=timeout)
     assert first.returncode == 0, err
     return Result(second.returncode, second.stdout, second.stderr + err.decode())
-
-
-def _has_table(db: Path, table: str) -> bool:
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return bool(con.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (table,)).fetchone())
-    finally:
-        con.close()
