@@ -19,7 +19,6 @@ from typing import Any
 
 import blake3
 import pytest
-from agent_helpers import Node, rand, write
 
 from amber.agent.config import load_config
 from amber.agent.identity import NodeIdentity
@@ -37,6 +36,8 @@ from amber.protocol.records import (
     encode_manifest,
     record_id,
 )
+from tests.support.data import rand, write
+from tests.support.node import Node
 
 KEYS = VaultKeys.from_master(bytes(range(32)))
 SIGNER = SigningKey(bytes(range(32, 64)))  # the attacker holds the vault key and signs

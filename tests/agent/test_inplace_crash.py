@@ -13,7 +13,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from agent_helpers import Node, cli_proc, make_files_tree, make_sqlite, sqlite_dump, tree, write
+from tests.support.data import make_files_tree, make_sqlite, sqlite_dump, tree, write
+from tests.support.node import Node, cli_proc
 
 KILL_AFTER_FIRST_SWAP = """
 import os, signal

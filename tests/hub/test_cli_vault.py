@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hub_helpers import HubProcess
+from tests.support.hub import HubProcess
 
 
 def test_vault_is_the_hubs_only_vault(hub: HubProcess, tmp_path: Path) -> None:

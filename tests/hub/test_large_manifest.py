@@ -15,9 +15,10 @@ import shutil
 import sqlite3
 from pathlib import Path
 
-from hub_helpers import Agent, HubProcess, assert_exactly_once_at_hub, new_agent, tree
-
 from amber.protocol.wire import MAX_MESSAGE_SIZE
+from tests.support.data import tree
+from tests.support.hub import HubProcess, assert_exactly_once_at_hub, new_agent
+from tests.support.node import Agent
 
 VAULT = "fleet"
 FILES = 6000

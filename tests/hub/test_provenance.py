@@ -11,7 +11,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from hub_helpers import Agent, HubProcess, new_agent
+from tests.support.hub import HubProcess, new_agent
+from tests.support.node import Agent
 
 VAULT = "prov"
 
