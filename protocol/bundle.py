@@ -309,7 +309,7 @@ class Member:
     data: bytes
     checkpoint: Checkpoint | None = None  # public part of a checkpoint record
     manifest: dict[str, Any] | None = None  # public part of a manifest record
-    order: wire.RestoreOrder | None = None
+    order: wire.RestoreOrder | wire.RestoreOrderV1 | None = None
     receipt: BundleReceipt | None = None
 
 

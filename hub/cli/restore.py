@@ -49,7 +49,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         "sources": _split(args.sources),
         "canary": args.canary,
         "waves": parse_waves(args.waves),
-        "health_cmd": args.health_cmd or "",
+        "checks": args.check or [],
         "to_node": args.to_node or "",
         "rollback_on_failure": not args.no_rollback,
     }
@@ -126,7 +126,13 @@ def add_commands(sub: Any) -> None:
     s.add_argument(
         "--waves", default="100%", help="cumulative waves after the canary, e.g. 10%%,50%%,100%%"
     )
-    s.add_argument("--health-cmd", help="command each node runs after swapping; non-zero fails")
+    s.add_argument(
+        "--check",
+        action="append",
+        metavar="NAME",
+        help="a check each node runs after swapping, defined in its agent.toml [checks.NAME] "
+        "(repeatable); a node that lacks it refuses the order",
+    )
     s.add_argument("--to-node", help="restore the one named node's checkpoint onto this node")
     s.add_argument(
         "--no-rollback",
