@@ -8,7 +8,9 @@ vault key), then the index and the signature by a trusted hub key, the completen
 every checkpoint and the hash chain against the journal. Only then does one journal
 transaction add the chunks and records and index the checkpoints. A carried order then
 runs through :class:`OrderExecutor` exactly like an online order (safety checkpoint,
-hooks, health command, rollback), with no link: chunks come from the journal.
+hooks, the checks it names, rollback), with no link: chunks come from the journal. An
+order that carries a command line (version 1) or names a check this node does not define
+refuses the whole import before anything is committed (``OrderRefusedError``).
 Importing again adds nothing; an order runs at most once (``restore_jobs``).
 """
 
@@ -29,8 +31,9 @@ from amber.agent.config import AgentConfig
 from amber.agent.enrolment import load_installed
 from amber.agent.journal import DURABLE, HELD, checkpoint_row
 from amber.agent.manifests import GetRecord, load_manifest, manifest_records
+from amber.agent.restore.checks import resolve
 from amber.agent.restore.jobs import Job
-from amber.agent.restore.orders import OrderExecutor
+from amber.agent.restore.orders import OrderExecutor, error_code, report_detail
 from amber.agent.runtime import AgentRuntime
 from amber.bundlefile import BundleStream, BundleWriter, iso, open_input
 from amber.protocol import bundle as b
@@ -73,7 +76,7 @@ class ImportState:
     checkpoints: dict[bytes, Checkpoint] = field(default_factory=dict)
     manifests: dict[bytes, list[bytes]] = field(default_factory=dict)  # id -> chunk ids
     chunks: dict[bytes, int] = field(default_factory=dict)  # id -> plaintext size
-    order: wire.RestoreOrder | None = None
+    order: wire.RestoreOrder | wire.RestoreOrderV1 | None = None
     accepted: list[tuple[bytes, Checkpoint]] = field(default_factory=list)
     conflicts: list[int] = field(default_factory=list)
     added: int = 0  # checkpoints committed to the journal's index
@@ -266,6 +269,8 @@ async def _check_order(rt: AgentRuntime, st: ImportState) -> None:
             f"restore order {order.order_id} expired at {iso(order.expires_us)}",
             hint="export a new bundle with a fresh order: amber-hub bundle export --restore-order",
         )
+    st.order = order = wire.current_order(order)  # never a command line from the hub
+    resolve(rt.cfg, order.checks if order.action == "restore" else ())
     await _check_order_chunks(rt, st, order)
 
 
@@ -395,7 +400,10 @@ def make_receipt(st: ImportState, error: AmberError | None) -> b.BundleReceipt:
         order_id=order.order_id if order else "",
         plan_id=order.plan_id if order else "",
         state=job.state if job is not None else "",
-        detail=job.detail if job is not None and job.detail else (str(error) if error else ""),
+        # codes and counts only: paths and the output of hooks and checks stay on the node
+        detail=report_detail(job.state, job.detail)
+        if job is not None and job.detail
+        else (error_code(error) if error else ""),
         safety=job.safety if job is not None else b"",
         checkpoint=order.checkpoint if order else b"",
         added=st.added,

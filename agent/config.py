@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from amber.protocol.errors import ConfigError
+from amber.protocol.errors import AmberError, ConfigError
 from amber.protocol.records import SOURCE_KINDS, TIERS
 from amber.protocol.wire import check_name
 
@@ -51,6 +52,19 @@ class SourceConfig:
 
 
 @dataclass(frozen=True)
+class CheckConfig:
+    """``[checks.NAME]``: a program a restore order may name (run with no shell)."""
+
+    name: str
+    argv: tuple[str, ...]
+    timeout: int = 300  # seconds
+
+    @property
+    def command(self) -> str:
+        return shlex.join(self.argv)
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     path: Path  # the agent.toml this was read from
     state_dir: Path
@@ -67,6 +81,7 @@ class AgentConfig:
     tiers: dict[str, TierPolicy] = field(default_factory=lambda: dict(DEFAULT_TIERS))
     hub: dict[str, Any] = field(default_factory=dict)
     hooks: dict[str, str] = field(default_factory=dict)  # pre_restore, post_restore
+    checks: dict[str, CheckConfig] = field(default_factory=dict)  # [checks.NAME]
     metrics_listen: str | None = None  # [metrics] listen = "host:port"; None: no metrics
 
     @property
@@ -191,6 +206,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> AgentConfig:
         tiers=tiers,
         hub=_hub_options(raw.get("hub", {})),
         hooks=_hooks(raw.get("hooks", {}), path),
+        checks=_checks(raw.get("checks", {}), path),
         metrics_listen=_listen(raw.get("metrics", {}).get("listen"), "metrics.listen"),
     )
 
@@ -211,6 +227,43 @@ def _hooks(raw: Any, path: Path) -> dict[str, str]:
     if not isinstance(raw, dict) or set(raw) - known:
         raise ConfigError(f"{path}: [hooks] takes only {', '.join(sorted(known))}")
     return {str(k): str(v) for k, v in raw.items()}
+
+
+def _checks(raw: Any, path: Path) -> dict[str, CheckConfig]:
+    """[checks.NAME]: command (an argv string split like a shell would, or a list; never
+    run through a shell) and timeout (a duration, default 5m)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: [checks] must hold tables like [checks.smoke]")
+    out = {}
+    for name, table in raw.items():
+        where = f"{path}: [checks.{name}]"
+        try:
+            check_name(str(name), "check")
+        except AmberError as exc:
+            raise ConfigError(f"{where}: {exc}", hint=exc.hint) from None
+        if not isinstance(table, dict) or set(table) - {"command", "timeout"}:
+            raise ConfigError(f"{where} takes only command and timeout")
+        out[str(name)] = CheckConfig(
+            name=str(name),
+            argv=_argv(table.get("command"), where),
+            timeout=parse_duration(table.get("timeout", 300), f"checks.{name}.timeout"),
+        )
+    return out
+
+
+def _argv(command: Any, where: str) -> tuple[str, ...]:
+    if isinstance(command, list) and all(isinstance(a, str) for a in command):
+        argv = list(command)
+    elif isinstance(command, str):
+        try:
+            argv = shlex.split(command)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: command {command!r} does not parse: {exc}") from None
+    else:
+        raise ConfigError(f'{where} needs command = "/path/to/program args"')
+    if not argv or not argv[0]:
+        raise ConfigError(f"{where}: command is empty")
+    return tuple(argv)
 
 
 def _hub_options(raw: dict[str, Any]) -> dict[str, Any]:
@@ -278,6 +331,13 @@ def dump_config(cfg: AgentConfig) -> str:
         lines.append("[hooks]")
         lines += [f"{k} = {_toml_value(v)}" for k, v in cfg.hooks.items()]
         lines.append("")
+    for check in cfg.checks.values():
+        lines += [
+            f"[checks.{check.name}]",
+            f"command = {_toml_value(list(check.argv))}",
+            f"timeout = {check.timeout}",
+            "",
+        ]
     if cfg.metrics_listen:
         lines += ["[metrics]", f"listen = {_toml_str(cfg.metrics_listen)}", ""]
     for s in cfg.sources:

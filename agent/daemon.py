@@ -147,21 +147,16 @@ class AgentDaemon:
                 msgs = await psub.fetch(1, timeout=5)
             except (TimeoutError, FetchTimeoutError):
                 continue
-            for m in msgs:
+            for m in msgs:  # one bad order is logged (and reported); the loop carries on
                 order = self._open_order(m.data, enr.hub_key)
-                new = order is not None and await executor.accept(order)
-                await m.ack()  # journaled (or refused): the order never runs twice
-                if new and order is not None:
-                    log.info(
-                        "restore order %s (%s) of plan %s",
-                        order.order_id,
-                        order.action,
-                        order.plan_id,
-                        extra={"node": self.cfg.node},
-                    )
-                    await executor.execute(order)
+                if order is None:
+                    await m.ack()
+                    continue
+                await executor.take(order, m.ack)
 
-    def _open_order(self, data: bytes, hub_key: bytes) -> wire.RestoreOrder | None:
+    def _open_order(
+        self, data: bytes, hub_key: bytes
+    ) -> wire.RestoreOrder | wire.RestoreOrderV1 | None:
         try:
             signed = wire.decode(data, wire.SignedOrder)
             assert isinstance(signed, wire.SignedOrder)

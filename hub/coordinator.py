@@ -129,8 +129,8 @@ def abort_step(plan: RestorePlan) -> Step:
 
 
 def build_order(plan: RestorePlan, order: Order, order_id: str, now_us: int) -> wire.RestoreOrder:
-    """The order for one node; it names the plan's check (``health_cmd``), which only
-    the node's own agent.toml defines."""
+    """The order for one node; it names the plan's checks, which only the node's own
+    agent.toml defines (the hub never sends a command line)."""
     n, spec = order.node, plan.spec
     return wire.RestoreOrder(
         order_id=order_id,
@@ -141,7 +141,7 @@ def build_order(plan: RestorePlan, order: Order, order_id: str, now_us: int) -> 
         checkpoint=n.checkpoint if order.action == "restore" else b"",
         source_node=n.source_node,
         sources=tuple(spec.sources),
-        health_cmd=spec.health_cmd,
+        checks=tuple(spec.checks),
         issued_us=now_us,
         expires_us=now_us + ORDER_TTL_US,
     )

@@ -20,7 +20,7 @@ from typing import Any
 
 from amber.hub.catalog import Catalog, CheckpointEntry, NodeRow, now_us
 from amber.protocol import wire
-from amber.protocol.errors import NotFoundError, UsageError
+from amber.protocol.errors import FormatError, NotFoundError, UsageError
 
 PLAN_SCHEMA = """
 CREATE TABLE IF NOT EXISTS plans(
@@ -75,7 +75,7 @@ class PlanSpec:
     sources: list[str] = field(default_factory=list)
     canary: int = 1
     waves: list[int] = field(default_factory=lambda: [100])  # cumulative percentages
-    health_cmd: str = ""
+    checks: list[str] = field(default_factory=list)  # defined in each node's agent.toml
     to_node: str = ""  # restore nodes[0]'s checkpoint onto this node
     rollback_on_failure: bool = True
 
@@ -83,9 +83,17 @@ class PlanSpec:
     def from_json(cls, obj: dict[str, Any]) -> PlanSpec:
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(obj) - known
+        if "health_cmd" in unknown:
+            raise UsageError(
+                "a restore plan cannot carry a command line (health_cmd)",
+                hint="define the check in each node's agent.toml ([checks.NAME]) and name it: "
+                "amber-hub restore plan ... --check NAME",
+            )
         if unknown:
             raise UsageError(f"unknown restore plan field(s): {', '.join(sorted(unknown))}")
-        return cls(**obj)
+        spec = cls(**obj)
+        spec.checks = plan_checks(spec.checks)
+        return spec
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -161,6 +169,16 @@ class RestorePlan:
             "spec": self.spec.to_json(),
             "nodes": [n.to_json() for n in self.nodes],
         }
+
+
+def plan_checks(names: Any) -> list[str]:
+    """A plan's check names, as a node will check them (wire.check_names)."""
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise UsageError("checks must be a list of check names")
+    try:
+        return list(wire.check_names(names))
+    except FormatError as exc:
+        raise UsageError(str(exc), hint=exc.hint) from None
 
 
 def parse_waves(text: str) -> list[int]:

@@ -312,7 +312,7 @@ class Member:
     checkpoint: Checkpoint | None = None  # public part of a checkpoint record
     manifest: dict[str, Any] | None = None  # public part of a manifest record
     part: dict[str, Any] | None = None  # public part of a manifest part (record version 2)
-    order: wire.RestoreOrder | None = None
+    order: wire.RestoreOrder | wire.RestoreOrderV1 | None = None
     receipt: BundleReceipt | None = None
 
 

@@ -202,6 +202,26 @@ class OrderReplayError(RestoreError):
     )
 
 
+class OrderRefusedError(RestoreError):
+    """A restore order carries a command line or names a check this node does not define."""
+
+    exit_code = 72
+    default_hint = (
+        "nothing was changed; re-plan naming checks this node defines in the [checks] "
+        "table of its agent.toml ('amber-hub restore plan ... --check NAME')"
+    )
+
+
+class CheckFailedError(RestoreError):
+    """A check named by a restore order failed or timed out; the node rolled the restore back."""
+
+    exit_code = 73
+    default_hint = (
+        "the check's output is in the node's log (journalctl -u amber-agent); fix the "
+        "restored data or the check, then plan again"
+    )
+
+
 ALL_ERRORS: tuple[type[AmberError], ...] = (
     AmberError,
     UsageError,
@@ -227,4 +247,6 @@ ALL_ERRORS: tuple[type[AmberError], ...] = (
     PermissionDeniedError,
     RestoreError,
     OrderReplayError,
+    OrderRefusedError,
+    CheckFailedError,
 )

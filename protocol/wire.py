@@ -21,6 +21,7 @@ WIRE_VERSION = 1
 MAX_MESSAGE_SIZE = 8 * 1024 * 1024 - 64 * 1024  # fits nats max_payload 8MB with headers
 MAX_IDS_PER_MESSAGE = 16_384
 DECODE_OFF_LOOP_BYTES = 256 * 1024  # callers on an event loop decode more in a thread
+MAX_CHECKS = 16  # check names in one restore order
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 
 
@@ -153,9 +154,11 @@ class ErrorReply(Message):
 
 @dataclass(frozen=True)
 class RestoreOrder(Message):
-    """Hub to node (cmd stream), always inside a :class:`SignedOrder`."""
+    """Hub to node (cmd stream), always inside a :class:`SignedOrder`. Version 2 of the
+    order: it names checks (``checks``) that only the node's agent.toml defines; the hub
+    cannot send a command line."""
 
-    TYPE: ClassVar[str] = "restore.order"
+    TYPE: ClassVar[str] = "restore.order.2"
     order_id: str
     plan_id: str
     vault: str
@@ -164,6 +167,26 @@ class RestoreOrder(Message):
     checkpoint: bytes  # the restore point (a checkpoint id); empty for rollback
     source_node: str  # whose checkpoint it is (another node's for --to-node)
     sources: tuple[str, ...]  # empty: every source of the checkpoint
+    checks: tuple[str, ...]  # names of checks in the node's [checks] table
+    issued_us: int
+    expires_us: int
+
+
+@dataclass(frozen=True)
+class RestoreOrderV1(Message):
+    """The order of version 1, with a free-form shell command (``health_cmd``). Still
+    decoded (a bundle or a stream may carry one) and turned into a :class:`RestoreOrder`
+    by :func:`current_order`, which refuses a restore that carries a command."""
+
+    TYPE: ClassVar[str] = "restore.order"
+    order_id: str
+    plan_id: str
+    vault: str
+    node: str
+    action: str
+    checkpoint: bytes
+    source_node: str
+    sources: tuple[str, ...]
     health_cmd: str
     issued_us: int
     expires_us: int
@@ -227,6 +250,7 @@ MESSAGES: dict[str, type[Message]] = {
         CheckpointList,
         ErrorReply,
         RestoreOrder,
+        RestoreOrderV1,
         SignedOrder,
         RestoreReport,
         ReportAck,
@@ -240,19 +264,54 @@ def sign_order(order: RestoreOrder, signer: Any) -> SignedOrder:
     return SignedOrder(order=data, signer=signer.public, signature=signer.sign(data))
 
 
-def open_order(msg: SignedOrder, trusted: bytes) -> RestoreOrder:
-    """Check the hub's signature and decode the order inside."""
+def open_order(msg: SignedOrder, trusted: bytes) -> RestoreOrder | RestoreOrderV1:
+    """Check the hub's signature and decode the order inside (either version; a version 1
+    order goes through :func:`current_order` before it may run)."""
     from amber.protocol.errors import SignatureError
     from amber.protocol.keys import verify_signature
 
     if msg.signer != trusted:
         raise SignatureError("restore order is signed by a key that is not this node's hub")
     verify_signature(msg.signer, msg.signature, msg.order)
-    order = decode(msg.order, RestoreOrder)
-    assert isinstance(order, RestoreOrder)
+    order = decode(msg.order)
+    if not isinstance(order, RestoreOrder | RestoreOrderV1):
+        raise FormatError(f"expected a restore order, got {order.TYPE}")
     if order.action not in ORDER_ACTIONS:
         raise FormatError(f"unknown restore order action {order.action!r}")
+    if isinstance(order, RestoreOrder):
+        check_names(order.checks)
     return order
+
+
+def check_names(names: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """Check names of an order: at most MAX_CHECKS, each like a node name, no repeats."""
+    if len(names) > MAX_CHECKS:
+        raise FormatError(f"an order names {len(names)} checks; at most {MAX_CHECKS}")
+    if len(set(names)) != len(names):
+        raise FormatError("an order names a check twice")
+    return tuple(check_name(n, "check") for n in names)
+
+
+def current_order(order: RestoreOrder | RestoreOrderV1) -> RestoreOrder:
+    """The order as version 2. A version 1 restore that carries a command line is refused
+    (``OrderRefusedError``): a node never runs a command the hub sent. A version 1 rollback
+    is carried out (it never ran its command) and one with no command is a restore with no
+    checks."""
+    from amber.protocol.errors import OrderRefusedError
+
+    if isinstance(order, RestoreOrder):
+        return order
+    if order.health_cmd and order.action == "restore":
+        raise OrderRefusedError(
+            f"restore order {order.order_id} (plan {order.plan_id}) is a version 1 order "
+            "carrying a command line (health_cmd); this agent never runs a command the hub "
+            "sends",
+            hint="re-plan with checks the node defines: 'amber-hub restore plan ... --check "
+            "NAME' (or 'amber-hub bundle export ... --restore-order --check NAME')",
+        )
+    fields = {f.name: getattr(order, f.name) for f in dataclasses.fields(order)}
+    del fields["health_cmd"]
+    return RestoreOrder(**fields, checks=())
 
 
 def register(cls: type[Message]) -> type[Message]:

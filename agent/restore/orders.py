@@ -3,31 +3,38 @@
 A restore order: record the job (at most once per order id) → safety checkpoint of what
 is there → fetch only the chunks the journal lacks and verify every chunk and file into
 staging directories beside the sources → pre-restore hook → swap (previous content is
-kept aside, and the swap plan is journaled first) → post-restore hook → health command →
-``healthy``, or on any failure swap the previous content back → ``rolled_back``/``failed``.
+kept aside, and the swap plan is journaled first) → post-restore hook → the checks the
+order names (defined only in agent.toml, ``restore/checks.py``) → ``healthy``, or on any
+failure swap the previous content back → ``failed``. An order that carries a command line
+(version 1) or names a check the node does not define fails before anything is fetched.
 A rollback order returns the node to the safety checkpoint of the plan's restore.
 An agent killed mid-restore rolls back when it starts again (:meth:`recover`).
 Every step is reported to the hub; unreported states are re-sent when the link is up.
+A report carries states, counts and error codes (the error's class and exit code), never
+a path or a hook's or check's output: those stay in the journal's job row and the log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import shutil
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from amber.agent.config import SourceConfig
 from amber.agent.hublink import HubLink
 from amber.agent.restore import swap
+from amber.agent.restore.checks import resolve, run_checks
 from amber.agent.restore.chunksource import ChainedChunks
 from amber.agent.restore.inplace import restore_in_place
 from amber.agent.restore.jobs import RestoreJobs
 from amber.agent.restore.localchunks import LocalChunks
 from amber.agent.runtime import AgentRuntime
 from amber.protocol import wire
-from amber.protocol.errors import AmberError, RestoreError
+from amber.protocol.errors import AmberError, RestoreError, WrongTargetError
 
 log = logging.getLogger("amber.agent.restore.orders")
 HOOK_TIMEOUT = 300.0
@@ -49,7 +56,7 @@ class OrderExecutor:
             order_id=job.order_id,
             plan_id=job.plan_id,
             state=_wire_state(job.state),
-            detail=job.detail,
+            detail=report_detail(job.state, job.detail),
             done=job.done,
             total=job.total,
             safety=job.safety,
@@ -73,15 +80,53 @@ class OrderExecutor:
 
     # --- orders ---------------------------------------------------------------------
 
-    async def accept(self, order: wire.RestoreOrder) -> bool:
+    async def take(self, order: AnyOrder, ack: Callable[[], Awaitable[Any]]) -> None:
+        """Journal, acknowledge and run one order of the command stream. Never raises an
+        order's own failure (one bad order never stops the order loop): it is logged and,
+        once the order is journaled, reported as failed."""
+        try:
+            new = await self.accept(order)
+        except AmberError as exc:
+            log.error("refused restore order %s: %s", order.order_id, exc)
+            new = False
+        await ack()  # journaled (or refused): the order never runs twice
+        if not new:
+            return
+        log.info("restore order %s (%s) of plan %s", order.order_id, order.action, order.plan_id)
+        try:
+            await self.execute(order)
+        except Exception as exc:  # a bug: the job fails, the loop carries on
+            log.exception("restore order %s failed unexpectedly", order.order_id)
+            await self.fail(order.order_id, exc)
+
+    async def fail(self, job_id: str, exc: BaseException) -> None:
+        """Mark an unfinished job failed with the error's code, and report it if possible."""
+        try:
+            job = await self.jobs.get(job_id)
+            if job is not None and not job.finished:
+                await self.set(job_id, state="failed", detail=failure_detail(exc))
+        except Exception:
+            log.exception("could not record the failure of restore order %s", job_id)
+
+    async def accept(self, order: AnyOrder) -> bool:
         """Journal a new order; False if this order id was already seen."""
         cfg = self.rt.cfg
         if (order.vault, order.node) != (cfg.vault, cfg.node):
-            raise RestoreError(f"order {order.order_id} is for {order.vault}/{order.node}")
+            raise WrongTargetError(
+                f"order {order.order_id} is for {order.vault}/{order.node}, "
+                f"this node is {cfg.vault}/{cfg.node}"
+            )
         return await self.jobs.add(order.order_id, order.plan_id, order.action, order.checkpoint)
 
-    async def execute(self, order: wire.RestoreOrder) -> None:
+    async def execute(self, order: AnyOrder) -> None:
         job = order.order_id
+        try:  # before anything is fetched or swapped: no command line, only defined checks
+            order = wire.current_order(order)
+            checks = resolve(self.rt.cfg, order.checks) if order.action == "restore" else []
+        except AmberError as exc:
+            log.error("restore order %s refused: %s (hint: %s)", job, exc, exc.hint)
+            await self.set(job, state="failed", detail=failure_detail(exc))
+            return
         # a rollback is sent because the plan halted or was aborted: it never waits for
         # the hub's go-ahead (the hub answers "stop" for every plan that is not running)
         if not await self.report(job) and order.action != "rollback":
@@ -91,9 +136,9 @@ class OrderExecutor:
             if order.action == "rollback":
                 await self._rollback_plan(order)
             else:
-                await self._restore(order)
+                await self._restore(order, checks)
 
-    async def _restore(self, order: wire.RestoreOrder) -> None:
+    async def _restore(self, order: wire.RestoreOrder, checks: list[Any]) -> None:
         job = order.order_id
         swaps: list[dict[str, str]] = []
         hooked = False
@@ -130,9 +175,11 @@ class OrderExecutor:
             await swap.swap_all(self.jobs, job, swaps, targets, root_is_dir)
             await self.set(job, state="swapped")
             await _hook(self.rt.cfg.hooks.get("post_restore"), "post_restore hook")
-            await _hook(order.health_cmd, "health command")
-        except (AmberError, OSError) as exc:
-            await self._undo(job, swaps, f"{exc}", hooked)
+            await run_checks(checks, targets)
+        except Exception as exc:  # AmberError, OSError, or a bug: the node goes back
+            if not isinstance(exc, AmberError | OSError):
+                log.exception("restore order %s failed unexpectedly", job)
+            await self._undo(job, swaps, exc, hooked)
             return
         fetched = hub.fetched if hub is not None else 0
         await self.set(
@@ -194,14 +241,15 @@ class OrderExecutor:
         return staged
 
     async def _undo(
-        self, job: str, swaps: list[dict[str, str]], reason: str, hooked: bool = False
+        self, job: str, swaps: list[dict[str, str]], exc: BaseException, hooked: bool = False
     ) -> None:
+        reason = failure_detail(exc)
         swap.undo(swaps, self.rt.cfg.sources)
         if hooked:  # pre_restore stopped the owner of the data: start it again on the old data
             try:
                 await _hook(self.rt.cfg.hooks.get("post_restore"), "post_restore hook")
-            except AmberError as exc:
-                reason = f"{reason}; and then {exc}"
+            except AmberError as again:
+                reason = f"{reason}; and then {again}"
         log.warning(
             "restore order %s failed: %s; the node stays on its previous state", job, reason
         )
@@ -258,6 +306,31 @@ class CountingChunks:
         found = await self.link.get_chunks(ids)
         self.fetched += len(found)
         return found
+
+
+AnyOrder = wire.RestoreOrder | wire.RestoreOrderV1
+
+
+def error_code(exc: BaseException) -> str:
+    """What the hub may hear of a failure: the error's class and exit code (or errno)."""
+    if isinstance(exc, AmberError):
+        return f"{type(exc).__name__} (exit {exc.exit_code})"
+    if isinstance(exc, OSError):
+        return f"{type(exc).__name__} ({errno.errorcode.get(exc.errno or 0, 'no errno')})"
+    return f"internal ({type(exc).__name__})"
+
+
+def failure_detail(exc: BaseException) -> str:
+    """A failed job's detail in the journal: the code first, then the whole message."""
+    return f"{error_code(exc)}: {exc}"
+
+
+def report_detail(state: str, detail: str) -> str:
+    """A job's detail as reported to the hub (or carried by a receipt): a failure's code
+    only; other states' details are fixed texts and counts, sent as they are."""
+    if state == "failed":
+        return detail.split(": ", 1)[0]
+    return detail
 
 
 def _wire_state(state: str) -> str:

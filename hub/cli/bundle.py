@@ -25,7 +25,7 @@ from amber.hub.catalog import RECORD, Catalog, CheckpointEntry, now_us
 from amber.hub.cli.vaults import vault_from_catalog
 from amber.hub.config import load_hub_config
 from amber.hub.coordinator import ORDER_TTL_US
-from amber.hub.plans import PlanSpec, pick_checkpoint
+from amber.hub.plans import PlanSpec, pick_checkpoint, plan_checks
 from amber.hub.store.layout import object_key
 from amber.hub.store.ranged import read_objects
 from amber.protocol import bundle as b
@@ -64,7 +64,7 @@ class ExportRequest:
     sources: list[str] = field(default_factory=list)
     all: bool = False
     restore_order: bool = False
-    health_cmd: str = ""
+    checks: list[str] = field(default_factory=list)
 
 
 async def export_bundle(hd: HubData, req: ExportRequest, out: str) -> dict[str, Any]:
@@ -161,7 +161,7 @@ def _order(req: ExportRequest, point: CheckpointEntry, bundle_id: bytes) -> wire
         checkpoint=point.id,
         source_node=req.node,
         sources=tuple(req.sources),
-        health_cmd=req.health_cmd,
+        checks=tuple(req.checks),
         issued_us=now,
         expires_us=now + ORDER_TTL_US,
     )
@@ -188,7 +188,7 @@ async def _record_export(
             nodes=[req.node],
             point=req.point,
             sources=list(req.sources),
-            health_cmd=req.health_cmd,
+            checks=list(req.checks),
             rollback_on_failure=False,  # no link to send a rollback on: the node rolls back
         )
         reason = f"carried by bundle {w.bundle_id.hex()[:16]}; waiting for the node's receipt"
@@ -213,7 +213,7 @@ def run_export(args: argparse.Namespace) -> int:
         sources=_split(args.sources),
         all=args.all,
         restore_order=args.restore_order,
-        health_cmd=args.health_cmd or "",
+        checks=plan_checks(args.check or []),
     )
 
     async def work(hd: HubData) -> dict[str, Any]:
@@ -328,7 +328,12 @@ def add_commands(sub: Any) -> None:
         help="carry a signed order to restore the point (plan bundle-<id>, expires in 7 days)",
     )
     s.add_argument(
-        "--health-cmd", type=cli.TEXT, help="with --restore-order: run on the node after the swap"
+        "--check",
+        action="append",
+        type=cli.NAME,
+        metavar="NAME",
+        help="with --restore-order: a check the node runs after the swap, defined in its "
+        "agent.toml [checks.NAME] (repeatable)",
     )
     s.add_argument("--out", required=True, type=cli.PATH, help="the bundle file, or - for stdout")
     s.add_argument("--json", action="store_true")

@@ -62,7 +62,7 @@ def run_plan(args: argparse.Namespace) -> int:
         "sources": args.sources or [],
         "canary": args.canary,
         "waves": args.waves,
-        "health_cmd": args.health_cmd or "",
+        "checks": args.check or [],
         "to_node": args.to_node or "",
         "rollback_on_failure": not args.no_rollback,
     }
@@ -147,7 +147,12 @@ def add_commands(sub: Any) -> None:
         help="cumulative waves after the canary, e.g. 10%%,50%%,100%%",
     )
     s.add_argument(
-        "--health-cmd", type=cli.TEXT, help="command each node runs after swapping; non-zero fails"
+        "--check",
+        action="append",
+        type=cli.NAME,
+        metavar="NAME",
+        help="a check each node runs after swapping, defined in its agent.toml [checks.NAME] "
+        "(repeatable); a node that lacks it refuses the order",
     )
     s.add_argument(
         "--to-node", type=cli.NAME, help="restore the one named node's checkpoint onto this node"

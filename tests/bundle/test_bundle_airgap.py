@@ -5,7 +5,7 @@ the hub's public key (given as --hub-key, as [hub] key in agent.toml, or in an e
 file whose NATS address is out of reach). Covers: a node shipping its checkpoints to the
 hub (the chain intact, importing twice adding nothing, a later export through a pipe
 carrying only what the hub lacks); a hub bundle carrying a restore order, restored
-bit-exact on the node with a safety checkpoint, hooks and health command, its receipt
+bit-exact on the node with a safety checkpoint, hooks and a check it names, its receipt
 turning the plan ``done`` at the hub, a replay of the order refused; a replacement
 machine restoring from bundles alone (one read from a pipe); an import killed
 mid-restore, rolled back when run again, its receipt halting the plan.
@@ -17,6 +17,7 @@ import json
 import os
 from pathlib import Path
 
+from amber.agent.config import CheckConfig
 from tests.support.site import VAULT, Site, pipe
 
 
@@ -70,10 +71,12 @@ def test_restore_order_by_bundle_runs_like_an_online_restore(site: Site, tmp_pat
     m.write_state(13)  # what the restore overwrites
 
     down = tmp_path / "down.tar"
-    health = f"test -s {m.data}/files/policy.json"
+    # the check is the node's: it finds the restored files through AMBER_SOURCE_FILES
+    script = f'test -s "$AMBER_SOURCE_FILES/policy.json" && echo check >> {m.home}/hooks.log'
+    m.agent.configure(checks={"policy": CheckConfig("policy", ("/bin/sh", "-c", script), 60)})
     res = site.hub_ok(
         "bundle", "export", "--node", "edge-a", "--vault", VAULT, "--point", "label:release=7",
-        "--restore-order", "--health-cmd", health, "--out", down, "--json",
+        "--restore-order", "--check", "policy", "--out", down, "--json",
     ).json()  # fmt: skip
     plan = res["plan"]
     assert plan == "bundle-" + res["bundle"][:12]
@@ -95,7 +98,7 @@ def test_restore_order_by_bundle_runs_like_an_online_restore(site: Site, tmp_pat
     out = m.run("bundle", "import", down, "--hub-key", site.hub_key, "--receipt", receipt, "--json")
     assert out.code == 0, out
     m.assert_state(good)
-    assert m.hooks() == ["pre", "post"]
+    assert m.hooks() == ["pre", "post", "check"]
     safety = [
         c
         for c in m.checkpoints()

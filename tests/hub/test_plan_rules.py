@@ -55,7 +55,7 @@ def plan_of(
         PlanNode(V, name, wave, bytes([i]) * 32, 7, name, st, detail=f"{name} said so")
         for i, (name, (wave, st)) in enumerate(sorted(states.items(), key=lambda kv: kv[1][0]))
     )
-    spec = PlanSpec(vault=V, nodes=list(states), health_cmd="smoke", rollback_on_failure=rollback)
+    spec = PlanSpec(vault=V, nodes=list(states), checks=["smoke"], rollback_on_failure=rollback)
     return RestorePlan("p-test", 1, state, "", spec, nodes)
 
 
@@ -146,7 +146,8 @@ def test_orders_name_the_restore_point_and_the_check_never_a_command() -> None:
         node.checkpoint,
         "c",
     )
-    assert restore.health_cmd == "smoke"  # a name the node's agent.toml defines
+    assert restore.checks == ("smoke",)  # a name the node's agent.toml defines
+    assert not hasattr(restore, "health_cmd")  # the wire order has no command line field
     assert restore.plan_id == "p-test" and restore.expires_us > restore.issued_us == 1_000
     rollback = build_order(plan, Order(node, "rollback"), "o-2", 1_000)
     assert rollback.action == "rollback" and rollback.checkpoint == b""

@@ -102,13 +102,13 @@ def test_canary_then_two_waves_restore_every_node(fresh: Fleet) -> None:
 
 def test_failing_canary_halts_the_plan_and_touches_no_other_node(fresh: Fleet) -> None:
     prep = fresh.prepare(ALL)
-    fresh["n3"].mark("unhealthy")  # the health command fails on the canary only
+    fresh["n3"].mark("unhealthy")  # the health check fails on the canary only
     plan = fresh.plan("--nodes", "n3,n1,n2,n4", "--canary", "1", "--waves", "50%,100%")
     assert waves_of(plan)["n3"] == 0
     fresh.start_plan(plan["id"])
     final = fresh.wait_settled(plan["id"])
     assert final["state"] == "halted", final
-    assert "n3" in final["reason"] and "health command" in final["reason"], final
+    assert "n3" in final["reason"] and "CheckFailedError" in final["reason"], final
     assert node_states(final) == {
         "n3": "failed",
         "n1": "planned",
@@ -116,7 +116,12 @@ def test_failing_canary_halts_the_plan_and_touches_no_other_node(fresh: Fleet) -
         "n4": "planned",
     }
     canary = fresh["n3"]
-    assert "health command exited 1" in final["nodes"][0]["detail"], final
+    # the hub hears the error's code, never the check's output: that stays on the node
+    assert final["nodes"][0]["detail"] == "CheckFailedError (exit 73)", final
+    ((local,),) = canary.agent.journal_query(
+        "SELECT detail FROM restore_jobs WHERE plan_id = ?", (plan["id"],)
+    )
+    assert "check 'health' exited 1" in local, local
     assert canary.hook_times("health"), "the canary never ran its health command"
     # the canary swapped, failed its gate, and is back on its previous state, bit for bit
     assert_untouched(canary, prep["n3"].b)

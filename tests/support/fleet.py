@@ -6,7 +6,9 @@
   policies, a blob) and ``model`` (weights), and runs ``amber-agent run`` as a daemon
   subprocess with ``[hub] sync_interval = 1`` and no journal chunk cache (so restores
   really fetch from the hub).
-- Every node has the same ``[hooks]`` and every plan the same ``--health-cmd``; they log a
+- Every node has the same ``[hooks]`` and ``[checks.health]``, which every plan names
+  (``--check health``; the check runs with no environment of the daemon's, so its script
+  names the node's home itself); they log a
   timestamp to ``<home>/hooks.log`` and obey marker files in ``<home>`` (the daemon gets
   ``AMBER_TEST_HOME=<home>`` in its environment), so a test steers one node at a time:
   ``hold-pre`` / ``hold-health`` keep the pre_restore hook / the health command waiting,
@@ -23,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -31,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from amber.agent.config import CheckConfig
 from tests.support.data import integrity, sqlite_dump, tree, write_machine_state
 from tests.support.faultproxy import ThreadedProxy
 from tests.support.hub import HubProcess
@@ -211,8 +215,11 @@ class Fleet:
         agent.add("memory", "sqlite", node.db)
         agent.add("files", "files", node.data / "files")
         agent.add("model", "model", node.data / "model")
+        health = ("/bin/sh", "-c", f"{HOME_ENV}={shlex.quote(str(home))}; {HEALTH_CMD}")
         agent.configure(
-            journal_cache_bytes=0, hooks={"pre_restore": PRE_HOOK, "post_restore": POST_HOOK}
+            journal_cache_bytes=0,
+            hooks={"pre_restore": PRE_HOOK, "post_restore": POST_HOOK},
+            checks={"health": CheckConfig("health", health, 120)},
         )
         agent.set_hub(sync_interval=1)
         if data:
@@ -271,7 +278,7 @@ class Fleet:
 
     # -- restore plans through `amber-hub restore ...`
     def plan(self, *args: object, health: bool = True) -> dict[str, Any]:
-        extra: list[object] = ["--health-cmd", HEALTH_CMD] if health else []
+        extra: list[object] = ["--check", "health"] if health else []
         res = self.hub.ok("restore", "plan", "--vault", VAULT, *args, *extra, "--json")
         return dict(res.json())
 
