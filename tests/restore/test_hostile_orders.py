@@ -17,13 +17,13 @@ import uuid
 from pathlib import Path
 
 import nats
-from restore_helpers import VAULT, Fleet, assert_restored, assert_untouched, node_states
 
 from amber.agent.config import CheckConfig, load_config
 from amber.hub.config import load_hub_key, load_secrets
 from amber.hub.coordinator import ensure_node_consumer
 from amber.hub.natsbox import HUB_USER
 from amber.protocol import wire
+from tests.support.fleet import VAULT, Fleet, assert_restored, assert_untouched, node_states
 
 
 def publish_as_hub(fleet: Fleet, node: str, payloads: list[bytes]) -> None:
