@@ -13,9 +13,16 @@ hub-signed index named stays refused even when it sits in the journal's records.
 
 from __future__ import annotations
 
+import dataclasses
+import sqlite3
 from pathlib import Path
 
 from bundle_helpers import VAULT, Site
+
+from amber.bundlefile import BundleStream, BundleWriter
+from amber.protocol import bundle as b
+from amber.protocol import wire
+from amber.protocol.keys import SigningKey
 
 
 def test_fresh_device_restores_hub_vouched_checkpoints(site: Site, tmp_path: Path) -> None:
@@ -41,3 +48,84 @@ def test_fresh_device_restores_hub_vouched_checkpoints(site: Site, tmp_path: Pat
     assert "hub" in listed
     new.ok("restore", cp["id"][:12], "--to", tmp_path / "again")
     new.ok("verify", cp["id"][:12])
+
+
+def resign(genuine: Path, out: Path, signer: SigningKey) -> None:
+    """The vault-key holder's bundle: the genuine bundle's members, its order re-made for
+    the new bundle id, all signed with ``signer``."""
+    with open(genuine, "rb") as fh:
+        stream = BundleStream(fh)
+        header = dataclasses.replace(stream.header(), signer=signer.public)
+        members = list(stream.members())
+        stream.finish()
+    with BundleWriter(str(out), header) as w:
+        for m in members:
+            if m.order is not None:
+                plan = b.plan_id_for(w.bundle_id)
+                order = dataclasses.replace(m.order, plan_id=plan)
+                w.add(m.name, wire.encode(wire.sign_order(order, signer)))
+            else:
+                w.add(m.name, m.data)
+        w.finish(signer)
+
+
+def test_a_bundle_signed_by_a_vault_key_holder_vouches_for_nothing(
+    site: Site, tmp_path: Path
+) -> None:
+    site.enrol("edge-w")
+    old = site.machine("edge-w", "edge-w")
+    old.write_state(41)
+    cp = old.checkpoint()
+    site.ship(old, tmp_path / "up.tar")
+    genuine = tmp_path / "genuine.tar"
+    site.hub_ok(
+        "bundle", "export", "--node", "edge-w", "--vault", VAULT, "--restore-order",
+        "--out", genuine,
+    )  # fmt: skip
+
+    new = site.machine("edge-w-new", "edge-w")
+    new.agent.set_hub(key=site.hub_key)
+    mine = new.write_state(42)
+    crafted = tmp_path / "crafted.tar"
+    resign(genuine, crafted, SigningKey.generate())
+    journal = new.journal()
+    out = new.run("bundle", "import", crafted, "--json")
+    assert out.code == 13, out  # SignatureError
+    assert "not this node's hub key" in out.err
+    assert new.journal() == journal and not new.agent.journal_query("SELECT * FROM vouches")
+    new.assert_state(mine)
+    refused = new.run("restore", cp["id"][:12], "--to", tmp_path / "x")
+    assert refused.code != 0 and not (tmp_path / "x").exists()
+
+
+def test_a_checkpoint_no_hub_named_stays_refused(site: Site, tmp_path: Path) -> None:
+    """The hub vouched for checkpoint A of the old device; B, signed by the same old key
+    (its thief holds it and the vault key) and slipped into the journal's records and
+    index, is still refused: a vouch is for the checkpoint the hub named, not its key."""
+    site.enrol("edge-y")
+    old = site.machine("edge-y", "edge-y")
+    old.write_state(51)
+    a = old.checkpoint()
+    site.ship(old, tmp_path / "up.tar")
+    old.write_state(52)
+    b_cp = old.checkpoint()  # the hub never sees this one
+    new = site.machine("edge-y-new", "edge-y")
+    new.agent.set_hub(key=site.hub_key)
+    down = tmp_path / "down.tar"
+    site.hub_ok("bundle", "export", "--node", "edge-y", "--vault", VAULT, "--out", down)
+    new.ok("bundle", "import", down)
+    new.ok("restore", a["id"][:12], "--to", tmp_path / "a")
+
+    slip = sqlite3.connect(old.agent.journal)
+    rows = slip.execute("SELECT * FROM records").fetchall()
+    index = slip.execute("SELECT * FROM checkpoints WHERE seq = 1").fetchall()
+    slip.close()
+    con = sqlite3.connect(new.agent.journal)
+    con.executemany("INSERT OR IGNORE INTO records VALUES(?,?,?,?)", rows)
+    con.executemany("INSERT INTO checkpoints VALUES(?,?,?,?,?,?,?)", index)
+    con.commit()
+    con.close()
+    out = new.run("restore", b_cp["id"][:12], "--to", tmp_path / "b")
+    assert out.code == 13, out  # SignatureError: signed by an untrusted key
+    assert "untrusted key" in out.err and not (tmp_path / "b").exists()
+    assert [c["signer"] for c in new.checkpoints()] == ["hub", "unknown"]
