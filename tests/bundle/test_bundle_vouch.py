@@ -18,10 +18,12 @@ import sqlite3
 from pathlib import Path
 
 from bundle_helpers import VAULT, Site
+from hub_helpers import Agent, agent_cli
 
 from amber.bundlefile import BundleStream, BundleWriter
 from amber.protocol import bundle as b
 from amber.protocol import wire
+from amber.protocol.errors import ConfigError
 from amber.protocol.keys import SigningKey
 
 
@@ -48,6 +50,32 @@ def test_fresh_device_restores_hub_vouched_checkpoints(site: Site, tmp_path: Pat
     assert "hub" in listed
     new.ok("restore", cp["id"][:12], "--to", tmp_path / "again")
     new.ok("verify", cp["id"][:12])
+
+
+def test_a_never_enrolled_device_trusts_the_hub_key_it_was_initialised_with(
+    site: Site, tmp_path: Path
+) -> None:
+    site.enrol("edge-z")
+    old = site.machine("edge-z", "edge-z")
+    old.write_state(61)
+    cp = old.checkpoint()
+    site.ship(old, tmp_path / "up.tar")
+    plain = tmp_path / "plain.tar"
+    site.hub_ok("bundle", "export", "--node", "edge-z", "--vault", VAULT, "--out", plain)
+
+    bare = Agent.init(tmp_path / "bare", "edge-z", VAULT, site.key)  # no hub key at all
+    refused = bare.run("bundle", "import", plain)
+    assert refused.code == ConfigError.exit_code, refused
+    assert "no hub key is known" in refused.err
+
+    init = ["init", "--dir", tmp_path / "air", "--node", "edge-z", "--vault", VAULT]
+    assert agent_cli(*init, "--vault-key", site.key, "--hub-key", "abc").code == 2
+    res = agent_cli(*init, "--vault-key", site.key, "--hub-key", site.hub_key)
+    assert res.code == 0, res
+    air = Agent(tmp_path / "air", "edge-z", VAULT)
+    air.ok("bundle", "import", plain)
+    assert [(c["id"], c["signer"]) for c in air.checkpoints()] == [(cp["id"], "hub")]
+    air.ok("restore", cp["id"][:12], "--to", tmp_path / "restored")
 
 
 def resign(genuine: Path, out: Path, signer: SigningKey) -> None:
