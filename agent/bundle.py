@@ -35,6 +35,7 @@ from amber.agent.restore.checks import resolve
 from amber.agent.restore.jobs import Job
 from amber.agent.restore.orders import OrderExecutor, error_code, report_detail
 from amber.agent.runtime import AgentRuntime
+from amber.agent.vouches import HUB, UPGRADE, vouch_row
 from amber.bundlefile import BundleStream, BundleWriter, iso, open_input
 from amber.protocol import bundle as b
 from amber.protocol import wire
@@ -73,6 +74,7 @@ class ImportState:
     """What an import learnt so far (also when it fails: the receipt says it)."""
 
     bundle_id: bytes = b""
+    hub_key: bytes = b""  # the trusted hub key that signed the bundle: it vouches
     checkpoints: dict[bytes, Checkpoint] = field(default_factory=dict)
     manifests: dict[bytes, list[bytes]] = field(default_factory=dict)  # id -> chunk ids
     chunks: dict[bytes, int] = field(default_factory=dict)  # id -> plaintext size
@@ -115,6 +117,7 @@ async def import_bundle(rt: AgentRuntime, path: str, trusted: set[bytes], st: Im
             header = stream.header()
             st.bundle_id = stream.bundle_id
             _check_header(rt.cfg, header, trusted)
+            st.hub_key = header.signer
             staging = _staging_dir(rt.cfg, st.bundle_id)
             await _stage(rt, stream, staging, st)
         await _check_complete(rt, st)
@@ -365,6 +368,23 @@ async def _commit_body(
         "INSERT INTO checkpoints VALUES(?,?,?,?,?,?,?)",
         [checkpoint_row(cp, cid, DURABLE) for cid, cp in st.accepted],
     )
+    await _vouch(db, staging, st)
+
+
+async def _vouch(db: aiosqlite.Connection, staging: Path, st: ImportState) -> None:
+    """The hub's signature over the index (and the order in it) vouches for every
+    checkpoint they name, with the key that signed it (agent/vouches.py)."""
+    rows = [
+        vouch_row(cid, (staging / f"{b.RECORD_DIR}{cid.hex()}").read_bytes(), HUB, st.hub_key)
+        for cid in st.checkpoints
+    ]
+    order = st.order
+    if order is not None and order.checkpoint not in st.checkpoints:  # in the journal
+        async with db.execute("SELECT data FROM records WHERE id = ?", (order.checkpoint,)) as cur:
+            row = await cur.fetchone()
+        if row is not None:
+            rows.append(vouch_row(order.checkpoint, row[0], HUB, st.hub_key))
+    await db.executemany(UPGRADE, rows)
 
 
 def batches(ids: list[T]) -> Iterator[list[T]]:

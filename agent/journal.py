@@ -32,6 +32,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from amber.agent.packs import ENTRY, PackStore
+from amber.agent.vouches import INSERT as INSERT_VOUCH
+from amber.agent.vouches import LINK, SELF, VOUCHES_DDL, migrate_to_3, vouch_row
 from amber.protocol.errors import (
     AmberError,
     DiskFullError,
@@ -48,14 +50,15 @@ from amber.sqlitetx import begin_immediate, rollback_if_open
 
 log = logging.getLogger("amber.agent.journal")
 JOURNAL_FORMAT = "amber-journal"
-JOURNAL_VERSION = 2
+JOURNAL_VERSION = 3
 TENTATIVE, COMMITTED, DURABLE = 0, 1, 2
 PAGE_SIZE = 65536
 PACK_DIR = "packs"  # next to the journal file
 HELD = "(pack IS NOT NULL OR blob IS NOT NULL)"  # the journal still holds the chunk's blob
 COMPACT_BELOW = 0.5  # rewrite a pack once less than this share of it is still held
 
-SCHEMA = """
+SCHEMA = (
+    """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE chunks(
     id BLOB PRIMARY KEY, size INTEGER NOT NULL, stored INTEGER NOT NULL,
@@ -68,6 +71,8 @@ CREATE TABLE checkpoints(
     kind TEXT NOT NULL, labels TEXT NOT NULL, sources TEXT NOT NULL, state INTEGER NOT NULL);
 CREATE TABLE source_state(source TEXT PRIMARY KEY, manifest_id BLOB NOT NULL, data BLOB NOT NULL);
 """
+    + VOUCHES_DDL
+)
 
 
 def checkpoint_row(cp: Checkpoint, cid: bytes, state: int) -> tuple[Any, ...]:
@@ -171,7 +176,10 @@ class Journal:
             meta = dict(await self.query("SELECT key, value FROM meta"))
             if meta.get("format") == JOURNAL_FORMAT and meta.get("version") == "1":
                 await self._migrate_from_1()
-                meta["version"] = str(JOURNAL_VERSION)
+                meta["version"] = "2"
+            if meta.get("format") == JOURNAL_FORMAT and meta.get("version") == "2":
+                await self._migrate_from_2()
+                meta["version"] = "3"
         except sqlite3.Error as exc:
             raise _db_error(exc, self.path) from None
         self._check_meta(meta, keys, vault, node)
@@ -182,10 +190,16 @@ class Journal:
         async with self.transaction():
             await self.db.execute("ALTER TABLE chunks ADD COLUMN pack INTEGER")
             await self.db.execute("ALTER TABLE chunks ADD COLUMN off INTEGER")
-            await self.db.execute(
-                "UPDATE meta SET value = ? WHERE key = 'version'", (str(JOURNAL_VERSION),)
-            )
-        log.info("journal %s migrated from format version 1 to %d", self.path, JOURNAL_VERSION)
+            await self.db.execute("UPDATE meta SET value = '2' WHERE key = 'version'")
+        log.info("journal %s migrated from format version 1 to 2", self.path)
+
+    async def _migrate_from_2(self) -> None:
+        """Version 3 adds ``vouches`` (agent/vouches.py): who vouched for each checkpoint.
+        The checkpoints indexed before are recorded as ``migrated``, with their signer."""
+        async with self.transaction() as db:
+            await migrate_to_3(db)
+            await db.execute("UPDATE meta SET value = '3' WHERE key = 'version'")
+        log.info("journal %s migrated from format version 2 to 3", self.path)
 
     def _check_meta(self, meta: dict[str, str], keys: VaultKeys, vault: str, node: str) -> None:
         if meta.get("format") != JOURNAL_FORMAT:
@@ -455,6 +469,7 @@ class Journal:
         await db.execute(
             "INSERT INTO checkpoints VALUES(?,?,?,?,?,?,?)", checkpoint_row(cp, cp_id, COMMITTED)
         )
+        await db.execute(INSERT_VOUCH, vouch_row(cp_id, cp_data, SELF))
         await db.executemany(
             "INSERT OR REPLACE INTO source_state VALUES(?,?,?)",
             [(src, mid, data) for src, (mid, data) in states.items()],
@@ -629,14 +644,16 @@ class Journal:
                 continue  # never splice a forked history into the index
             have[cp.seq] = cid
             new.append((cid, data, cp))
-        await self.write(
-            "INSERT OR IGNORE INTO records(id, kind, state, data) VALUES(?,?,?,?)",
-            [(cid, KIND_CHECKPOINT, DURABLE, data) for cid, data, _ in new],
-        )
-        await self.write(
-            "INSERT OR IGNORE INTO checkpoints VALUES(?,?,?,?,?,?,?)",
-            [checkpoint_row(cp, cid, DURABLE) for cid, _, cp in new],
-        )
+        async with self.transaction() as db:  # the record, its index row and its vouch
+            await db.executemany(
+                "INSERT OR IGNORE INTO records(id, kind, state, data) VALUES(?,?,?,?)",
+                [(cid, KIND_CHECKPOINT, DURABLE, data) for cid, data, _ in new],
+            )
+            await db.executemany(
+                "INSERT OR IGNORE INTO checkpoints VALUES(?,?,?,?,?,?,?)",
+                [checkpoint_row(cp, cid, DURABLE) for cid, _, cp in new],
+            )
+            await db.executemany(INSERT_VOUCH, [vouch_row(c, d, LINK) for c, d, _ in new])
         return len(new)
 
     # --- per-source incremental state -----------------------------------------------

@@ -30,6 +30,7 @@ from amber.agent.restore.chunksource import ChainedChunks, ChainedRecords
 from amber.agent.restore.jobs import RestoreJobs
 from amber.agent.restore.restorer import Restorer
 from amber.agent.restore.swap import roll_back_interrupted
+from amber.agent.vouches import vouched_signer
 from amber.protocol.errors import ConfigError, HubUnavailableError, JournalError
 
 
@@ -65,7 +66,14 @@ class AgentRuntime:
     ) -> Restorer:
         """A restorer reading the journal first, then (if given) the hub."""
         if link is None:
-            return Restorer(self.ident, self.journal, self.journal, self.pool, progress=progress)
+            return Restorer(
+                self.ident,
+                self.journal,
+                self.journal,
+                self.pool,
+                progress=progress,
+                vouched=vouched_signer(self.journal.query),
+            )
         return Restorer(
             self.ident,
             ChainedRecords(self.journal, link),

@@ -16,6 +16,7 @@ from amber.agent.remote import adopt_from_hub
 from amber.agent.runtime import AgentRuntime
 from amber.agent.sources.drift import source_drift
 from amber.agent.sources.registry import scanned_us
+from amber.agent.vouches import fingerprint, signer_label, vouches
 from amber.protocol.errors import AmberError, ConfigError, JournalError
 from amber.protocol.records import decode_checkpoint, manifest_public
 
@@ -59,28 +60,46 @@ def run_checkpoint(args: argparse.Namespace) -> int:
 def run_checkpoints(args: argparse.Namespace) -> int:
     cfg = load_config(config_path(args.config))
 
-    async def run() -> list[Any]:
+    async def run() -> tuple[list[Any], dict[bytes, Any], bytes]:
         async with AgentRuntime.open(cfg) as rt, rt.hub(timeout=5) as link:
             if link is not None:
                 try:
                     await adopt_from_hub(rt, link)
                 except AmberError as exc:
                     sys.stderr.write(f"note: hub not consulted: {exc}\n")
-            return await rt.journal.checkpoints()
+            rows = await rt.journal.checkpoints()
+            return rows, await vouches(rt.journal.query), rt.ident.signer.public
 
-    rows = asyncio.run(run())
+    rows, vouched, own = asyncio.run(run())
     if args.json:
         keys = ("seq", "time_us", "kind", "labels", "sources", "synced")
-        listed = [{"id": r.id.hex(), **{k: getattr(r, k) for k in keys}} for r in rows]
+        listed = [
+            {"id": r.id.hex(), **{k: getattr(r, k) for k in keys}, **_signer(vouched, r.id, own)}
+            for r in rows
+        ]
         cli.out(json.dumps(listed, indent=2))
         return 0
     for r in rows:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.time_us / 1e6))
         labels = " ".join(f"{k}={v}" for k, v in r.labels.items())
+        signer = signer_label(vouched.get(r.id), own)
         cli.out(
-            f"{r.id.hex()[:16]}  seq {r.seq:<5} {when}  {r.kind:<7} {','.join(r.sources)}  {labels}"
+            f"{r.id.hex()[:16]}  seq {r.seq:<5} {when}  {r.kind:<7} {signer:<16} "
+            f"{','.join(r.sources)}  {labels}"
         )
     return 0
+
+
+def _signer(vouched: dict[bytes, Any], cid: bytes, own: bytes) -> dict[str, Any]:
+    """``signer`` (self, hub or the key's fingerprint), the signing key and who vouched
+    for it (``self``, ``hub``, ``link`` or ``migrated``, and the hub key's fingerprint)."""
+    v = vouched.get(cid)
+    return {
+        "signer": signer_label(v, own),
+        "signer_key": v.signer.hex() if v else None,
+        "vouched_by": v.voucher if v else None,
+        "vouched_key": fingerprint(v.key) if v and v.key else None,
+    }
 
 
 # --- status -------------------------------------------------------------------------

@@ -14,8 +14,8 @@ from amber.agent.identity import read_vault_key_input, register_key_secrets
 from amber.agent.journal import Journal
 from amber.agent.remote import adopt_from_hub
 from amber.agent.runtime import AgentRuntime
-from amber.protocol.errors import ConfigError
-from amber.protocol.keys import SigningKey, VaultKeys
+from amber.protocol.errors import ConfigError, FormatError, UsageError
+from amber.protocol.keys import SigningKey, VaultKeys, parse_public_key
 from amber.secretfile import write_secret
 
 
@@ -36,6 +36,7 @@ def run_init(args: argparse.Namespace) -> int:
         vault=args.vault,
         vault_key_file=state / "vault.key",
         signing_key_file=state / "node.key",
+        hub=_hub_key_option(args.hub_key),
     )
     # validate names the same way load does
     parse_config({"agent": {"node": args.node, "vault": args.vault, "state_dir": "."}}, cfg.path)
@@ -53,6 +54,16 @@ def run_init(args: argparse.Namespace) -> int:
     cli.out(f"vault key fingerprint: {keys.fingerprint}")
     cli.out(f"node public key: {signer.public.hex()}")
     return 0
+
+
+def _hub_key_option(text: str | None) -> dict[str, str]:
+    """``--hub-key HEX``: the hub key an air-gapped node trusts, as [hub] key."""
+    if text is None:
+        return {}
+    try:
+        return {"key": parse_public_key(text).hex()}
+    except FormatError as exc:
+        raise UsageError(f"--hub-key: {exc}", hint="give the 64 hex digits of the key") from None
 
 
 async def _create_journal(cfg: AgentConfig, keys: VaultKeys) -> None:
@@ -92,6 +103,12 @@ def add_commands(sub: Any) -> None:
     )
     s.add_argument(
         "--enroll", metavar="FILE", type=cli.PATH, help="enrolment file from 'amber-hub node add'"
+    )
+    s.add_argument(
+        "--hub-key",
+        type=cli.TEXT,
+        help="the hub's public key (64 hex digits), for a node that is never enrolled: "
+        "bundles it signs are trusted",
     )
     s.set_defaults(func=run_init)
 

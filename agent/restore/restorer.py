@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,15 +46,19 @@ class Restorer:
         *,
         trusted: set[bytes] | str | None = "own",
         progress: Callable[[int], None] | None = None,
+        vouched: Callable[[bytes], Awaitable[bytes | None]] | None = None,
     ) -> None:
         """``trusted``: signer keys accepted; "own" = this node's key; None = any valid
         signature (records fetched from the hub may carry a replaced node key; they are
-        still authenticated by the vault key)."""
+        still authenticated by the vault key). ``vouched``: checkpoint id -> the signer
+        the journal records as vouched for that checkpoint (agent/vouches.py), accepted
+        for that checkpoint and its manifests besides ``trusted``."""
         self.ident, self.records, self.chunks, self.pool = ident, records, chunks, pool
         self.trusted: set[bytes] | None = (
             {ident.signer.public} if trusted == "own" else trusted  # type: ignore[assignment]
         )
         self.progress = progress
+        self.vouched = vouched
         self.stats = RestoreStats()
 
     async def load(self, cp_id: bytes) -> tuple[Checkpoint, dict[str, Manifest]]:
@@ -65,15 +69,23 @@ class Restorer:
         if data is None:
             raise NotFoundError(f"checkpoint {cp_id.hex()[:16]} is not available")
         check_record_id(cp_id, data, "checkpoint")
-        cp = decode_checkpoint(data, self.ident.keys, trusted=self.trusted)
+        trusted = await self._trusted_for(cp_id)
+        cp = decode_checkpoint(data, self.ident.keys, trusted=trusted)
         manifests: dict[str, Manifest] = {}
         for name, mid in sorted(cp.manifests.items()):
-            m = await load_manifest(self.records.record, mid, self.ident.keys, trusted=self.trusted)
+            m = await load_manifest(self.records.record, mid, self.ident.keys, trusted=trusted)
             if m is None:
                 raise NotFoundError(f"manifest {mid.hex()[:16]} of source {name!r} is missing")
             check_manifest_owner(cp, name, mid, m)
             manifests[name] = m
         return cp, manifests
+
+    async def _trusted_for(self, cp_id: bytes) -> set[bytes] | None:
+        """The keys accepted for checkpoint ``cp_id``: ``trusted`` and its vouched signer."""
+        if self.trusted is None or self.vouched is None:
+            return self.trusted
+        signer = await self.vouched(cp_id)
+        return self.trusted if signer is None else self.trusted | {signer}
 
     # --- writing manifests' entries under their roots --------------------------------
 

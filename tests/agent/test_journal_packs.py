@@ -185,7 +185,7 @@ async def test_version_1_journal_is_migrated_and_keeps_its_blobs(tmp_path: Path)
         assert await j.held_bytes() == sum(len(b) for _, _, b in old + new)
         await j.evict(0)  # the old blobs are durable: evicted from SQLite as before
         assert await j.get_chunks([c for c, _, _ in old]) == {}
-    assert sql(path, "SELECT value FROM meta WHERE key = 'version'") == [("2",)]
+    assert sql(path, "SELECT value FROM meta WHERE key = 'version'") == [("3",)]
 
 
 async def test_writers_taking_turns_record_where_their_blobs_really_are(tmp_path: Path) -> None:
