@@ -17,14 +17,13 @@ import dataclasses
 import sqlite3
 from pathlib import Path
 
-from bundle_helpers import VAULT, Site
-from hub_helpers import Agent, agent_cli
-
 from amber.bundlefile import BundleStream, BundleWriter
 from amber.protocol import bundle as b
 from amber.protocol import wire
 from amber.protocol.errors import ConfigError
 from amber.protocol.keys import SigningKey
+from tests.support.node import Agent, agent_cli
+from tests.support.site import VAULT, Site
 
 
 def test_fresh_device_restores_hub_vouched_checkpoints(site: Site, tmp_path: Path) -> None:
