@@ -21,9 +21,8 @@ import blake3
 from amber.protocol import wire
 from amber.protocol.chunk import (
     FLAG_ZSTD,
-    HEADER_SIZE,
     MAX_CHUNK_SIZE,
-    TAG_SIZE,
+    blob_overhead,
     parse_chunk_header,
 )
 from amber.protocol.errors import (
@@ -441,7 +440,7 @@ def _check_content(
         return _check_record(header, oid, name, data)
     if role == "chunk":
         flags, n = parse_chunk_header(data)
-        if not flags & FLAG_ZSTD and len(data) != HEADER_SIZE + n + TAG_SIZE:
+        if not flags & FLAG_ZSTD and len(data) != blob_overhead(data) + n:
             raise FormatError(f"raw chunk blob has {len(data)} bytes for {n} bytes of plaintext")
         return Member(name, role, oid, data)
     if role == "order":
