@@ -25,6 +25,7 @@ from amber.protocol.chunk import (
     blob_overhead,
     parse_chunk_header,
 )
+from amber.protocol.codec import index_limit
 from amber.protocol.errors import (
     FormatError,
     IntegrityError,
@@ -333,12 +334,15 @@ class BundleVerifier:
         role, _ = member_role(name)
         if len(self._entries) >= MAX_MEMBERS + 1:
             raise FormatError(f"bundle has more than {MAX_MEMBERS} members")
+        if role == "index":  # it lists the members read so far, so it is bounded by them
+            return min(LIMITS[role], index_limit(len(self._entries)))
         return LIMITS[role]
 
     def feed(self, name: str, data: bytes) -> Member | None:
         role, oid = member_role(name)
-        if len(data) > LIMITS[role]:
-            raise FormatError(f"bundle member {name} is over its {LIMITS[role]}-byte limit")
+        most = self.limit(name)
+        if len(data) > most:
+            raise FormatError(f"bundle member {name} is over its {most}-byte limit")
         if self._phase == "done":
             raise FormatError(f"bundle member {name} follows the SIGNATURE")
         if self._phase == "header":

@@ -100,7 +100,9 @@ def parse(data: bytes, *, expect_kind: int | None = None) -> RawRecord:
         raise FormatError("record truncated or has trailing bytes")
     signer = data[ct_at + ct_len : ct_at + ct_len + PUB_SIZE]
     verify_signature(signer, data[-SIG_SIZE:], data[:-SIG_SIZE])
-    public = c.unpack(data[HEAD.size : HEAD.size + pub_len], what="record", max_size=n)
+    public = c.unpack(
+        data[HEAD.size : HEAD.size + pub_len], what="record", max_size=n, limits=c.RECORD_LIMITS
+    )
     if not isinstance(public, dict):
         raise FormatError("record public part is not a map")
     return RawRecord(
@@ -123,7 +125,7 @@ def unseal(raw: RawRecord, keys: VaultKeys) -> dict[str, Any]:
             f"{keys.fingerprint}",
             hint="configure the vault key this node's data was written with",
         ) from None
-    sealed = c.unpack(plain, what="record", max_size=MAX_RECORD_SIZE)
+    sealed = c.unpack(plain, what="record", max_size=MAX_RECORD_SIZE, limits=c.RECORD_LIMITS)
     if not isinstance(sealed, dict):
         raise FormatError("record sealed part is not a map")
     return sealed
