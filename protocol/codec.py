@@ -14,6 +14,7 @@ here, in one place (docs/FORMAT.md §2, "Decoding limits").
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,9 @@ from amber.protocol.errors import FormatError
 
 MAX_DEPTH = 16
 KiB, MiB = 1024, 1024 * 1024
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_MODE = 0o177777  # st_mode: file type and permission bits
+MAX_TIME_US = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z, the last datetime
 
 
 @dataclass(frozen=True)
@@ -151,15 +155,33 @@ def fail(path: str, expected: str, value: Any) -> FormatError:
 
 
 def is_str(value: Any, path: str) -> str:
+    """A str without NUL (no name, path, label or note of Amber holds one: the OS and
+    SQLite would cut it short)."""
     if not isinstance(value, str):
         raise fail(path, "a string", value)
+    if "\0" in value:
+        raise FormatError(f"{path}: a string holding a NUL character")
     return value
 
 
 def is_int(value: Any, path: str) -> int:
+    """An integer in the signed 64-bit range (what SQLite and the OS store)."""
     if not isinstance(value, int) or isinstance(value, bool):
         raise fail(path, "an integer", value)
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise FormatError(f"{path}: {value} is outside the 64-bit integer range")
     return value
+
+
+def int_in(low: int, high: int) -> Check:
+    """An integer in ``low..high`` (file modes, times)."""
+
+    def run(value: Any, path: str) -> int:
+        if not low <= is_int(value, path) <= high:
+            raise FormatError(f"{path}: {value} is outside {low}..{high}")
+        return value
+
+    return run
 
 
 def is_uint(value: Any, path: str) -> int:
@@ -177,6 +199,8 @@ def is_bool(value: Any, path: str) -> bool:
 def is_float(value: Any, path: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise fail(path, "a number", value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise FormatError(f"{path}: {value} is not a finite number")
     return float(value)
 
 
