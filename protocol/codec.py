@@ -53,11 +53,14 @@ DEFAULT_LIMITS = Limits(max_str=64 * MiB, max_bin=64 * MiB, max_items=10_000_000
 # inputs. msgpack allocates an array's items before its hook counts them, hence the
 # tighter bound on one array. The costliest items per input byte are an empty map (1 byte,
 # 64 of memory and 8 of pointer), a negative fixint below -5 (1 byte, 32 + 8) and a
-# one-character str above U+00FF (3 bytes, 76 + 8); these bounds keep any mix of them
-# under 32 times the input. Amber's own arrays and maps have far larger elements.
+# one-character str above U+00FF (3 bytes, 76 + 8), and a map pair whose key is new
+# (msgpack interns every key: a 3-character key and its pair cost ~230 bytes for 5 of
+# input, hence at most one distinct key per KEY_BYTES bytes). Amber's own arrays, maps
+# and keys are far larger (a manifest entry: 8 pairs of the same 8 keys in ~60+ bytes).
 CONTAINER_BYTES = 16
 ELEMENT_BYTES = 4
 ARRAY_BYTES = 8
+KEY_BYTES = 32
 SLACK = 64
 # Bundle INDEX (JSON, docs/FORMAT.md §13): bounded by the number of members read before
 # it. One entry ["chunks/<64 hex>", <size>, "<64 hex>"], is at most 164 bytes.
@@ -76,19 +79,32 @@ def pack(obj: Any) -> bytes:
 
 
 class _Budget:
-    """Counts containers and elements as msgpack finishes each one (its hooks)."""
+    """Counts containers, elements and distinct map keys as msgpack finishes each
+    container (its list and object hooks)."""
 
     def __init__(self, n: int, what: str) -> None:
         self.containers = n // CONTAINER_BYTES + SLACK
         self.elements = n // ELEMENT_BYTES + SLACK
+        self.max_keys = n // KEY_BYTES + SLACK
+        self.keys: set[str] = set()
         self.what = what
 
-    def take(self, obj: Any) -> Any:
+    def take_list(self, obj: list[Any]) -> list[Any]:
         self.containers -= 1
         self.elements -= len(obj)
         if self.containers < 0 or self.elements < 0:
-            raise FormatError(f"{self.what} holds more arrays, maps or items than its size allows")
+            raise self._error()
         return obj
+
+    def take_map(self, obj: dict[str, Any]) -> dict[str, Any]:
+        self.take_list(obj)  # type: ignore[arg-type]
+        self.keys.update(obj)
+        if len(self.keys) > self.max_keys:
+            raise self._error()
+        return obj
+
+    def _error(self) -> FormatError:
+        return FormatError(f"{self.what} holds more arrays, maps or items than its size allows")
 
 
 def unpack(
@@ -106,8 +122,8 @@ def unpack(
             strict_map_key=True,
             use_list=True,
             ext_hook=_refuse_ext,
-            list_hook=budget.take,
-            object_hook=budget.take,
+            list_hook=budget.take_list,
+            object_hook=budget.take_map,
             max_str_len=min(limits.max_str, n),
             max_bin_len=min(limits.max_bin, n),
             max_array_len=items,
