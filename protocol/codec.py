@@ -62,6 +62,7 @@ ELEMENT_BYTES = 4
 ARRAY_BYTES = 8
 KEY_BYTES = 32
 SLACK = 64
+MAX_EXT = 16  # the longest extension msgpack reads (a timestamp is 12) before refusing it
 # Bundle INDEX (JSON, docs/FORMAT.md §13): bounded by the number of members read before
 # it. One entry ["chunks/<64 hex>", <size>, "<64 hex>"], is at most 164 bytes.
 INDEX_ENTRY_BYTES = 192
@@ -128,7 +129,7 @@ def unpack(
             max_bin_len=min(limits.max_bin, n),
             max_array_len=items,
             max_map_len=min(items, n // 2),
-            max_ext_len=0,
+            max_ext_len=min(n, MAX_EXT),  # read, then refused by name (_refuse_ext)
         )
         _check_plain(obj, 0)
         return obj
