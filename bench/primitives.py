@@ -262,7 +262,9 @@ def main(argv: list[str] | None = None) -> int:
             digests[label] = h.hexdigest()
             if keep:
                 raw = [x for x in blobs if not x[5] & amber_chunk.FLAG_ZSTD]
-                overhead = amber_chunk.HEADER_SIZE + amber_chunk.TAG_SIZE
+                overhead = (
+                    amber_chunk.HEADER_SIZES[amber_chunk.CHUNK_VERSION] + amber_chunk.TAG_SIZE
+                )
                 stored.update(
                     stored_bytes=sum(len(x) for x in blobs),
                     raw_chunks=len(raw),

@@ -21,11 +21,11 @@ import blake3
 from amber.protocol import wire
 from amber.protocol.chunk import (
     FLAG_ZSTD,
-    HEADER_SIZE,
     MAX_CHUNK_SIZE,
-    TAG_SIZE,
+    blob_overhead,
     parse_chunk_header,
 )
+from amber.protocol.codec import index_limit
 from amber.protocol.errors import (
     FormatError,
     IntegrityError,
@@ -337,12 +337,15 @@ class BundleVerifier:
         role, _ = member_role(name)
         if len(self._entries) >= MAX_MEMBERS + 1:
             raise FormatError(f"bundle has more than {MAX_MEMBERS} members")
+        if role == "index":  # it lists the members read so far, so it is bounded by them
+            return min(LIMITS[role], index_limit(len(self._entries)))
         return LIMITS[role]
 
     def feed(self, name: str, data: bytes) -> Member | None:
         role, oid = member_role(name)
-        if len(data) > LIMITS[role]:
-            raise FormatError(f"bundle member {name} is over its {LIMITS[role]}-byte limit")
+        most = self.limit(name)
+        if len(data) > most:
+            raise FormatError(f"bundle member {name} is over its {most}-byte limit")
         if self._phase == "done":
             raise FormatError(f"bundle member {name} follows the SIGNATURE")
         if self._phase == "header":
@@ -444,7 +447,7 @@ def _check_content(
         return _check_record(header, oid, name, data)
     if role == "chunk":
         flags, n = parse_chunk_header(data)
-        if not flags & FLAG_ZSTD and len(data) != HEADER_SIZE + n + TAG_SIZE:
+        if not flags & FLAG_ZSTD and len(data) != blob_overhead(data) + n:
             raise FormatError(f"raw chunk blob has {len(data)} bytes for {n} bytes of plaintext")
         return Member(name, role, oid, data)
     if role == "order":

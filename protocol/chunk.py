@@ -1,13 +1,18 @@
 """Chunk ids and the chunk blob codec.
 
-id   = BLAKE3-keyed(chunk-id subkey, plaintext)                      32 bytes
-blob = header(12) || AES-256-GCM(chunk-enc subkey, nonce=id[:12],
-                                 aad=header || id, zstd?(plaintext))
+id    = BLAKE3-keyed(chunk-id subkey, plaintext)                          32 bytes
+nonce = BLAKE3-keyed(chunk-nonce subkey, prefix || id || body)[:12]       (version 2)
+blob  = prefix(12) || nonce(12) || AES-256-GCM(chunk-enc subkey, nonce,
+                                               aad=prefix || nonce || id, body)
+body  = zstd?(plaintext)
 
-Deterministic: the same plaintext under the same vault key always gives the same
-id and the same blob, so every store write is idempotent. Thread-safe and free of
-I/O; the heavy calls (BLAKE3, zstd, AES-GCM) release the GIL, so callers run them
-in a thread pool. Layout in docs/FORMAT.md ("Chunk blob").
+Version 2 (written) derives the nonce from the encoded body (a synthetic nonce), so
+two different bodies of one chunk (another zstd level or library) never share a GCM
+nonce; version 1 (read only) used ``id[:12]``, which they did (docs/DECISIONS.md D33).
+Deterministic: the same body under the same vault key always gives the same blob, so
+every store write is idempotent. Thread-safe and free of I/O; the heavy calls (BLAKE3,
+zstd, AES-GCM) release the GIL, so callers run them in a thread pool. Layout in
+docs/FORMAT.md ("Chunk blob").
 """
 
 from __future__ import annotations
@@ -24,9 +29,13 @@ from amber.protocol.errors import FormatError, IntegrityError, UnknownVersionErr
 from amber.protocol.keys import VaultKeys
 
 CHUNK_MAGIC = b"AMBC"
-CHUNK_VERSION = 1
-HEADER = struct.Struct(">4sBBHI")  # magic, version, flags, reserved, plaintext length
-HEADER_SIZE = HEADER.size  # 12
+CHUNK_VERSION = 2  # what writers produce
+READ_VERSIONS = (1, 2)
+# the prefix every version starts with: magic, version, flags, reserved, plaintext length
+HEADER = struct.Struct(">4sBBHI")
+HEADER_SIZE = HEADER.size  # 12: the whole header of version 1
+NONCE_SIZE = 12
+HEADER_SIZES = {1: HEADER_SIZE, 2: HEADER_SIZE + NONCE_SIZE}  # version 2 adds its nonce
 TAG_SIZE = 16
 ID_SIZE = 32
 FLAG_ZSTD = 0x01
@@ -99,27 +108,49 @@ def encode_chunk(
         packed = _compressor(level).compress(plaintext)
         if len(packed) <= n * (1 - MIN_SAVING):
             flags, body = FLAG_ZSTD, packed
-    header = HEADER.pack(CHUNK_MAGIC, CHUNK_VERSION, flags, 0, n)
-    sealed = AESGCM(keys.chunk_enc).encrypt(cid[:12], body, header + cid)  # no bytes() copy
+    prefix = HEADER.pack(CHUNK_MAGIC, CHUNK_VERSION, flags, 0, n)
+    header = prefix + synthetic_nonce(keys, prefix, cid, body)
+    sealed = AESGCM(keys.chunk_enc).encrypt(header[HEADER_SIZE:], body, header + cid)
     return cid, header + sealed
 
 
+def synthetic_nonce(keys: VaultKeys, prefix: bytes, cid: bytes, body: bytes | memoryview) -> bytes:
+    """The version 2 nonce: a keyed hash of everything the GCM key seals (the 12-byte
+    header prefix, the id and the encoded body), so that two different bodies get two
+    nonces whatever the writer's compression level, library or policy."""
+    h = blake3.blake3(prefix, key=keys.chunk_nonce)
+    h.update(cid)
+    h.update(body)
+    return h.digest(NONCE_SIZE)
+
+
 def parse_chunk_header(blob: bytes | memoryview) -> tuple[int, int]:
-    """Check magic, version, flags and length; return ``(flags, plaintext_length)``."""
+    """Check magic, version, flags and length; return ``(flags, plaintext_length)``.
+
+    Needs no key: the hub checks blobs with it before storing them."""
     if len(blob) < HEADER_SIZE:
         raise FormatError(f"chunk blob truncated: {len(blob)} bytes is shorter than its header")
     magic, version, flags, reserved, n = HEADER.unpack_from(blob)
     if magic != CHUNK_MAGIC:
         raise FormatError("not an Amber chunk blob (bad magic)")
-    if version != CHUNK_VERSION:
-        raise UnknownVersionError(f"chunk blob version {version} is not supported")
+    if version not in READ_VERSIONS:
+        raise UnknownVersionError(
+            f"chunk blob version {version} is not supported (this Amber reads "
+            f"versions {', '.join(map(str, READ_VERSIONS))})"
+        )
     if flags & ~KNOWN_FLAGS or reserved:
         raise FormatError(f"chunk blob has unknown flags {flags:#x}/{reserved:#x}")
     if n > MAX_CHUNK_SIZE:
         raise FormatError(f"chunk blob claims {n} bytes, over the {MAX_CHUNK_SIZE}-byte limit")
-    if len(blob) < HEADER_SIZE + TAG_SIZE:
-        raise FormatError("chunk blob truncated: no room for the authentication tag")
+    if len(blob) < HEADER_SIZES[version] + TAG_SIZE:
+        raise FormatError("chunk blob truncated: no room for its header and tag")
     return flags, n
+
+
+def blob_overhead(blob: bytes | memoryview) -> int:
+    """Bytes a blob adds to its body (header and tag), by its version; call after
+    :func:`parse_chunk_header`. A raw blob is exactly this plus its plaintext length."""
+    return HEADER_SIZES[blob[4]] + TAG_SIZE
 
 
 def decode_chunk(keys: VaultKeys, cid: bytes, blob: bytes | memoryview) -> bytes:
@@ -127,12 +158,14 @@ def decode_chunk(keys: VaultKeys, cid: bytes, blob: bytes | memoryview) -> bytes
     if len(cid) != ID_SIZE:
         raise FormatError(f"chunk id has {len(cid)} bytes, expected {ID_SIZE}")
     flags, n = parse_chunk_header(blob)
-    header = bytes(blob[:HEADER_SIZE])
+    size = HEADER_SIZES[blob[4]]
+    header = bytes(blob[:size])
+    nonce = cid[:NONCE_SIZE] if size == HEADER_SIZE else header[HEADER_SIZE:]
     try:
         # a view, not bytes(...): copying a blob of a few hundred KiB into a fresh buffer
         # cost more than decrypting it (measured 0.37 s against 0.06 s per 500 MiB)
-        sealed = memoryview(blob)[HEADER_SIZE:]
-        body = AESGCM(keys.chunk_enc).decrypt(cid[:12], sealed, header + cid)
+        sealed = memoryview(blob)[size:]
+        body = AESGCM(keys.chunk_enc).decrypt(nonce, sealed, header + cid)
     except InvalidTag:
         raise IntegrityError(
             f"chunk {cid.hex()[:16]} failed authentication "

@@ -3,11 +3,20 @@
 Only maps with str keys, lists, str, bytes, int, float, bool and None are used.
 Unpacking refuses anything else (ext types, non-str keys, oversize inputs) with a
 :class:`FormatError`, never another exception.
+
+Unpacking also bounds the work a hostile input can cause: every length msgpack reads
+(str, bin, array, map, ext) is capped by the format's :class:`Limits` and by the input
+size, and the number of containers and of their elements is capped in proportion to the
+input, so that a decoded value never takes more than about 32 times the input's size in
+memory (``tests/protocol/test_hostile_decoders.py``). The limits of every decoder live
+here, in one place (docs/FORMAT.md §2, "Decoding limits").
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -15,6 +24,54 @@ import msgpack
 from amber.protocol.errors import FormatError
 
 MAX_DEPTH = 16
+KiB, MiB = 1024, 1024 * 1024
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_MODE = 0o177777  # st_mode: file type and permission bits
+MAX_TIME_US = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z, the last datetime
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one msgpack format may hold, whatever its input size (which its decoder
+    bounds: records.MAX_RECORD_SIZE, wire.MAX_MESSAGE_SIZE)."""
+
+    max_str: int  # bytes of one str
+    max_bin: int  # bytes of one bin
+    max_items: int  # elements of one array, pairs of one map
+
+
+# Records (docs/FORMAT.md §9): public and sealed parts. The largest str is a lineage value
+# or a note; the largest bin a digest or an id; the longest list a manifest's entries.
+RECORD_LIMITS = Limits(max_str=1 * MiB, max_bin=1 * MiB, max_items=10_000_000)
+# Wire messages (PROTOCOL.md): a chunk blob is the largest bin; the longest lists are
+# the id lists of chunk queries (wire.MAX_IDS_PER_MESSAGE).
+WIRE_LIMITS = Limits(max_str=1 * MiB, max_bin=8 * MiB, max_items=1_000_000)
+DEFAULT_LIMITS = Limits(max_str=64 * MiB, max_bin=64 * MiB, max_items=10_000_000)
+# In proportion to the input: at most one container (array or map) per CONTAINER_BYTES
+# bytes, one element (array item or map pair) per ELEMENT_BYTES bytes over the whole
+# input, and ARRAY_BYTES for the items of any one array, plus SLACK of each for small
+# inputs. msgpack allocates an array's items before its hook counts them, hence the
+# tighter bound on one array. The costliest items per input byte are an empty map (1 byte,
+# 64 of memory and 8 of pointer), a negative fixint below -5 (1 byte, 32 + 8) and a
+# one-character str above U+00FF (3 bytes, 76 + 8), and a map pair whose key is new
+# (msgpack interns every key: a 3-character key and its pair cost ~230 bytes for 5 of
+# input, hence at most one distinct key per KEY_BYTES bytes). Amber's own arrays, maps
+# and keys are far larger (a manifest entry: 8 pairs of the same 8 keys in ~60+ bytes).
+CONTAINER_BYTES = 16
+ELEMENT_BYTES = 4
+ARRAY_BYTES = 8
+KEY_BYTES = 32
+SLACK = 64
+MAX_EXT = 16  # the longest extension msgpack reads (a timestamp is 12) before refusing it
+# Bundle INDEX (JSON, docs/FORMAT.md §13): bounded by the number of members read before
+# it. One entry ["chunks/<64 hex>", <size>, "<64 hex>"], is at most 164 bytes.
+INDEX_ENTRY_BYTES = 192
+INDEX_FIXED_BYTES = 512
+
+
+def index_limit(members: int) -> int:
+    """The most bytes a bundle INDEX listing ``members`` members may have."""
+    return INDEX_FIXED_BYTES + INDEX_ENTRY_BYTES * members
 
 
 def pack(obj: Any) -> bytes:
@@ -22,9 +79,43 @@ def pack(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True, strict_types=False)
 
 
-def unpack(data: bytes | memoryview, *, what: str, max_size: int) -> Any:
-    if len(data) > max_size:
-        raise FormatError(f"{what} of {len(data)} bytes exceeds the {max_size}-byte limit")
+class _Budget:
+    """Counts containers, elements and distinct map keys as msgpack finishes each
+    container (its list and object hooks)."""
+
+    def __init__(self, n: int, what: str) -> None:
+        self.containers = n // CONTAINER_BYTES + SLACK
+        self.elements = n // ELEMENT_BYTES + SLACK
+        self.max_keys = n // KEY_BYTES + SLACK
+        self.keys: set[str] = set()
+        self.what = what
+
+    def take_list(self, obj: list[Any]) -> list[Any]:
+        self.containers -= 1
+        self.elements -= len(obj)
+        if self.containers < 0 or self.elements < 0:
+            raise self._error()
+        return obj
+
+    def take_map(self, obj: dict[str, Any]) -> dict[str, Any]:
+        self.take_list(obj)  # type: ignore[arg-type]
+        self.keys.update(obj)
+        if len(self.keys) > self.max_keys:
+            raise self._error()
+        return obj
+
+    def _error(self) -> FormatError:
+        return FormatError(f"{self.what} holds more arrays, maps or items than its size allows")
+
+
+def unpack(
+    data: bytes | memoryview, *, what: str, max_size: int, limits: Limits = DEFAULT_LIMITS
+) -> Any:
+    n = len(data)
+    if n > max_size:
+        raise FormatError(f"{what} of {n} bytes exceeds the {max_size}-byte limit")
+    budget = _Budget(n, what)
+    items = min(limits.max_items, n // ARRAY_BYTES + SLACK)
     try:
         obj = msgpack.unpackb(
             data,
@@ -32,6 +123,13 @@ def unpack(data: bytes | memoryview, *, what: str, max_size: int) -> Any:
             strict_map_key=True,
             use_list=True,
             ext_hook=_refuse_ext,
+            list_hook=budget.take_list,
+            object_hook=budget.take_map,
+            max_str_len=min(limits.max_str, n),
+            max_bin_len=min(limits.max_bin, n),
+            max_array_len=items,
+            max_map_len=min(items, n // 2),
+            max_ext_len=min(n, MAX_EXT),  # read, then refused by name (_refuse_ext)
         )
         _check_plain(obj, 0)
         return obj
@@ -74,15 +172,33 @@ def fail(path: str, expected: str, value: Any) -> FormatError:
 
 
 def is_str(value: Any, path: str) -> str:
+    """A str without NUL (no name, path, label or note of Amber holds one: the OS and
+    SQLite would cut it short)."""
     if not isinstance(value, str):
         raise fail(path, "a string", value)
+    if "\0" in value:
+        raise FormatError(f"{path}: a string holding a NUL character")
     return value
 
 
 def is_int(value: Any, path: str) -> int:
+    """An integer in the signed 64-bit range (what SQLite and the OS store)."""
     if not isinstance(value, int) or isinstance(value, bool):
         raise fail(path, "an integer", value)
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise FormatError(f"{path}: {value} is outside the 64-bit integer range")
     return value
+
+
+def int_in(low: int, high: int) -> Check:
+    """An integer in ``low..high`` (file modes, times)."""
+
+    def run(value: Any, path: str) -> int:
+        if not low <= is_int(value, path) <= high:
+            raise FormatError(f"{path}: {value} is outside {low}..{high}")
+        return value
+
+    return run
 
 
 def is_uint(value: Any, path: str) -> int:
@@ -100,6 +216,8 @@ def is_bool(value: Any, path: str) -> bool:
 def is_float(value: Any, path: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise fail(path, "a number", value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise FormatError(f"{path}: {value} is not a finite number")
     return float(value)
 
 

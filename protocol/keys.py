@@ -66,6 +66,7 @@ class VaultKeys:
     master: bytes
     chunk_id: bytes
     chunk_enc: bytes
+    chunk_nonce: bytes
     meta_enc: bytes
     meta_nonce: bytes
     fingerprint: str
@@ -81,6 +82,7 @@ class VaultKeys:
             master=master,
             chunk_id=derive_subkey(master, b"chunk-id"),
             chunk_enc=derive_subkey(master, b"chunk-enc"),
+            chunk_nonce=derive_subkey(master, b"chunk-nonce"),
             meta_enc=derive_subkey(master, b"meta-enc"),
             meta_nonce=derive_subkey(master, b"meta-nonce"),
             fingerprint=format_fingerprint(derive_subkey(master, b"fingerprint")[:8]),

@@ -129,7 +129,9 @@ def parse(data: bytes, *, expect_kind: int | None = None) -> RawRecord:
         raise FormatError("record truncated or has trailing bytes")
     signer = data[ct_at + ct_len : ct_at + ct_len + PUB_SIZE]
     verify_signature(signer, data[-SIG_SIZE:], data[:-SIG_SIZE])
-    public = c.unpack(data[HEAD.size : HEAD.size + pub_len], what="record", max_size=n)
+    public = c.unpack(
+        data[HEAD.size : HEAD.size + pub_len], what="record", max_size=n, limits=c.RECORD_LIMITS
+    )
     if not isinstance(public, dict):
         raise FormatError("record public part is not a map")
     return RawRecord(
@@ -153,7 +155,7 @@ def unseal(raw: RawRecord, keys: VaultKeys) -> dict[str, Any]:
             f"{keys.fingerprint}",
             hint="configure the vault key this node's data was written with",
         ) from None
-    sealed = c.unpack(plain, what="record", max_size=MAX_RECORD_SIZE)
+    sealed = c.unpack(plain, what="record", max_size=MAX_RECORD_SIZE, limits=c.RECORD_LIMITS)
     if not isinstance(sealed, dict):
         raise FormatError("record sealed part is not a map")
     return sealed
@@ -230,7 +232,7 @@ def _chunk_ref(obj: Any, path: str) -> tuple[bytes, int]:
 _ENTRY_SPEC: dict[str, c.Check] = {
     "path": c.is_str,
     "type": c.is_str,
-    "mode": c.is_uint,
+    "mode": c.int_in(0, c.MAX_MODE),
     "size": c.is_uint,
     "mtime_ns": c.is_int,
     "digest": c.optional(c.is_bytes),
@@ -292,7 +294,7 @@ _MANIFEST_PUBLIC: dict[str, c.Check] = {
     "source": c.is_str,
     "kind": c.is_str,
     "tier": c.is_str,
-    "time_us": c.is_int,
+    "time_us": c.int_in(0, c.MAX_TIME_US),
     "parent": c.optional(c.is_id),
     "size": c.is_uint,
     "chunks": c.list_of(c.is_id),
@@ -574,7 +576,7 @@ _CHECKPOINT_PUBLIC: dict[str, c.Check] = {
     "node": c.is_str,
     "seq": c.is_uint,
     "prev": c.optional(c.is_id),
-    "time_us": c.is_int,
+    "time_us": c.int_in(0, c.MAX_TIME_US),
     "manifests": c.dict_of(c.is_id),
     "labels": c.dict_of(c.is_str),
     "kind": c.is_str,

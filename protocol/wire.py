@@ -360,7 +360,7 @@ def _spec(cls: type[Message]) -> dict[str, c.Check]:
 
 def decode(data: bytes | memoryview, expect: type[Message] | None = None) -> Message:
     """Decode any message (or exactly ``expect``); raises FormatError on bad input."""
-    obj = c.unpack(data, what="wire message", max_size=MAX_MESSAGE_SIZE)
+    obj = c.unpack(data, what="wire message", max_size=MAX_MESSAGE_SIZE, limits=c.WIRE_LIMITS)
     if not isinstance(obj, dict):
         raise FormatError("wire message is not a map")
     version, kind = obj.pop("v", None), obj.pop("t", None)

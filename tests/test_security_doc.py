@@ -16,7 +16,9 @@ def table_rows() -> list[str]:
     return [
         line
         for line in table.splitlines()
-        if line.startswith("|") and not line.startswith("| ---") and not line.startswith("| attacker")
+        if line.startswith("|")
+        and not line.startswith("| ---")
+        and not line.startswith("| attacker")
     ]
 
 

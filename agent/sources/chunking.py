@@ -33,17 +33,32 @@ MODEL_CDC = CdcParams(min_size=64 * KiB, avg_size=256 * KiB, max_size=1024 * KiB
 SQLITE_BLOCK = 64 * KiB
 
 
-def cdc_seed(keys: VaultKeys) -> int:
-    """The vault's FastCDC gear-table seed (31 bits, never 0)."""
-    return (int.from_bytes(derive_subkey(keys.master, b"cdc-seed")[:4], "big") >> 1) | 1
+# How a vault's seed is derived (docs/DECISIONS.md D2, D35). Boundaries depend on it, so
+# it is part of a vault's format: 1 is what every vault uses; 2 is the most pyfastcdc
+# takes, for a vault-wide setting that does not exist yet (changing it re-chunks everything).
+CDC_SEED_V1, CDC_SEED_V2 = 1, 2
+CDC_SEED_DEFAULT = CDC_SEED_V1
+MAX_CDC_SEED = 2**63 - 1  # pyfastcdc computes ``seed << 1`` in 64 bits: 63 bits at most
 
 
-def make_cdc(keys: VaultKeys, params: CdcParams) -> FastCDC:
+def cdc_seed(keys: VaultKeys, version: int = CDC_SEED_DEFAULT) -> int:
+    """The vault's FastCDC gear-table seed, odd and never 0: version 1 has 31 bits of
+    ``subkey("cdc-seed")``, version 2 has 63 (pyfastcdc XORs the seed into every gear
+    table entry, its only key material)."""
+    raw = int.from_bytes(derive_subkey(keys.master, b"cdc-seed")[:8], "big")
+    if version == CDC_SEED_V1:
+        return (raw >> 33) | 1  # the first 4 bytes, shifted right by one
+    if version == CDC_SEED_V2:
+        return (raw >> 1) | 1
+    raise ValueError(f"unknown FastCDC seed version {version}")
+
+
+def make_cdc(keys: VaultKeys, params: CdcParams, seed_version: int = CDC_SEED_DEFAULT) -> FastCDC:
     return FastCDC(
         avg_size=params.avg_size,
         min_size=params.min_size,
         max_size=params.max_size,
-        seed=cdc_seed(keys),
+        seed=cdc_seed(keys, seed_version),
     )
 
 

@@ -256,7 +256,9 @@ def test_unknown_checkpoint_id(saved: Node, tmp_path: Path) -> None:
 
 def test_bad_label_syntax(saved: Node, data: Path) -> None:
     write(data / "tree" / "new.txt", "would be checkpointed")
-    refused(saved, 2, "checkpoint", "--label", "novalue", says=("'novalue'", "KEY=VALUE", "--label"))
+    refused(
+        saved, 2, "checkpoint", "--label", "novalue", says=("'novalue'", "KEY=VALUE", "--label")
+    )
     refused(saved, 2, "checkpoint", "--label", "ok=1", "--label", "=v")
     r = saved.run("source", "add", "x", "--kind", "files", "--path", data, "--lineage", "bad")
     assert r.code == 2 and "'bad'" in r.err

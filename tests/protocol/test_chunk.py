@@ -40,11 +40,17 @@ def expected_for_flip(blob: bytes, bit: int) -> type[AmberError]:
     if byte < 12:
         (n,) = struct.unpack(">I", flip(blob, bit)[8:12])
         return FormatError if n > chunk.MAX_CHUNK_SIZE else IntegrityError
-    return IntegrityError
+    return IntegrityError  # the nonce, the ciphertext and the tag
 
 
-def seal_body(body: bytes, flags: int, n: int, cid: bytes) -> bytes:
-    """What a holder of the vault key could write: any body, a valid tag."""
+def seal_body(body: bytes, flags: int, n: int, cid: bytes, nonce: bytes = bytes(12)) -> bytes:
+    """What a holder of the vault key could write: any body, any nonce, a valid tag."""
+    header = chunk.HEADER.pack(b"AMBC", 2, flags, 0, n) + nonce
+    return header + AESGCM(VAULT.chunk_enc).encrypt(nonce, body, header + cid)
+
+
+def seal_v1(body: bytes, flags: int, n: int, cid: bytes) -> bytes:
+    """A version 1 blob, as writers before version 2 made them: nonce = id[:12]."""
     header = chunk.HEADER.pack(b"AMBC", 1, flags, 0, n)
     return header + AESGCM(VAULT.chunk_enc).encrypt(cid[:12], body, header + cid)
 
@@ -67,14 +73,17 @@ def test_round_trip_and_determinism(plain: bytes) -> None:
 @given(plain=plaintexts)
 def test_layout(plain: bytes) -> None:
     cid, blob = chunk.encode_chunk(VAULT, plain)
-    magic, version, flags, reserved, n = struct.unpack(">4sBBHI", blob[:12])
-    assert (magic, version, reserved, n) == (b"AMBC", 1, 0, len(plain))
-    body = AESGCM(VAULT.chunk_enc).decrypt(cid[:12], blob[12:], blob[:12] + cid)
+    magic, version, flags, reserved, n, nonce = struct.unpack(">4sBBHI12s", blob[:24])
+    assert (magic, version, reserved, n) == (b"AMBC", 2, 0, len(plain))
+    body = AESGCM(VAULT.chunk_enc).decrypt(nonce, blob[24:], blob[:24] + cid)
+    want = blake3.blake3(blob[:12] + cid + body, key=VAULT.chunk_nonce).digest(12)
+    assert nonce == want
     if flags == chunk.FLAG_ZSTD:
         assert zstandard.ZstdDecompressor().decompress(body) == plain
         assert len(body) <= len(plain) * 0.95
     else:
-        assert flags == 0 and body == plain and len(blob) == 12 + len(plain) + 16
+        assert flags == 0 and body == plain and len(blob) == 24 + len(plain) + 16
+    assert chunk.blob_overhead(blob) == 40
 
 
 @settings(max_examples=30, deadline=None)
@@ -105,7 +114,7 @@ def test_a_wrong_precomputed_id_makes_a_blob_nobody_can_read() -> None:
 
 def test_empty_chunk() -> None:
     cid, blob = chunk.encode_chunk(VAULT, b"")
-    assert len(blob) == 28 and blob[5] == 0
+    assert len(blob) == 40 and blob[5] == 0
     assert chunk.decode_chunk(VAULT, cid, blob) == b""
 
 
@@ -133,7 +142,7 @@ def test_large_chunk_with_an_incompressible_sample_is_stored_raw() -> None:
     data = bytearray(n)  # zeros: the whole would compress to almost nothing
     data[n // 2 : n // 2 + s] = blake3.blake3(b"noise").digest(s)  # but the sample is noise
     cid, blob = chunk.encode_chunk(VAULT, bytes(data))
-    assert blob[5] == 0 and len(blob) == 12 + n + 16
+    assert blob[5] == 0 and len(blob) == 24 + n + 16
     assert chunk.decode_chunk(VAULT, cid, blob) == data
 
 
@@ -152,8 +161,9 @@ def test_large_chunk_with_a_compressible_sample_is_judged_on_the_whole(size, fla
 def test_chunk_size_limit() -> None:
     raises(FormatError, chunk.encode_chunk, VAULT, bytes(chunk.MAX_CHUNK_SIZE + 1))
     cid, blob = chunk.encode_chunk(VAULT, b"x")
-    too_big = chunk.HEADER.pack(b"AMBC", 1, 0, 0, chunk.MAX_CHUNK_SIZE + 1) + blob[12:]
-    raises(FormatError, chunk.decode_chunk, VAULT, cid, too_big)
+    for version in (1, 2):
+        too_big = chunk.HEADER.pack(b"AMBC", version, 0, 0, chunk.MAX_CHUNK_SIZE + 1) + blob[12:]
+        raises(FormatError, chunk.decode_chunk, VAULT, cid, too_big)
 
 
 # --- damaged blobs ----------------------------------------------------------------------
@@ -181,7 +191,7 @@ def test_random_bit_flip_is_refused(plain: bytes, data: st.DataObject) -> None:
 def test_every_truncation_and_trailing_garbage(plain: bytes) -> None:
     cid, blob = chunk.encode_chunk(VAULT, plain)
     for n in range(len(blob)):
-        expected = FormatError if n < chunk.HEADER_SIZE + chunk.TAG_SIZE else IntegrityError
+        expected = FormatError if n < 24 + chunk.TAG_SIZE else IntegrityError
         raises(expected, chunk.decode_chunk, VAULT, cid, blob[:n])
     for garbage in (b"\0", b"\0" * 16, blob):
         raises(IntegrityError, chunk.decode_chunk, VAULT, cid, blob + garbage)
@@ -189,7 +199,7 @@ def test_every_truncation_and_trailing_garbage(plain: bytes) -> None:
 
 def test_unknown_versions_bad_magic_flags_and_reserved() -> None:
     cid, blob = chunk.encode_chunk(VAULT, TEXT_1K)
-    for version in set(range(256)) - {1}:
+    for version in set(range(256)) - {1, 2}:
         raises(
             UnknownVersionError,
             chunk.decode_chunk,
@@ -215,9 +225,13 @@ def test_wrong_id() -> None:
 @settings(max_examples=300, deadline=None)
 @given(blob=st.binary(max_size=200), cid=st.binary(min_size=32, max_size=32))
 def test_arbitrary_blob_only_amber_errors(blob: bytes, cid: bytes) -> None:
-    for candidate in (blob, b"AMBC\x01\x00\x00\x00" + blob, b"AMBC\x01\x01\x00\x00" + blob):
-        with pytest.raises(FormatError):
-            chunk.decode_chunk(VAULT, cid, candidate)
+    for version in (b"\x01", b"\x02"):
+        for flags in (b"\x00", b"\x01"):
+            candidate = b"AMBC" + version + flags + b"\x00\x00" + blob
+            with pytest.raises(FormatError):
+                chunk.decode_chunk(VAULT, cid, candidate)
+    with pytest.raises(FormatError):
+        chunk.decode_chunk(VAULT, cid, blob)
 
 
 # --- blobs forged by a holder of the vault key ------------------------------------------
@@ -267,3 +281,77 @@ def test_forged_frame_content_size_is_bounded_by_the_header() -> None:
     cid = chunk.chunk_id(VAULT, plain)
     blob = seal_body(_zstd_frame_claiming(2**62, plain), chunk.FLAG_ZSTD, len(plain), cid)
     raises(IntegrityError, chunk.decode_chunk, VAULT, cid, blob)
+
+
+# --- version 1 blobs (nonce = id[:12]) are still read --------------------------------------
+
+
+def v1_blob(plain: bytes, level: int = 3) -> tuple[bytes, bytes]:
+    """What a version 1 writer stored for ``plain`` (raw, or zstd at ``level``)."""
+    cid = chunk.chunk_id(VAULT, plain)
+    packed = zstandard.ZstdCompressor(level=level, write_content_size=True).compress(plain)
+    if plain and len(packed) <= len(plain) * 0.95:
+        return cid, seal_v1(packed, chunk.FLAG_ZSTD, len(plain), cid)
+    return cid, seal_v1(plain, 0, len(plain), cid)
+
+
+@pytest.mark.parametrize("plain", [RANDOM_1K[:100], TEXT_1K, b""], ids=["raw", "zstd", "empty"])
+def test_version_1_blobs_decode_and_every_bit_flip_is_refused(plain: bytes) -> None:
+    cid, blob = v1_blob(plain)
+    assert chunk.parse_chunk_header(blob)[1] == len(plain)
+    assert chunk.blob_overhead(blob) == 28
+    assert chunk.decode_chunk(VAULT, cid, blob) == plain
+    for bit in range(len(blob) * 8):
+        raises(expected_for_flip(blob, bit), chunk.decode_chunk, VAULT, cid, flip(blob, bit))
+    for n in range(len(blob)):
+        expected = FormatError if n < 28 else IntegrityError
+        raises(expected, chunk.decode_chunk, VAULT, cid, blob[:n])
+
+
+def test_a_version_1_blob_relabelled_version_2_is_refused() -> None:
+    cid, blob = v1_blob(TEXT_1K)
+    raises(IntegrityError, chunk.decode_chunk, VAULT, cid, blob[:4] + b"\x02" + blob[5:])
+    cid, blob = chunk.encode_chunk(VAULT, TEXT_1K)
+    raises(IntegrityError, chunk.decode_chunk, VAULT, cid, blob[:4] + b"\x01" + blob[5:])
+
+
+# --- the attacker who sees two encodings of one chunk -------------------------------------
+
+
+def xor(a: bytes, b: bytes) -> bytes:
+    return bytes(x ^ y for x, y in zip(a, b, strict=False))
+
+
+def test_two_encodings_of_one_chunk_never_share_a_nonce() -> None:
+    """The hub (or anyone reading the store) holds two blobs of one chunk, written at two
+    zstd levels (a checkpoint at level 1, an in-place restore re-encrypting at level 3).
+
+    Version 1 sealed both under nonce id[:12]: GCM's keystream depends only on key and
+    nonce, so XORing the two ciphertexts gives the XOR of the two bodies, and a known
+    body (here: the attacker guesses one) reveals the other; the shared nonce also gives
+    away GHASH's key (forgery). Version 2 derives the nonce from the body: the nonces
+    differ and the ciphertext XOR no longer equals the body XOR."""
+    plain = b"".join(
+        b"turn %d: the agent remembers the user's account number\n" % i for i in range(64)
+    )
+    cid = chunk.chunk_id(VAULT, plain)
+    body1 = zstandard.ZstdCompressor(level=1, write_content_size=True).compress(plain)
+    body3 = zstandard.ZstdCompressor(level=19, write_content_size=True).compress(plain)
+    assert body1 != body3
+
+    old1, old3 = (seal_v1(b, chunk.FLAG_ZSTD, len(plain), cid) for b in (body1, body3))
+    assert chunk.decode_chunk(VAULT, cid, old1) == chunk.decode_chunk(VAULT, cid, old3) == plain
+    c1, c3 = old1[12:-16], old3[12:-16]
+    leak = xor(c1, c3)
+    assert leak == xor(body1, body3)  # keystream cancelled: the bodies' XOR is public
+    assert xor(leak, body1) == body3[: len(leak)]  # one known body gives the other away
+
+    _, new1 = chunk.encode_chunk(VAULT, plain, level=1)
+    _, new3 = chunk.encode_chunk(VAULT, plain, level=19)
+    gcm = AESGCM(VAULT.chunk_enc)
+    bodies = [gcm.decrypt(blob[12:24], blob[24:], blob[:24] + cid) for blob in (new1, new3)]
+    assert bodies == [body1, body3]  # the same two bodies as under version 1
+    assert new1[12:24] != new3[12:24]  # but two nonces
+    assert xor(new1[24:-16], new3[24:-16]) != xor(body1, body3)  # so no keystream cancels
+    assert chunk.decode_chunk(VAULT, cid, new1) == chunk.decode_chunk(VAULT, cid, new3) == plain
+    assert chunk.encode_chunk(VAULT, plain, level=1)[1] == new1  # still deterministic

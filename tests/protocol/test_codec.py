@@ -89,11 +89,14 @@ def test_unpack_refuses_the_timestamp_extension() -> None:
 # --- schema checks -----------------------------------------------------------------------
 
 CHECKS = {
-    "str": (c.is_str, st.text(max_size=5)),
-    "int": (c.is_int, st.integers()),
-    "uint": (c.is_uint, st.integers(min_value=0)),
+    "str": (
+        c.is_str,
+        st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), max_size=5),
+    ),
+    "int": (c.is_int, st.integers(c.INT64_MIN, c.INT64_MAX)),
+    "uint": (c.is_uint, st.integers(min_value=0, max_value=c.INT64_MAX)),
     "bool": (c.is_bool, st.booleans()),
-    "float": (c.is_float, st.floats(allow_nan=False) | st.integers(-1000, 1000)),
+    "float": (c.is_float, st.floats(allow_nan=False, allow_infinity=False) | st.integers(-9, 9)),
     "bytes": (c.is_bytes, st.binary(max_size=5)),
     "id": (c.is_id, st.binary(min_size=32, max_size=32)),
 }

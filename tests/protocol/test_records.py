@@ -34,13 +34,17 @@ IDS = [blake3.blake3(bytes([i])).digest() for i in range(6)]
 # --- strategies --------------------------------------------------------------------------
 
 ids = st.sampled_from(IDS) | st.binary(min_size=32, max_size=32)
-names = st.text(max_size=12)
+texts = st.characters(
+    blacklist_categories=("Cs",), blacklist_characters="\0"
+)  # decoders refuse NUL in strings
+names = st.text(texts, max_size=12)
 record_names = st.from_regex(wire.NAME_RE, fullmatch=True)  # vault, node and source names
 component = st.text(
     st.characters(blacklist_characters="/\0", blacklist_categories=("Cs",)), min_size=1, max_size=8
 ).filter(lambda c: c not in (".", ".."))
 entry_paths = st.lists(component, min_size=1, max_size=3).map("/".join)
 int64 = st.integers(-(2**63), 2**63 - 1)
+times_us = st.integers(0, codec.MAX_TIME_US)
 uint32 = st.integers(0, 2**32 - 1)
 json_values = st.recursive(
     st.none() | st.booleans() | int64 | st.floats(allow_nan=False) | names | st.binary(max_size=8),
@@ -73,7 +77,7 @@ manifests = st.builds(
     source=record_names,
     kind=st.sampled_from(records.SOURCE_KINDS),
     tier=st.sampled_from(records.TIERS),
-    time_us=int64,
+    time_us=times_us,
     entries=st.lists(entries(), max_size=4).map(tuple),
     meta=st.dictionaries(names, json_values, max_size=3),
     lineage=st.dictionaries(names, names, max_size=3),
@@ -86,11 +90,11 @@ checkpoints = st.builds(
     node=record_names,
     seq=st.integers(0, 2**40),
     prev=st.none(),
-    time_us=int64,
+    time_us=times_us,
     manifests=st.dictionaries(record_names, ids, max_size=4),
     labels=st.dictionaries(names, names, max_size=3),
     kind=st.sampled_from(records.CHECKPOINT_KINDS),
-    note=st.text(max_size=30),
+    note=st.text(texts, max_size=30),
 ).map(lambda cp: dataclasses.replace(cp, prev=None if cp.seq == 0 else IDS[cp.seq % 6]))
 
 SMALL_MANIFEST = Manifest(
@@ -463,7 +467,7 @@ def test_checkpoint_schema_violations_are_format_errors(public, sealed) -> None:
 
 
 @settings(max_examples=10, deadline=None)
-@given(length=st.integers(2, 6), note=st.text(max_size=10))
+@given(length=st.integers(2, 6), note=st.text(texts, max_size=10))
 def test_check_chain_accepts_successors_and_refuses_gaps(length: int, note: str) -> None:
     links = chain(length, note)
     records.check_chain(None, None, links[0][1])

@@ -16,14 +16,16 @@ from amber.protocol.errors import AmberError, FormatError, ProtocolError, Unknow
 from tests.support.checks import raises
 
 ID = bytes(range(32))
-int64ish = st.integers(-(2**63), 2**64 - 1)
+int64ish = st.integers(-(2**63), 2**63 - 1)  # decoders refuse ints beyond int64
 short_bytes = st.binary(max_size=40)
-short_text = st.text(max_size=20)
+short_text = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), max_size=20
+)
 
 FIELD_STRATEGIES: dict[Any, st.SearchStrategy] = {
     str: short_text,
     int: int64ish,
-    float: st.floats(allow_nan=False),
+    float: st.floats(allow_nan=False, allow_infinity=False),
     bool: st.booleans(),
     bytes: short_bytes,
     tuple[bytes, ...]: st.lists(short_bytes, max_size=5).map(tuple),
