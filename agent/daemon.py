@@ -138,8 +138,8 @@ class AgentDaemon:
         executor = OrderExecutor(rt, link)
         await executor.flush_reports()
         psub = await link.js.pull_subscribe_bind(
-            durable=f"cmd-{len(enr.vault)}-{enr.vault}-{enr.node}",  # hub's cmd_consumer()
-            stream="AMBER_CMD",
+            durable=wire.cmd_consumer(enr.vault, enr.node),
+            stream=wire.CMD_STREAM,
             inbox_prefix=(enr.inbox_prefix + ".").encode(),
         )
         while True:

@@ -31,7 +31,6 @@ from amber.protocol.errors import AmberError, NotFoundError
 from amber.protocol.keys import SigningKey
 
 log = logging.getLogger("amber.hub.coordinator")
-CMD_STREAM = "AMBER_CMD"
 ORDER_TTL_US = 7 * 86400 * 1_000_000
 IN_PROGRESS = frozenset(NodeState) - {NodeState.PLANNED, NodeState.FAILED, NodeState.ROLLED_BACK}
 """Node states that a halt or an abort rolls back: the node restored or is restoring."""
@@ -39,17 +38,10 @@ GATE_FAILED = frozenset((NodeState.FAILED, NodeState.ROLLED_BACK))
 SETTLED = frozenset((PlanState.DONE, PlanState.ABORTED))
 
 
-def cmd_consumer(vault: str, node: str) -> str:
-    # the vault's length makes the name unambiguous: names may contain '-', so without
-    # it node x-y of vault w and node y of vault w-x would share one consumer (and read
-    # and acknowledge each other's orders); natsbox.node_permissions grants the same name
-    return f"cmd-{len(vault)}-{vault}-{node}"
-
-
 async def ensure_cmd_stream(js: Any) -> None:
     cfg = StreamConfig(
-        name=CMD_STREAM,
-        subjects=["amber.*.*.cmd"],
+        name=wire.CMD_STREAM,
+        subjects=[wire.any_node("cmd")],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         max_age=30 * 86400.0,
@@ -64,10 +56,10 @@ async def ensure_cmd_stream(js: Any) -> None:
 async def ensure_node_consumer(js: Any, vault: str, node: str) -> None:
     """The node's durable pull consumer on its own command subject."""
     await js.add_consumer(
-        CMD_STREAM,
+        wire.CMD_STREAM,
         ConsumerConfig(
-            durable_name=cmd_consumer(vault, node),
-            filter_subject=f"amber.{vault}.{node}.cmd",
+            durable_name=wire.cmd_consumer(vault, node),
+            filter_subject=wire.subject(vault, node, "cmd"),
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=60,
             max_deliver=-1,
@@ -208,7 +200,7 @@ class Coordinator:
         try:
             await ensure_node_consumer(self.js, n.vault, n.node)
             await self.js.publish(
-                f"amber.{n.vault}.{n.node}.cmd",
+                wire.subject(n.vault, n.node, "cmd"),
                 wire.encode(signed),
                 headers={"Nats-Msg-Id": msg.order_id},
             )

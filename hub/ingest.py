@@ -267,10 +267,3 @@ def _check_fields(what: str, **values: int) -> None:
 def _check_owner(rv: str, rn: str, vault: str, node: str) -> None:
     if (rv, rn) != (vault, node):
         raise FormatError(f"a record of {rv}/{rn} was sent by node {vault}/{node}")
-
-
-def subject_owner(subject: str) -> tuple[str, str]:
-    parts = subject.split(".")
-    if len(parts) != 4 or parts[0] != "amber":
-        raise FormatError(f"unexpected subject {subject!r}")
-    return parts[1], parts[2]

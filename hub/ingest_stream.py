@@ -20,7 +20,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType,
 from nats.js.errors import FetchTimeoutError
 
 from amber.hub.catalog import Catalog
-from amber.hub.ingest import PACK_BYTES, Ingestor, subject_owner
+from amber.hub.ingest import PACK_BYTES, Ingestor
 from amber.protocol import wire
 from amber.protocol.errors import AmberError, FormatError, NotFoundError, StoreError
 
@@ -49,7 +49,7 @@ def _deliveries(m: Msg) -> int:
 async def ensure_stream(js: Any) -> None:
     cfg = StreamConfig(
         name=STREAM,
-        subjects=["amber.*.*.ingest"],
+        subjects=[wire.any_node("ingest")],
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
         max_msg_size=8 * 1024 * 1024,
@@ -75,7 +75,7 @@ class IngestStream:
     async def start(self) -> None:
         await ensure_stream(self.js)
         psub = await self.js.pull_subscribe(
-            "amber.*.*.ingest",
+            wire.any_node("ingest"),
             durable=DURABLE,
             stream=STREAM,
             config=ConsumerConfig(
@@ -212,7 +212,7 @@ class IngestStream:
 
     def _decode(self, m: Msg, msg: wire.Message | AmberError) -> tuple[str, str, Any]:
         try:
-            vault, node = subject_owner(m.subject)
+            vault, node = wire.subject_owner(m.subject)
         except AmberError:
             return "?", "?", None
         try:

@@ -22,6 +22,7 @@ from pathlib import Path
 import nats
 
 from amber.hub.catalog import NodeRow
+from amber.protocol import wire
 from amber.protocol.errors import ConfigError, HubUnavailableError
 from amber.secretfile import write_secret
 
@@ -47,19 +48,19 @@ def node_permissions(vault: str, node: str) -> dict[str, object]:
     """A node may publish only its own uploads, requests and heartbeats, pull its own
     command consumer, and receive on its own inbox. It cannot publish commands (not even
     its own), touch another node's subjects, or call any other JetStream API."""
-    own = f"amber.{vault}.{node}"
-    consumer = f"cmd-{len(vault)}-{vault}-{node}"  # as coordinator.cmd_consumer
+    own = wire.node_prefix(vault, node)
+    consumer = wire.cmd_consumer(vault, node)
     return {
         "publish": {
             "allow": [
                 f"{own}.ingest",
                 f"{own}.rpc",
                 f"{own}.status",
-                f"$JS.API.CONSUMER.MSG.NEXT.AMBER_CMD.{consumer}",
-                f"$JS.ACK.AMBER_CMD.{consumer}.>",
+                f"$JS.API.CONSUMER.MSG.NEXT.{wire.CMD_STREAM}.{consumer}",
+                f"$JS.ACK.{wire.CMD_STREAM}.{consumer}.>",
             ]
         },
-        "subscribe": {"allow": [f"_INBOX_{vault}.{node}.>"]},
+        "subscribe": {"allow": [f"{wire.inbox_prefix(vault, node)}.>"]},
         "allow_responses": True,
     }
 

@@ -17,7 +17,6 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from amber.hub.catalog import Catalog
-from amber.hub.ingest import subject_owner
 from amber.hub.store.base import ObjectStore
 from amber.hub.store.layout import object_key
 from amber.hub.store.ranged import read_objects
@@ -41,8 +40,8 @@ class NodeApi:
         self.leases: dict[tuple[str, bytes], tuple[str, float]] = {}
 
     async def start(self) -> None:
-        self.subs.append(await self.nc.subscribe("amber.*.*.rpc", queue="hub", cb=self._rpc))
-        self.subs.append(await self.nc.subscribe("amber.*.*.status", cb=self._status))
+        self.subs.append(await self.nc.subscribe(wire.any_node("rpc"), queue="hub", cb=self._rpc))
+        self.subs.append(await self.nc.subscribe(wire.any_node("status"), cb=self._status))
 
     async def stop(self) -> None:
         for s in self.subs:
@@ -55,7 +54,7 @@ class NodeApi:
         if not m.reply:
             return
         try:
-            vault, node = subject_owner(m.subject)
+            vault, node = wire.subject_owner(m.subject)
             reply = await self._answer(vault, node, wire.decode(m.data))
         except AmberError as exc:
             log.warning("refused a request from %s: %s", m.subject, exc)
@@ -146,7 +145,7 @@ class NodeApi:
 
     async def _status(self, m: Msg) -> None:
         try:
-            vault, node = subject_owner(m.subject)
+            vault, node = wire.subject_owner(m.subject)
             beat = wire.decode(m.data, wire.Heartbeat)
         except AmberError as exc:
             log.warning("bad heartbeat on %s: %s", m.subject, exc)

@@ -27,6 +27,7 @@ from amber.hub.natsbox import HUB_USER, EmbeddedNats
 from amber.hub.nodeapi import NodeApi
 from amber.hub.plans import PlanBook
 from amber.hub.store.base import open_store
+from amber.protocol import wire
 from amber.protocol.enrolment import Enrolment, enrolment_object
 from amber.protocol.errors import ConfigError, HubUnavailableError
 
@@ -222,7 +223,7 @@ class Hub:
                 servers=tuple(self.advertised_nats()),
                 user=user,
                 password=password,
-                inbox_prefix=f"_INBOX_{vault}.{node}",
+                inbox_prefix=wire.inbox_prefix(vault, node),
                 hub_key=self.signer.public,
             )
         )

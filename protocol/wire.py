@@ -35,9 +35,42 @@ def check_name(name: str, what: str) -> str:
     return name
 
 
+SUBJECT_KINDS = ("ingest", "cmd", "status", "rpc")
+CMD_STREAM = "AMBER_CMD"  # JetStream stream of restore orders, one durable consumer per node
+
+
 def subject(vault: str, node: str, kind: str) -> str:
     """``amber.<vault>.<node>.<kind>``, kind in ingest, cmd, status, rpc."""
     return f"amber.{check_name(vault, 'vault')}.{check_name(node, 'node')}.{kind}"
+
+
+def any_node(kind: str) -> str:
+    """The wildcard over every vault and node: ``amber.*.*.<kind>``."""
+    return f"amber.*.*.{kind}"
+
+
+def node_prefix(vault: str, node: str) -> str:
+    """``amber.<vault>.<node>``: every subject of one node starts with it."""
+    return f"amber.{check_name(vault, 'vault')}.{check_name(node, 'node')}"
+
+
+def subject_owner(subject: str) -> tuple[str, str]:
+    """(vault, node) of ``amber.<vault>.<node>.<kind>``; FormatError for anything else."""
+    parts = subject.split(".")
+    if len(parts) != 4 or parts[0] != "amber" or parts[3] not in SUBJECT_KINDS:
+        raise FormatError(f"unexpected subject {subject!r}")
+    return parts[1], parts[2]
+
+
+def inbox_prefix(vault: str, node: str) -> str:
+    """The node's own reply inbox prefix (``_INBOX_<vault>.<node>``)."""
+    return f"_INBOX_{check_name(vault, 'vault')}.{check_name(node, 'node')}"
+
+
+def cmd_consumer(vault: str, node: str) -> str:
+    """The durable consumer of a node's orders on CMD_STREAM (the length keeps
+    ``w``/``x-y`` and ``w-x``/``y`` apart)."""
+    return f"cmd-{len(vault)}-{vault}-{node}"
 
 
 class Message:

@@ -294,3 +294,19 @@ def test_register() -> None:
     with pytest.raises(ValueError):
         wire.register(Impostor)
     assert wire.MESSAGES["chunk.query"] is wire.ChunkQuery
+
+
+def test_subject_patterns_live_in_one_place() -> None:
+    """Every subject, wildcard, inbox and command consumer name comes from protocol/wire.py."""
+    assert wire.subject("v1", "n-1", "rpc") == "amber.v1.n-1.rpc"
+    assert wire.node_prefix("v1", "n-1") == "amber.v1.n-1"
+    assert wire.any_node("ingest") == "amber.*.*.ingest"
+    assert wire.subject_owner("amber.v1.n-1.status") == ("v1", "n-1")
+    for bad in ("amber.v1.n1", "amber.v1.n1.other", "nats.v1.n1.rpc", "amber.v1.n1.rpc.x"):
+        with pytest.raises(FormatError):
+            wire.subject_owner(bad)
+    assert wire.inbox_prefix("v1", "n-1") == "_INBOX_v1.n-1"
+    # names may hold '-': the vault's length keeps w/x-y and w-x/y apart
+    assert wire.cmd_consumer("w", "x-y") != wire.cmd_consumer("w-x", "y")
+    with pytest.raises(FormatError):
+        wire.node_prefix("v1", "a.b")  # a '.' would reach into another node's subjects
