@@ -2,7 +2,7 @@
 
 The test walks both argparse trees (``build_parser`` of amber-agent and amber-hub) and
 gives every option and positional of every leaf command, one at a time, malformed values
-(empty, ``foo``, ``=``, ``a=b=c``, negative and huge numbers, a NUL byte, a missing path,
+(empty, ``=``, a negative and a huge number, a NUL byte, a missing path,
 a name too long for the filesystem), the other arguments being valid, and runs ``main``
 in this process against a real initialised node and a hub data directory with no hub
 running. Each run must return an exit code of the error table (or 0), print no
@@ -32,20 +32,17 @@ LONG_RUNNING = {"amber-agent run", "amber-hub serve"}
 
 
 def malformed(tmp: Path) -> list[str]:
+    # one value per way of being wrong (a plain word, "a=b=c", "0", a tab or "a,,b" found
+    # nothing the ones below do not; each value costs ~50 ms per argument of both CLIs)
     return [
         "",
-        "foo",
         "=",
-        "a=b=c",
         "-1",
-        "0",
         "99999999999999999999999999",
         "a\0b",
-        "bad\tvalue",
         str(tmp / "missing" / "x"),
         "x" * 5000,
         "../..",
-        "a,,b",
     ]
 
 
@@ -177,6 +174,7 @@ def agent_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path
     return {"tmp": tmp_path, "config": state / "agent.toml"}
 
 
+@pytest.mark.slow
 def test_no_agent_argument_ends_in_a_traceback(agent_env: dict[str, Path]) -> None:
     tmp, config = agent_env["tmp"], agent_env["config"]
     counter = iter(range(10**6))
@@ -207,6 +205,7 @@ def test_no_agent_argument_ends_in_a_traceback(agent_env: dict[str, Path]) -> No
 # --------------------------------------------------------------------------- hub
 
 
+@pytest.mark.slow
 def test_no_hub_argument_ends_in_a_traceback(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
