@@ -64,7 +64,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace) -> AdminClient:
-    return AdminClient.locate(args.hub, args.data)
+    return AdminClient.locate(args.hub, args.data, args.ca)
 
 
 def cmd_node_add(args: argparse.Namespace) -> int:
@@ -169,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="hub.toml (optional: defaults make a hub in a box)")
     p.add_argument("--data", help="hub data directory (default ./amber-hub-data)")
     p.add_argument("--hub", help="admin API URL when not on the hub's machine")
+    p.add_argument(
+        "--ca", help="the hub's CA certificate (DATA/tls/ca.pem; default: found via --data)"
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log debug detail to stderr")
     logs.add_arguments(p)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")

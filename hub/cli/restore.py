@@ -18,7 +18,7 @@ def out(text: str) -> None:
 
 
 def _client(args: argparse.Namespace) -> AdminClient:
-    return AdminClient.locate(args.hub, args.data)
+    return AdminClient.locate(args.hub, args.data, args.ca)
 
 
 def _split(text: str | None) -> list[str]:

@@ -44,6 +44,7 @@ from amber.agent.cli import main as agent_main
 from amber.agent.config import TierPolicy, load_config, save_config
 from amber.hub.cli import main as hub_main
 from tests.support.faultproxy import FaultProxy
+from tests.support.hubtls import admin_context
 
 PY = sys.executable
 
@@ -248,7 +249,8 @@ class HubProcess:
                 info = self.runtime
                 if info.get("pid") == self.proc.pid:
                     url = info["admin_url"] + "/api/v1/health"
-                    with urllib.request.urlopen(url, timeout=2) as resp:
+                    ctx = admin_context(self.data)
+                    with urllib.request.urlopen(url, timeout=2, context=ctx) as resp:
                         if json.loads(resp.read()).get("ok"):
                             pid = self.nats_pid()
                             if pid is not None:

@@ -27,6 +27,7 @@ import zstandard
 
 from amber.protocol.keys import SigningKey, VaultKeys
 from amber.protocol.records import Checkpoint, encode_checkpoint
+from tests.support.hubtls import admin_context, enrolment_tls
 
 START_TIMEOUT = 30.0
 
@@ -163,7 +164,8 @@ class HubProc:
             headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
             data=None if body is None else json.dumps(body).encode(),
         )
-        with urllib.request.urlopen(req, timeout=10) as resp:
+        ctx = admin_context(self.data)
+        with urllib.request.urlopen(req, timeout=10, context=ctx) as resp:
             return json.loads(resp.read())
 
     def status(self) -> dict[str, Any]:
@@ -249,6 +251,7 @@ async def connect(enr: dict[str, Any], errors: Errors | None = None, **kw: Any) 
         "inbox_prefix": enr["inbox_prefix"],
         "allow_reconnect": False,
         "connect_timeout": 5,
+        **enrolment_tls(enr),
     }
     if errors is not None:
         opts["error_cb"] = errors.cb

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -32,6 +32,7 @@ from amber.protocol.records import (
     record_id,
     seal,
 )
+from tests.support.hubtls import host_port, hub_nats_tls, tls_socket
 
 VAULT, NODE = "v1", "h1"
 INGEST, RPC = f"amber.{VAULT}.{NODE}.ingest", f"amber.{VAULT}.{NODE}.rpc"
@@ -310,7 +311,9 @@ def rejection_lines(hub: HubProc) -> list[str]:
 async def ingest_stream_state(hub: HubProc) -> Any:
     """The ingest stream's state, seen with the hub's own NATS user."""
     password = json.loads((hub.data / "secrets.json").read_text())["nats_password"]
-    nc = await nats.connect([hub.nats_url], user="amber-hub", password=password)
+    nc = await nats.connect(
+        [hub.nats_url], user="amber-hub", password=password, **hub_nats_tls(hub.data)
+    )
     try:
         return (await nc.jetstream(timeout=5).stream_info("AMBER_INGEST")).state
     finally:
@@ -456,17 +459,17 @@ async def test_payload_over_max_payload_is_refused(hub: HubProc, hostile: dict[s
     finally:
         await nc.close()
 
-    host, port = hub.nats_url.removeprefix("nats://").rsplit(":", 1)
-    reply = await asyncio.to_thread(raw_publish, host, int(port), hostile, payload)
+    host, port = host_port(hub.nats_url)
+    reply = await asyncio.to_thread(raw_publish, hub.data, host, port, hostile, payload)
     assert "maximum payload violation" in reply.lower(), reply
     await asyncio.sleep(0.3)
     assert hub.snapshot() == before
     assert hub.rejected(VAULT, NODE) == count
 
 
-def raw_publish(host: str, port: int, enr: dict[str, Any], payload: bytes) -> str:
-    """Speak the NATS protocol directly, with no client-side size check."""
-    with socket.create_connection((host, port), timeout=10) as s:
+def raw_publish(data: Path, host: str, port: int, enr: dict[str, Any], payload: bytes) -> str:
+    """Speak the NATS protocol directly (over TLS), with no client-side size check."""
+    with tls_socket(data, host, port) as s:
         f = s.makefile("rb")
         assert f.readline().startswith(b"INFO ")
         connect_opts = {"user": enr["user"], "pass": enr["password"], "verbose": False}

@@ -10,6 +10,8 @@ from pathlib import Path
 import nats
 from hub_helpers import Agent, HubProcess
 
+from tests.support.hubtls import enrolment_tls
+
 
 def _connects(enrolment: Path) -> bool:
     return asyncio.run(_try_connect(enrolment))
@@ -25,6 +27,7 @@ async def _try_connect(enrolment: Path) -> bool:
             connect_timeout=2,
             max_reconnect_attempts=0,
             allow_reconnect=False,
+            **enrolment_tls(enr),
         )
     except Exception:
         return False

@@ -27,6 +27,7 @@ from amber.protocol import wire
 from amber.protocol.chunk import HEADER
 from amber.protocol.keys import SigningKey, VaultKeys
 from amber.protocol.records import KIND_CHECKPOINT, record_id
+from tests.support.hubtls import hub_nats_tls
 
 STREAM = "AMBER_INGEST"
 DURABLE = "hub-ingest"
@@ -56,7 +57,11 @@ async def hub_conn(hub: HubProc) -> Any:
     """The hub's own (unrestricted) NATS user, to look at the stream from outside."""
     password = json.loads((hub.data / "secrets.json").read_text())["nats_password"]
     return await nats.connect(
-        [hub.nats_url], user="amber-hub", password=password, allow_reconnect=False
+        [hub.nats_url],
+        user="amber-hub",
+        password=password,
+        allow_reconnect=False,
+        **hub_nats_tls(hub.data),
     )
 
 

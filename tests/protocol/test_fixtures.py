@@ -177,7 +177,7 @@ def test_enrolment_v1_keeps_decoding_and_encodes_byte_identical() -> None:
 
 def test_enrolment_of_an_unknown_version_is_refused() -> None:
     obj = json.loads(sample("enrolment_v1.json"))
-    for version in (2, 0, "1", None):
+    for version in (3, 0, "1", None, True):
         obj["version"] = version
         with pytest.raises(UnknownVersionError):
             enrolment.decode_enrolment(json.dumps(obj).encode(), "future.json")
