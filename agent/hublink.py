@@ -111,31 +111,33 @@ class HubLink:
 
         watch = ConnectionWatch()
         nc = Client()
-        try:
-            await nc.connect(
-                list(enr.servers),
-                user=enr.user,
-                password=enr.password,
-                inbox_prefix=enr.inbox_prefix,
-                name=f"amber-agent-{enr.vault}-{enr.node}",
-                connect_timeout=min(timeout, 5.0),
-                allow_reconnect=True,
-                max_reconnect_attempts=-1 if persistent else 10,
-                reconnect_time_wait=0.5,
-                error_cb=quiet,
-                disconnected_cb=watch.on_disconnect,
-                reconnected_cb=watch.on_reconnect,
-                ping_interval=5,
-                max_outstanding_pings=2,
-                **tls,
-            )
+        connecting = nc.connect(
+            list(enr.servers),
+            user=enr.user,
+            password=enr.password,
+            inbox_prefix=enr.inbox_prefix,
+            name=f"amber-agent-{enr.vault}-{enr.node}",
+            connect_timeout=min(timeout, 5.0),
+            allow_reconnect=True,
+            max_reconnect_attempts=-1 if persistent else 10,
+            reconnect_time_wait=0.5,
+            error_cb=quiet,
+            disconnected_cb=watch.on_disconnect,
+            reconnected_cb=watch.on_reconnect,
+            ping_interval=5,
+            max_outstanding_pings=2,
+            **tls,
+        )
+        try:  # bounded: nats-py can stall after a failed TLS handshake
+            await asyncio.wait_for(connecting, None if persistent else 2 * timeout + 5)
         except HubUnavailableError as exc:
             log.error("%s", exc)
             await _abandon(nc)
             raise
         except (TimeoutError, nats_error(), OSError) as exc:
+            await _abandon(nc)
             raise HubUnavailableError(
-                f"cannot reach the hub at {', '.join(enr.servers)}: {exc or type(exc).__name__}"
+                f"cannot reach the hub at {', '.join(enr.servers)}: {str(exc) or type(exc).__name__}"
             ) from None
         return cls(enr, nc, timeout=timeout, bandwidth=bandwidth, watch=watch)
 

@@ -524,11 +524,11 @@ class Agent:
 class ThreadedProxy:
     """tests/support/faultproxy.py's FaultProxy on an event loop in a thread of its own."""
 
-    def __init__(self, target_port: int) -> None:
+    def __init__(self, target_port: int, *, record: bool = False) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.proxy = FaultProxy("127.0.0.1", target_port)
+        self.proxy = FaultProxy("127.0.0.1", target_port, record=record)
         self._call(self.proxy.start())
 
     def _call(self, coro: Any, timeout: float = 10) -> Any:
@@ -551,6 +551,11 @@ class ThreadedProxy:
     @property
     def connections_total(self) -> int:
         return self.proxy.connections_total
+
+    @property
+    def recorded(self) -> bytes:
+        """Every byte the proxy delivered, both ways (with ``record=True``)."""
+        return bytes(self.proxy.recorded or b"")
 
     def cut(self, silent: bool = False) -> None:
         self._do(lambda: self.proxy.cut(silent=silent))

@@ -21,6 +21,9 @@ Faults:
   direction (so a request/response round trip gains ``2 * s``). Order is kept.
 - ``set_bandwidth(bps)``: each direction of each connection is throttled to ``bps``
   bytes per second (``None``: unlimited).
+
+Sniffing: ``FaultProxy(..., record=True)`` keeps every delivered byte in ``recorded``
+(both directions, in delivery order), so a test can look for secrets on the wire.
 """
 
 from __future__ import annotations
@@ -61,7 +64,14 @@ class _Link:
 class FaultProxy:
     """Forward TCP from ``127.0.0.1:<port>`` to ``target_host:target_port``, with faults."""
 
-    def __init__(self, target_host: str, target_port: int, listen_host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        target_host: str,
+        target_port: int,
+        listen_host: str = "127.0.0.1",
+        *,
+        record: bool = False,
+    ) -> None:
         self.target_host = target_host
         self.target_port = target_port
         self.listen_host = listen_host
@@ -75,6 +85,7 @@ class FaultProxy:
         self.bytes_upstream = 0  # client -> target, delivered
         self.bytes_downstream = 0  # target -> client, delivered
         self.connections_total = 0  # accepted, including refused ones
+        self.recorded: bytearray | None = bytearray() if record else None
 
     # -- info
     @property
@@ -269,6 +280,8 @@ class FaultProxy:
                 piece, view = view[:step], view[step:]
             writer.write(piece)
             await writer.drain()
+            if self.recorded is not None:
+                self.recorded += piece
             if upstream:
                 self.bytes_upstream += len(piece)
             else:
