@@ -136,8 +136,9 @@ class HubLink:
             raise
         except (TimeoutError, nats_error(), OSError) as exc:
             await _abandon(nc)
+            why = str(exc) or type(exc).__name__
             raise HubUnavailableError(
-                f"cannot reach the hub at {', '.join(enr.servers)}: {str(exc) or type(exc).__name__}"
+                f"cannot reach the hub at {', '.join(enr.servers)}: {why}"
             ) from None
         return cls(enr, nc, timeout=timeout, bandwidth=bandwidth, watch=watch)
 
