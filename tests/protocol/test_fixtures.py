@@ -16,7 +16,7 @@ import blake3
 import pytest
 
 from amber.protocol import chunk, enrolment, keys, packfile, records, wire
-from amber.protocol.errors import IntegrityError, UnknownVersionError
+from amber.protocol.errors import ConfigError, IntegrityError, UnknownVersionError
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 EXPECTED: dict[str, Any] = json.loads((FIXTURES / "expected.json").read_text())
@@ -184,3 +184,22 @@ def test_enrolment_of_an_unknown_version_is_refused() -> None:
     obj["version"] = 1
     del obj["hub_key"]  # optional for reading
     assert enrolment.decode_enrolment(json.dumps(obj).encode(), "old.json").hub_key == b""
+
+
+def test_enrolment_v2_carries_the_ca_and_encodes_byte_identical() -> None:
+    data = sample("enrolment_v2.json")  # as amber-hub node add --out writes it (TLS)
+    enr = enrolment.decode_enrolment(data, "enrolment_v2.json")
+    assert enr.version == 2 and enr.tls_handshake_first is True
+    assert enr.servers == ("tls://127.0.0.1:4222", "tls://hub.example.net:4222")
+    assert enr.ca.startswith("-----BEGIN CERTIFICATE-----")
+    assert enrolment.encode_enrolment(enr) == data
+    v1 = enrolment.decode_enrolment(sample("enrolment_v1.json"), "enrolment_v1.json")
+    assert (v1.version, v1.ca, v1.tls_handshake_first) == (1, "", False)
+
+
+def test_enrolment_v2_with_a_malformed_ca_is_refused() -> None:
+    obj = json.loads(sample("enrolment_v2.json"))
+    for bad in (["pem"], "not a certificate", "-----BEGIN CERTIFICATE-----" + "A" * 70_000):
+        obj["ca"] = bad
+        with pytest.raises(ConfigError):
+            enrolment.decode_enrolment(json.dumps(obj).encode(), "bad.json")
