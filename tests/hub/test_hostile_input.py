@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -477,7 +478,7 @@ def raw_publish(data: Path, host: str, port: int, enr: dict[str, Any], payload: 
         assert f.readline() == b"PONG\r\n"
         try:
             s.sendall(f"PUB {INGEST} {len(payload)}\r\n".encode() + payload + b"\r\n")
-        except (BrokenPipeError, ConnectionResetError):
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
             pass
         out = b""
         try:
@@ -485,8 +486,8 @@ def raw_publish(data: Path, host: str, port: int, enr: dict[str, Any], payload: 
                 out += line
                 if line.startswith(b"-ERR"):
                     break
-        except (ConnectionResetError, TimeoutError):
-            pass
+        except (ConnectionResetError, TimeoutError, ssl.SSLError):
+            pass  # the server closes the link after -ERR (an SSL EOF under TLS)
         return out.decode(errors="replace")
 
 
