@@ -267,8 +267,11 @@ def _argv(command: Any, where: str) -> tuple[str, ...]:
 
 
 def _hub_options(raw: dict[str, Any]) -> dict[str, Any]:
-    """[hub]: bandwidth_limit (bytes/s, e.g. "2MiB"), sync_interval (e.g. "5s")."""
+    """[hub]: bandwidth_limit (bytes/s, e.g. "2MiB"), sync_interval (e.g. "5s"),
+    insecure_plaintext (true: accept plaintext nats:// servers; docs/OPERATIONS.md)."""
     out = dict(raw)
+    if not isinstance(out.get("insecure_plaintext", False), bool):
+        raise ConfigError("hub.insecure_plaintext must be true or false")
     if "bandwidth_limit" in out:
         out["bandwidth_limit"] = parse_size(out["bandwidth_limit"], "hub.bandwidth_limit")
     if "sync_interval" in out:

@@ -18,10 +18,16 @@ from typing import Any
 
 from amber.agent.enrolment import Enrolment
 from amber.protocol import wire
-from amber.protocol.errors import AmberError, HubUnavailableError
+from amber.protocol.errors import AmberError, ConfigError, HubUnavailableError
+from amber.tlsctx import client_context, find_verify_error, untrusted_peer
 
 log = logging.getLogger("amber.agent.hub")
 FETCH_BYTES = 5 * 1024 * 1024
+UNTRUSTED_HINT = (
+    "the hub's certificate does not chain to the CA in this node's enrolment: the "
+    "enrolment was written for another hub, or something is impersonating the hub; "
+    "check the address, then enrol again with a fresh 'amber-hub node rotate' file"
+)
 
 
 def nats_error() -> type[Exception]:
@@ -91,33 +97,48 @@ class HubLink:
         timeout: float = 10.0,
         persistent: bool = False,
         bandwidth: int | None = None,
+        insecure_plaintext: bool = False,
     ) -> HubLink:
-        import nats
+        from nats.aio.client import Client
+
+        tls = tls_options(enr, insecure_plaintext)
 
         async def quiet(exc: Exception) -> None:
             log.debug("nats: %s", exc)
+            bad_cert = find_verify_error(exc)
+            if bad_cert is not None:  # a wrong CA or an impostor: retrying cannot help
+                raise untrusted_peer(", ".join(enr.servers), bad_cert, UNTRUSTED_HINT)
 
         watch = ConnectionWatch()
-        try:
-            nc = await nats.connect(
-                list(enr.servers),
-                user=enr.user,
-                password=enr.password,
-                inbox_prefix=enr.inbox_prefix,
-                name=f"amber-agent-{enr.vault}-{enr.node}",
-                connect_timeout=min(timeout, 5.0),
-                allow_reconnect=True,
-                max_reconnect_attempts=-1 if persistent else 10,
-                reconnect_time_wait=0.5,
-                error_cb=quiet,
-                disconnected_cb=watch.on_disconnect,
-                reconnected_cb=watch.on_reconnect,
-                ping_interval=5,
-                max_outstanding_pings=2,
-            )
+        nc = Client()
+        connecting = nc.connect(
+            list(enr.servers),
+            user=enr.user,
+            password=enr.password,
+            inbox_prefix=enr.inbox_prefix,
+            name=f"amber-agent-{enr.vault}-{enr.node}",
+            connect_timeout=min(timeout, 5.0),
+            allow_reconnect=True,
+            max_reconnect_attempts=-1 if persistent else 10,
+            reconnect_time_wait=0.5,
+            error_cb=quiet,
+            disconnected_cb=watch.on_disconnect,
+            reconnected_cb=watch.on_reconnect,
+            ping_interval=5,
+            max_outstanding_pings=2,
+            **tls,
+        )
+        try:  # bounded: nats-py can stall after a failed TLS handshake
+            await asyncio.wait_for(connecting, None if persistent else 2 * timeout + 5)
+        except HubUnavailableError as exc:
+            log.error("%s", exc)
+            await _abandon(nc)
+            raise
         except (TimeoutError, nats_error(), OSError) as exc:
+            await _abandon(nc)
+            why = str(exc) or type(exc).__name__
             raise HubUnavailableError(
-                f"cannot reach the hub at {', '.join(enr.servers)}: {exc or type(exc).__name__}"
+                f"cannot reach the hub at {', '.join(enr.servers)}: {why}"
             ) from None
         return cls(enr, nc, timeout=timeout, bandwidth=bandwidth, watch=watch)
 
@@ -245,6 +266,32 @@ class HubLink:
             from amber.protocol.records import checkpoint_public
 
             after_seq = checkpoint_public(reply.records[-1]).seq
+
+
+def tls_options(enr: Enrolment, insecure_plaintext: bool) -> dict[str, Any]:
+    """nats.connect's TLS options for ``enr``: its CA (v2) or the system's trust store
+    (v1). A ``nats://`` server would get the password in clear: refused unless agent.toml
+    says ``insecure_plaintext = true`` under [hub]."""
+    plain = [u for u in enr.servers if not u.strip().startswith("tls://")]
+    if plain and not insecure_plaintext:
+        raise ConfigError(
+            f"the enrolment names plaintext NATS servers ({', '.join(plain)}): the node's "
+            "password would cross the network in clear",
+            hint="ask the hub operator for a new enrolment ('amber-hub node rotate NAME "
+            "--vault V --out FILE', then 'amber-agent enroll FILE'), or set "
+            "insecure_plaintext = true under [hub] in agent.toml on a trusted network",
+        )
+    return {
+        "tls": client_context(enr.ca or None, source="the enrolment's CA"),
+        "tls_handshake_first": enr.tls_handshake_first,
+    }
+
+
+async def _abandon(nc: Any) -> None:
+    try:
+        await asyncio.wait_for(nc.close(), 2)
+    except Exception:
+        pass
 
 
 async def try_connect(enr: Enrolment | None, timeout: float = 3.0) -> HubLink | None:

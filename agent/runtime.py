@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -32,6 +33,8 @@ from amber.agent.restore.restorer import Restorer
 from amber.agent.restore.swap import roll_back_interrupted
 from amber.agent.vouches import vouched_signer
 from amber.protocol.errors import ConfigError, HubUnavailableError, JournalError
+
+log = logging.getLogger("amber.agent")
 
 
 @dataclass
@@ -104,10 +107,13 @@ class AgentRuntime:
                     timeout=timeout,
                     persistent=persistent,
                     bandwidth=self.cfg.hub.get("bandwidth_limit"),
+                    insecure_plaintext=self.cfg.hub.get("insecure_plaintext", False),
                 )
-            except HubUnavailableError:
+            except (HubUnavailableError, ConfigError) as exc:
                 if required:
                     raise
+                if isinstance(exc, ConfigError):  # a plaintext enrolment: say why, work offline
+                    log.warning("not connecting to the hub: %s (%s)", exc, exc.hint)
         try:
             yield link
         finally:

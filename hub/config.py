@@ -31,6 +31,9 @@ class HubConfig:
     nats_password: str | None = None
     nats_listen: str = "0.0.0.0:4222"
     nats_advertise: str | None = None
+    nats_ca_file: Path | None = None  # external NATS: the CA its certificate chains to
+    insecure_plaintext: bool = False  # [nats] insecure_plaintext: allow nats:// enrolments
+    tls_hostnames: tuple[str, ...] = ()  # [tls] hostnames: more names for the server cert
     store_url: str | None = None  # None = DATA/objects
     admin_listen: str = "127.0.0.1:8470"
     ingest_workers: int = 2
@@ -63,7 +66,7 @@ def load_hub_config(path: Path | None, data_dir: str | None) -> HubConfig:
             raise ConfigError(f"cannot read hub configuration {path}: {exc}") from None
     hub, nats, store = raw.get("hub", {}), raw.get("nats", {}), raw.get("store", {})
     admin, retention = raw.get("admin", {}), raw.get("retention", {})
-    metrics = raw.get("metrics", {})
+    metrics, tls = raw.get("metrics", {}), raw.get("tls", {})
     if metrics.get("listen"):
         split_hostport(str(metrics["listen"]), "metrics.listen")
     register_secret(nats.get("password"))
@@ -74,6 +77,9 @@ def load_hub_config(path: Path | None, data_dir: str | None) -> HubConfig:
         nats_password=nats.get("password"),
         nats_listen=str(nats.get("listen", "0.0.0.0:4222")),
         nats_advertise=nats.get("advertise"),
+        nats_ca_file=Path(nats["ca_file"]) if nats.get("ca_file") else None,
+        insecure_plaintext=_flag(nats.get("insecure_plaintext", False), "nats.insecure_plaintext"),
+        tls_hostnames=tuple(str(h) for h in tls.get("hostnames", [])),
         store_url=store.get("url"),
         admin_listen=str(admin.get("listen", "127.0.0.1:8470")),
         ingest_workers=int(hub.get("ingest_workers", 2)),
@@ -82,6 +88,12 @@ def load_hub_config(path: Path | None, data_dir: str | None) -> HubConfig:
     for tier, days in retention.items():
         cfg.retention[str(tier)] = int(days)
     return cfg
+
+
+def _flag(value: object, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{what} must be true or false, not {value!r}")
+    return value
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,10 @@ The hub writes the server's configuration — JetStream, ``max_payload: 8MB``, o
 user for the hub and one per enrolled node whose permissions reach only that
 node's subjects — and reloads it with SIGHUP when a node is enrolled, so the
 server never restarts for it. The config file holds passwords and is 0600.
+
+The server speaks TLS only, from the first byte (``handshake_first``), with the
+certificate of the hub's own CA (``amber.hub.tls``): no password crosses the network
+in clear, and a client that does not start TLS gets nothing.
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ from pathlib import Path
 import nats
 
 from amber.hub.catalog import NodeRow
+from amber.hub.tls import HubTls
 from amber.protocol import wire
 from amber.protocol.errors import ConfigError, HubUnavailableError
 from amber.secretfile import write_secret
+from amber.tlsctx import client_context
 
 HUB_USER = "amber-hub"
 RELOAD_TIMEOUT = 10.0
@@ -65,8 +71,16 @@ def node_permissions(vault: str, node: str) -> dict[str, object]:
     }
 
 
+def tls_block(tls: HubTls) -> str:
+    """TLS for every client connection, started before the server's INFO line."""
+    return (
+        f"tls {{ cert_file: {json.dumps(str(tls.cert_file))}, "
+        f"key_file: {json.dumps(str(tls.key_file))}, handshake_first: true, timeout: 5 }}"
+    )
+
+
 def render_config(
-    host: str, port: int, store_dir: Path, hub_password: str, nodes: list[NodeRow]
+    host: str, port: int, store_dir: Path, hub_password: str, nodes: list[NodeRow], tls: HubTls
 ) -> str:
     users = [{"user": HUB_USER, "password": hub_password}]
     users += [
@@ -78,6 +92,7 @@ def render_config(
             f"listen: {json.dumps(f'{host}:{port}')}",
             "max_payload: 8MB",
             "max_pending: 64MB",
+            tls_block(tls),
             f"jetstream {{ store_dir: {json.dumps(str(store_dir))} }}",
             f"pid_file: {json.dumps(str(store_dir.parent / 'nats-server.pid'))}",
             f"authorization {{ users: {json.dumps(users, indent=2)} }}",
@@ -87,8 +102,8 @@ def render_config(
 
 
 class EmbeddedNats:
-    def __init__(self, workdir: Path, host: str, port: int, hub_password: str) -> None:
-        self.workdir, self.host, self.port = workdir, host, port
+    def __init__(self, workdir: Path, host: str, port: int, hub_password: str, tls: HubTls) -> None:
+        self.workdir, self.host, self.port, self.tls = workdir, host, port, tls
         self.hub_password = hub_password
         self.config_path = workdir / "nats.conf"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -97,12 +112,18 @@ class EmbeddedNats:
     @property
     def url(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
-        return f"nats://{host}:{self.port}"
+        return f"tls://{host}:{self.port}"
+
+    def client_options(self) -> dict[str, object]:
+        """What a client of this server passes to ``nats.connect`` besides credentials."""
+        return {"tls": client_context(self.tls.ca_pem()), "tls_handshake_first": True}
 
     def write_config(self, nodes: list[NodeRow]) -> None:
         """The config holds passwords: 0600, fsynced, atomically replaced."""
         self.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        text = render_config(self.host, self.port, self.workdir / "js", self.hub_password, nodes)
+        text = render_config(
+            self.host, self.port, self.workdir / "js", self.hub_password, nodes, self.tls
+        )
         write_secret(self.config_path, text.encode(), overwrite=True)
 
     def _stale_pid(self) -> int | None:
@@ -173,6 +194,7 @@ class EmbeddedNats:
                     connect_timeout=1,
                     allow_reconnect=False,
                     max_reconnect_attempts=0,
+                    **self.client_options(),  # type: ignore[arg-type]
                 )
             except Exception as exc:  # refused until the reload is applied
                 last = str(exc) or type(exc).__name__

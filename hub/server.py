@@ -27,9 +27,11 @@ from amber.hub.natsbox import HUB_USER, EmbeddedNats
 from amber.hub.nodeapi import NodeApi
 from amber.hub.plans import PlanBook
 from amber.hub.store.base import open_store
+from amber.hub.tls import HubTls, ensure_hub_tls, host_of
 from amber.protocol import wire
 from amber.protocol.enrolment import Enrolment, enrolment_object
 from amber.protocol.errors import ConfigError, HubUnavailableError
+from amber.tlsctx import client_context
 
 log = logging.getLogger("amber.hub")
 
@@ -42,6 +44,7 @@ class Hub:
         self.cfg = cfg
         self.secrets = load_secrets(cfg.data_dir)
         self.signer = load_hub_key(cfg.data_dir)  # signs restore orders and bundles
+        self.tls: HubTls = ensure_hub_tls(cfg.data_dir, tls_hosts(cfg))  # renews if due
         self.embedded: EmbeddedNats | None = None
         self.ingestor: Ingestor | None = None
         self.nc: Any = None
@@ -92,6 +95,7 @@ class Hub:
                 "admin_url": self.admin_url,
                 "nats_url": self.nats_url,
                 "metrics_url": self.metrics_url,
+                "ca_file": str(self.tls.ca_file),
                 "pid": os.getpid(),
             },
         )
@@ -110,6 +114,8 @@ class Hub:
         if cfg.nats_url:
             self.nats_url = cfg.nats_url
             user, password = cfg.nats_user, cfg.nats_password
+            self._check_tls_urls(cfg.nats_url.split(","), "nats.url")
+            options: dict[str, Any] = {"tls": client_context(self.nats_ca())}
         else:
             host, port = split_hostport(cfg.nats_listen, "nats.listen")
             if port == 0:  # pick a free port once and keep it, so enrolments stay valid
@@ -118,7 +124,7 @@ class Hub:
                 saved.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                 saved.write_text(str(port))
             self.embedded = EmbeddedNats(
-                cfg.data_dir / "nats", host, port, self.secrets.nats_password
+                cfg.data_dir / "nats", host, port, self.secrets.nats_password, self.tls
             )
             parts.push_async_callback(self.embedded.stop)  # also a half-started server
             await self.embedded.start(await self.catalog.nodes())
@@ -128,6 +134,7 @@ class Hub:
             parts.push_async_callback(_cancel, watch)
             self.nats_url = self.embedded.url
             user, password = HUB_USER, self.secrets.nats_password
+            options = self.embedded.client_options()
         try:
             self.nc = await nats.connect(
                 self.nats_url.split(","),
@@ -137,6 +144,7 @@ class Hub:
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
                 connect_timeout=5,
+                **options,
             )
         except Exception as exc:
             raise HubUnavailableError(f"cannot connect to NATS at {self.nats_url}: {exc}") from None
@@ -157,7 +165,7 @@ class Hub:
         runner = web.AppRunner(make_app(api), access_log=None)
         await runner.setup()
         parts.push_async_callback(runner.cleanup)
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, ssl_context=self.tls.server_context())
         try:
             await site.start()
         except OSError as exc:
@@ -166,12 +174,36 @@ class Hub:
                 hint="pick a free port ([admin] listen in hub.toml)",
             ) from None
         bound = site._server.sockets[0].getsockname()[1] if port == 0 else port  # type: ignore[union-attr]
-        self.admin_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{bound}"
+        self.admin_url = f"https://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{bound}"
 
     def advertised_nats(self) -> list[str]:
         if self.cfg.nats_advertise:
             return [u.strip() for u in self.cfg.nats_advertise.split(",")]
         return self.nats_url.split(",")
+
+    def nats_ca(self) -> str | None:
+        """The CA a node verifies NATS against: the hub's own, or ``nats.ca_file`` for an
+        external server (None: the system's trust store)."""
+        if self.embedded is not None:
+            return self.tls.ca_pem()
+        path = self.cfg.nats_ca_file
+        if path is None:
+            return None
+        try:
+            return path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"nats.ca_file: cannot read {path}: {exc.strerror}") from None
+
+    def _check_tls_urls(self, urls: list[str], what: str) -> None:
+        """No credential crosses a network in clear: every NATS URL must be ``tls://``
+        unless hub.toml says ``[nats] insecure_plaintext = true``."""
+        plain = [u for u in urls if not u.strip().startswith("tls://")]
+        if plain and not self.cfg.insecure_plaintext:
+            raise ConfigError(
+                f"{what}: {', '.join(plain)} would carry NATS passwords in clear",
+                hint="use tls:// URLs (the hub in a box serves TLS only), or set "
+                "insecure_plaintext = true under [nats] in hub.toml for a trusted network",
+            )
 
     async def enrol(self, vault: str, node: str, labels: dict[str, str]) -> dict[str, Any]:
         """Create a node's NATS user (scoped to its subjects) and return its enrolment."""
@@ -215,16 +247,20 @@ class Hub:
 
     async def _issue(self, vault: str, node: str, user: str, password: str) -> dict[str, Any]:
         assert self.embedded is not None
+        servers = self.advertised_nats()
+        self._check_tls_urls(servers, "nats.advertise")
         await self.embedded.reload_for(await self.catalog.nodes(), user, password)
         return enrolment_object(
             Enrolment(
                 vault=vault,
                 node=node,
-                servers=tuple(self.advertised_nats()),
+                servers=tuple(servers),
                 user=user,
                 password=password,
                 inbox_prefix=wire.inbox_prefix(vault, node),
                 hub_key=self.signer.public,
+                ca=self.nats_ca() or "",
+                tls_handshake_first=True,
             )
         )
 
@@ -257,6 +293,14 @@ async def _close_nats(nc: Any) -> None:
         await asyncio.wait_for(nc.close(), 5)
     except Exception:
         pass
+
+
+def tls_hosts(cfg: HubConfig) -> list[str]:
+    """Every host the hub's server certificate must name, from its listen and advertise
+    addresses and ``[tls] hostnames``."""
+    addresses = [cfg.nats_listen, cfg.admin_listen, *cfg.tls_hostnames]
+    addresses += [a for a in (cfg.nats_advertise or "").split(",") if a.strip()]
+    return [h for h in map(host_of, addresses) if h]
 
 
 def _free_port() -> int:

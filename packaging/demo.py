@@ -137,6 +137,10 @@ def main() -> None:
 def demo(started: float) -> None:
     data, state = WORK / "node" / "data", WORK / "node" / "state"
     hub("node", "add", "edge-1", "--vault", "fleet", "--out", str(WORK / "edge-1.enrol"))
+    enrolment = json.loads((WORK / "edge-1.enrol").read_text())
+    if not enrolment["ca"] or not all(u.startswith("tls://") for u in enrolment["nats_servers"]):
+        raise SystemExit("demo failed: the enrolment does not carry TLS settings")
+    print(f"links: {enrolment['nats_servers'][0]} (TLS, verified against the hub's own CA)")
     step("an edge node with agent memory, conversation logs, prompts and a model")
     make_node_data(data)
     agent(

@@ -39,6 +39,12 @@ def add_global_options(p: argparse.ArgumentParser, suppress: bool) -> None:
         default=default,
         help="admin API URL when not on the hub's machine",
     )
+    p.add_argument(
+        "--ca",
+        type=cli.PATH,
+        default=default,
+        help="the hub's CA certificate (DATA/tls/ca.pem; default: found via --data)",
+    )
     cli.add_logging_options(p, suppress=suppress)
 
 

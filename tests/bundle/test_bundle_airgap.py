@@ -173,7 +173,7 @@ def test_import_killed_mid_restore_rolls_back_when_run_again(site: Site, tmp_pat
     m = site.machine("edge-k", "edge-k")
     # the enrolment file carried to the site, its NATS address unreachable from there: the
     # hub key comes from it this time
-    enrolment["nats_servers"] = ["nats://127.0.0.1:9"]
+    enrolment["nats_servers"] = ["tls://127.0.0.1:9"]
     fd = os.open(m.agent.state / "enrolment.json", os.O_WRONLY | os.O_CREAT, 0o600)
     with os.fdopen(fd, "w") as fh:
         json.dump(enrolment, fh)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
+import ssl
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -32,6 +33,7 @@ from amber.protocol.records import (
     seal,
 )
 from tests.support.hub import HubProcess
+from tests.support.hubtls import host_port, hub_nats_tls, tls_socket
 from tests.support.node import cli_ok
 from tests.support.procs import wait_for
 from tests.support.security import checkpoint_record, connect
@@ -313,7 +315,9 @@ def rejection_lines(hub: HubProcess) -> list[str]:
 async def ingest_stream_state(hub: HubProcess) -> Any:
     """The ingest stream's state, seen with the hub's own NATS user."""
     password = json.loads((hub.data / "secrets.json").read_text())["nats_password"]
-    nc = await nats.connect([hub.nats_url], user="amber-hub", password=password)
+    nc = await nats.connect(
+        [hub.nats_url], user="amber-hub", password=password, **hub_nats_tls(hub.data)
+    )
     try:
         return (await nc.jetstream(timeout=5).stream_info("AMBER_INGEST")).state
     finally:
@@ -461,17 +465,17 @@ async def test_payload_over_max_payload_is_refused(
     finally:
         await nc.close()
 
-    host, port = hub.nats_url.removeprefix("nats://").rsplit(":", 1)
-    reply = await asyncio.to_thread(raw_publish, host, int(port), hostile, payload)
+    host, port = host_port(hub.nats_url)
+    reply = await asyncio.to_thread(raw_publish, hub.data, host, port, hostile, payload)
     assert "maximum payload violation" in reply.lower(), reply
     await asyncio.sleep(0.3)
     assert hub.holdings() == before
     assert hub.rejected(VAULT, NODE) == count
 
 
-def raw_publish(host: str, port: int, enr: dict[str, Any], payload: bytes) -> str:
-    """Speak the NATS protocol directly, with no client-side size check."""
-    with socket.create_connection((host, port), timeout=10) as s:
+def raw_publish(data: Path, host: str, port: int, enr: dict[str, Any], payload: bytes) -> str:
+    """Speak the NATS protocol directly (over TLS), with no client-side size check."""
+    with tls_socket(data, host, port) as s:
         f = s.makefile("rb")
         assert f.readline().startswith(b"INFO ")
         connect_opts = {"user": enr["user"], "pass": enr["password"], "verbose": False}
@@ -479,7 +483,7 @@ def raw_publish(host: str, port: int, enr: dict[str, Any], payload: bytes) -> st
         assert f.readline() == b"PONG\r\n"
         try:
             s.sendall(f"PUB {INGEST} {len(payload)}\r\n".encode() + payload + b"\r\n")
-        except (BrokenPipeError, ConnectionResetError):
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
             pass
         out = b""
         try:
@@ -487,8 +491,8 @@ def raw_publish(host: str, port: int, enr: dict[str, Any], payload: bytes) -> st
                 out += line
                 if line.startswith(b"-ERR"):
                     break
-        except (ConnectionResetError, TimeoutError):
-            pass
+        except (ConnectionResetError, TimeoutError, ssl.SSLError):
+            pass  # the server closes the link after -ERR (an SSL EOF under TLS)
         return out.decode(errors="replace")
 
 

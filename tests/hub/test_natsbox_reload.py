@@ -15,6 +15,7 @@ import pytest
 
 from amber.hub.catalog import NodeRow
 from amber.hub.natsbox import EmbeddedNats
+from amber.hub.tls import ensure_hub_tls
 from amber.protocol.errors import HubUnavailableError
 from tests.support.servers import free_port
 
@@ -32,6 +33,7 @@ async def connects(box: EmbeddedNats, password: str) -> bool:
             connect_timeout=2,
             allow_reconnect=False,
             max_reconnect_attempts=0,
+            **box.client_options(),  # type: ignore[arg-type]
         )
     except Exception:
         return False
@@ -41,7 +43,9 @@ async def connects(box: EmbeddedNats, password: str) -> bool:
 
 @pytest.fixture
 async def box(tmp_path: Path):  # type: ignore[no-untyped-def]
-    nats_box = EmbeddedNats(tmp_path / "nats", "127.0.0.1", free_port(), "hub-password")
+    nats_box = EmbeddedNats(
+        tmp_path / "nats", "127.0.0.1", free_port(), "hub-password", ensure_hub_tls(tmp_path, [])
+    )
     await nats_box.start([])
     try:
         yield nats_box

@@ -10,6 +10,7 @@ from pathlib import Path
 import nats
 
 from tests.support.hub import HubProcess, synced_node
+from tests.support.hubtls import enrolment_tls
 
 
 def _connects(enrolment: Path) -> bool:
@@ -26,6 +27,7 @@ async def _try_connect(enrolment: Path) -> bool:
             connect_timeout=2,
             max_reconnect_attempts=0,
             allow_reconnect=False,
+            **enrolment_tls(enr),
         )
     except Exception:
         return False

@@ -27,6 +27,7 @@ from amber.protocol.chunk import HEADER
 from amber.protocol.keys import SigningKey, VaultKeys
 from amber.protocol.records import KIND_CHECKPOINT, record_id
 from tests.support.hub import HubProcess
+from tests.support.hubtls import hub_nats_tls
 from tests.support.procs import wait_for
 from tests.support.security import Errors, checkpoint_record, connect
 
@@ -58,7 +59,11 @@ async def hub_conn(hub: HubProcess) -> Any:
     """The hub's own (unrestricted) NATS user, to look at the stream from outside."""
     password = json.loads((hub.data / "secrets.json").read_text())["nats_password"]
     return await nats.connect(
-        [hub.nats_url], user="amber-hub", password=password, allow_reconnect=False
+        [hub.nats_url],
+        user="amber-hub",
+        password=password,
+        allow_reconnect=False,
+        **hub_nats_tls(hub.data),
     )
 
 

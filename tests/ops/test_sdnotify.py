@@ -37,6 +37,7 @@ import pytest
 
 from amber import sdnotify
 from amber.agent.config import TierPolicy, load_config, save_config
+from tests.support.hubtls import admin_context, host_port, tls_socket
 from tests.support.node import cli_proc
 from tests.support.procs import Result
 
@@ -364,10 +365,11 @@ def test_hub_ready_only_when_serving(hub_data: Path, tmp_path: Path) -> None:
         ready = listener.wait_for("READY=1", START_TIMEOUT, lambda: proc.poll() is None)
         # At READY=1 the hub must already be fully up: runtime file, admin API, NATS.
         runtime = json.loads((hub_data / "hub.json").read_text())
-        with urllib.request.urlopen(runtime["admin_url"] + "/api/v1/health", timeout=5) as resp:
+        ctx = admin_context(hub_data)
+        url = runtime["admin_url"] + "/api/v1/health"
+        with urllib.request.urlopen(url, timeout=5, context=ctx) as resp:
             assert resp.status == 200
-        host, port = runtime["nats_url"].removeprefix("nats://").rsplit(":", 1)
-        with socket.create_connection((host, int(port)), timeout=5) as s:
+        with tls_socket(hub_data, *host_port(runtime["nats_url"]), timeout=5) as s:
             assert s.recv(4).startswith(b"INFO")
         time.sleep(2.5)
         _assert_watchdog_fed(listener, ready)

@@ -16,7 +16,7 @@ import blake3
 import pytest
 
 from amber.protocol import chunk, enrolment, keys, packfile, records, wire
-from amber.protocol.errors import IntegrityError, UnknownVersionError
+from amber.protocol.errors import ConfigError, IntegrityError, UnknownVersionError
 from tests.fixtures.make_fixtures import jsonable  # how expected.json spells values
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -184,7 +184,7 @@ def test_enrolment_v1_keeps_decoding_and_encodes_byte_identical() -> None:
 
 def test_enrolment_of_an_unknown_version_is_refused() -> None:
     obj = json.loads(sample("enrolment_v1.json"))
-    for version in (2, 0, "1", None):
+    for version in (3, 0, "1", None, True):
         obj["version"] = version
         with pytest.raises(UnknownVersionError):
             enrolment.decode_enrolment(json.dumps(obj).encode(), "future.json")
@@ -220,3 +220,22 @@ def test_manifest_v2_refuses_parts_that_are_not_its_own(vault: keys.VaultKeys) -
             records.decode_manifest(head, vault, parts=wrong)
         with pytest.raises(IntegrityError):
             records.manifest_chunk_ids(head, wrong)
+
+
+def test_enrolment_v2_carries_the_ca_and_encodes_byte_identical() -> None:
+    data = sample("enrolment_v2.json")  # as amber-hub node add --out writes it (TLS)
+    enr = enrolment.decode_enrolment(data, "enrolment_v2.json")
+    assert enr.version == 2 and enr.tls_handshake_first is True
+    assert enr.servers == ("tls://127.0.0.1:4222", "tls://hub.example.net:4222")
+    assert enr.ca.startswith("-----BEGIN CERTIFICATE-----")
+    assert enrolment.encode_enrolment(enr) == data
+    v1 = enrolment.decode_enrolment(sample("enrolment_v1.json"), "enrolment_v1.json")
+    assert (v1.version, v1.ca, v1.tls_handshake_first) == (1, "", False)
+
+
+def test_enrolment_v2_with_a_malformed_ca_is_refused() -> None:
+    obj = json.loads(sample("enrolment_v2.json"))
+    for bad in (["pem"], "not a certificate", "-----BEGIN CERTIFICATE-----" + "A" * 70_000):
+        obj["ca"] = bad
+        with pytest.raises(ConfigError):
+            enrolment.decode_enrolment(json.dumps(obj).encode(), "bad.json")

@@ -24,6 +24,9 @@ Faults:
   direction (so a request/response round trip gains ``2 * s``). Order is kept.
 - ``set_bandwidth(bps)``: each direction of each connection is throttled to ``bps``
   bytes per second (``None``: unlimited).
+
+Sniffing: ``FaultProxy(..., record=True)`` keeps every delivered byte in ``recorded``
+(both directions, in delivery order), so a test can look for secrets on the wire.
 """
 
 from __future__ import annotations
@@ -66,7 +69,14 @@ class _Link:
 class FaultProxy:
     """Forward TCP from ``127.0.0.1:<port>`` to ``target_host:target_port``, with faults."""
 
-    def __init__(self, target_host: str, target_port: int, listen_host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        target_host: str,
+        target_port: int,
+        listen_host: str = "127.0.0.1",
+        *,
+        record: bool = False,
+    ) -> None:
         self.target_host = target_host
         self.target_port = target_port
         self.listen_host = listen_host
@@ -80,6 +90,7 @@ class FaultProxy:
         self.bytes_upstream = 0  # client -> target, delivered
         self.bytes_downstream = 0  # target -> client, delivered
         self.connections_total = 0  # accepted, including refused ones
+        self.recorded: bytearray | None = bytearray() if record else None
 
     # -- info
     @property
@@ -274,6 +285,8 @@ class FaultProxy:
                 piece, view = view[:step], view[step:]
             writer.write(piece)
             await writer.drain()
+            if self.recorded is not None:
+                self.recorded += piece
             if upstream:
                 self.bytes_upstream += len(piece)
             else:
@@ -285,11 +298,11 @@ class FaultProxy:
 class ThreadedProxy:
     """tests/support/faultproxy.py's FaultProxy on an event loop in a thread of its own."""
 
-    def __init__(self, target_port: int) -> None:
+    def __init__(self, target_port: int, *, record: bool = False) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.proxy = FaultProxy("127.0.0.1", target_port)
+        self.proxy = FaultProxy("127.0.0.1", target_port, record=record)
         self._call(self.proxy.start())
 
     def _call(self, coro: Any, timeout: float = 10) -> Any:
@@ -308,6 +321,11 @@ class ThreadedProxy:
     @property
     def port(self) -> int:
         return self.proxy.port
+
+    @property
+    def recorded(self) -> bytes:
+        """Every byte the proxy delivered, both ways (with ``record=True``)."""
+        return bytes(self.proxy.recorded or b"")
 
     @property
     def bytes_upstream(self) -> int:

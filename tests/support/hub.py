@@ -27,6 +27,7 @@ from typing import Any
 
 from amber.hub.cli import main as hub_main
 from tests.support.data import query_ro
+from tests.support.hubtls import admin_context
 from tests.support.node import Agent
 from tests.support.procs import (
     PY,
@@ -147,7 +148,8 @@ class HubProcess(ChildServer):
             if info.get("pid") != self.proc.pid:
                 return False
             url = info["admin_url"] + "/api/v1/health"
-            with urllib.request.urlopen(url, timeout=2) as resp:
+            ctx = admin_context(self.data)
+            with urllib.request.urlopen(url, timeout=2, context=ctx) as resp:
                 if not json.loads(resp.read()).get("ok"):
                     return False
         except (OSError, ValueError, KeyError):
@@ -244,7 +246,8 @@ class HubProcess(ChildServer):
             headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
             data=None if body is None else json.dumps(body).encode(),
         )
-        with urllib.request.urlopen(req, timeout=10) as resp:
+        ctx = admin_context(self.data)
+        with urllib.request.urlopen(req, timeout=10, context=ctx) as resp:
             return json.loads(resp.read())
 
     def rejected(self, vault: str, node: str) -> int:

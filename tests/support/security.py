@@ -20,6 +20,7 @@ import zstandard
 
 from amber.protocol.keys import SigningKey, VaultKeys
 from amber.protocol.records import Checkpoint, encode_checkpoint
+from tests.support.hubtls import enrolment_tls
 
 # --- node connections -------------------------------------------------------------
 
@@ -50,6 +51,7 @@ async def connect(enr: dict[str, Any], errors: Errors | None = None, **kw: Any) 
         "inbox_prefix": enr["inbox_prefix"],
         "allow_reconnect": False,
         "connect_timeout": 5,
+        **enrolment_tls(enr),
     }
     if errors is not None:
         opts["error_cb"] = errors.cb
