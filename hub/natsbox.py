@@ -194,6 +194,7 @@ class EmbeddedNats:
                     connect_timeout=1,
                     allow_reconnect=False,
                     max_reconnect_attempts=0,
+                    error_cb=_quiet,  # refusals until the reload applies are expected
                     **self.client_options(),  # type: ignore[arg-type]
                 )
             except Exception as exc:  # refused until the reload is applied
@@ -250,3 +251,7 @@ class EmbeddedNats:
             await asyncio.sleep(0.05)
         self.proc.kill()
         self.proc.wait()
+
+
+async def _quiet(exc: Exception) -> None:
+    """nats-py logs every connection error with a traceback unless given a callback."""
