@@ -43,8 +43,8 @@ CREATE TABLE IF NOT EXISTS checkpoints(
     PRIMARY KEY(vault, node, seq));
 CREATE UNIQUE INDEX IF NOT EXISTS checkpoints_id ON checkpoints(vault, id);
 CREATE TABLE IF NOT EXISTS refusals(
-    vault TEXT NOT NULL, id BLOB NOT NULL, reason TEXT NOT NULL, at_us INTEGER NOT NULL,
-    PRIMARY KEY(vault, id)) WITHOUT ROWID;
+    vault TEXT NOT NULL, node TEXT NOT NULL, id BLOB NOT NULL, reason TEXT NOT NULL,
+    at_us INTEGER NOT NULL, PRIMARY KEY(vault, node, id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS manifests(
     vault TEXT NOT NULL, id BLOB NOT NULL, node TEXT NOT NULL, source TEXT NOT NULL,
     kind TEXT NOT NULL, tier TEXT NOT NULL, time_us INTEGER NOT NULL, size INTEGER NOT NULL,
@@ -279,13 +279,17 @@ class Catalog:
             [(vault, cid, CHUNK, size, t, pack, off) for cid, off, size in rows],
         )
 
-    async def _by_ids(self, select: str, vault: str, ids: Sequence[bytes]) -> list[Any]:
-        """Rows of ``SELECT id, ... FROM table WHERE vault=? AND id IN (...)``, in batches."""
+    async def _by_ids(
+        self, select: str, vault: str, ids: Sequence[bytes], where: str = "", args: Any = ()
+    ) -> list[Any]:
+        """Rows of ``SELECT id, ... FROM table WHERE [where] vault=? AND id IN (...)``,
+        in batches."""
         rows: list[Any] = []
         for i in range(0, len(ids), 500):
             part = list(ids[i : i + 500])
             marks = ",".join("?" * len(part))
-            rows += await self.query(f"{select} WHERE vault=? AND id IN ({marks})", [vault, *part])
+            sql = f"{select} WHERE {where}vault=? AND id IN ({marks})"
+            rows += await self.query(sql, [*args, vault, *part])
         return rows
 
     async def present(self, vault: str, ids: Sequence[bytes]) -> dict[bytes, str]:
@@ -298,14 +302,32 @@ class Catalog:
         rows = await self._by_ids("SELECT id, kind, size, pack, off FROM objects", vault, ids)
         return {r[0]: Location(r[1], r[2], r[3], r[4]) for r in rows}
 
-    async def refuse(self, vault: str, oid: bytes, reason: str) -> None:
-        """Remember that ingest refused a record, so the node's receipt query says so."""
+    async def refuse(self, vault: str, node: str, oid: bytes, reason: str) -> None:
+        """Remember that ingest refused a record ``node`` sent, so that node's receipt
+        query says so. Per node: one node's refused bytes never refuse another's id."""
         await self.execute(
-            "INSERT OR REPLACE INTO refusals VALUES(?,?,?,?)", (vault, oid, reason[:500], now_us())
+            "INSERT OR REPLACE INTO refusals VALUES(?,?,?,?,?)",
+            (vault, node, oid, reason[:500], now_us()),
         )
 
-    async def refusals(self, vault: str, ids: Sequence[bytes]) -> dict[bytes, str]:
-        rows = await self._by_ids("SELECT id, reason FROM refusals", vault, ids)
+    async def refuse_many(self, vault: str, node: str, ids: Sequence[bytes], reason: str) -> None:
+        t = now_us()
+        await self.execute_many(
+            "INSERT OR REPLACE INTO refusals VALUES(?,?,?,?,?)",
+            [(vault, node, oid, reason[:500], t) for oid in ids],
+        )
+
+    async def forget_refusals(self, vault: str, node: str, ids: Sequence[bytes]) -> None:
+        """The node may send these again (e.g. chunks refused while it was over a quota)."""
+        await self.execute_many(
+            "DELETE FROM refusals WHERE vault=? AND node=? AND id=?",
+            [(vault, node, oid) for oid in ids],
+        )
+
+    async def refusals(self, vault: str, node: str, ids: Sequence[bytes]) -> dict[bytes, str]:
+        rows = await self._by_ids(
+            "SELECT id, reason FROM refusals", vault, ids, "node=? AND ", [node]
+        )
         return {r[0]: r[1] for r in rows}
 
     async def object_count(self) -> tuple[int, int]:
@@ -411,9 +433,17 @@ class Catalog:
 
 
 async def _migrate(db: aiosqlite.Connection) -> None:
-    """Catalogs made before pack objects lack the objects' ``pack`` and ``off`` columns."""
+    """Catalogs made before pack objects lack the objects' ``pack`` and ``off`` columns;
+    those made before refusals were kept per node have a ``refusals`` table without
+    ``node`` (its rows, refusals anyone could have planted under another node's id, are
+    dropped: a node whose record was really refused is refused again at its next send)."""
     async with db.execute("PRAGMA table_info(objects)") as cur:
         columns = {row[1] for row in await cur.fetchall()}
     for name, decl in (("pack", "BLOB"), ("off", "INTEGER")):
         if name not in columns:
             await db.execute(f"ALTER TABLE objects ADD COLUMN {name} {decl}")
+    async with db.execute("PRAGMA table_info(refusals)") as cur:
+        columns = {row[1] for row in await cur.fetchall()}
+    if "node" not in columns:
+        await db.execute("DROP TABLE refusals")
+        await db.executescript(SCHEMA)

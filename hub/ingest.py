@@ -58,9 +58,11 @@ class IngestStats:
     duplicates: int = 0
     retries: int = 0
     rejected: Counter[str] | None = None
+    quota_refused: Counter[str] | None = None  # "vault/node/quota" -> refusals
 
     def __post_init__(self) -> None:
         self.rejected = Counter()
+        self.quota_refused = Counter()
 
 
 class Ingestor:

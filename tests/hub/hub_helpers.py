@@ -170,8 +170,9 @@ class HubProcess:
 
     START_TIMEOUT = 30.0
 
-    def __init__(self, data: Path) -> None:
+    def __init__(self, data: Path, config: str | None = None) -> None:
         self.data = data
+        self.config = config  # hub.toml text, written beside DATA and passed as --config
         self.log = data.parent / f"{data.name}-serve.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.nats_pids: set[int] = set()  # every nats-server seen, killed by cleanup()
@@ -226,7 +227,12 @@ class HubProcess:
         if self.running:
             raise AssertionError("hub already running")
         self.data.parent.mkdir(parents=True, exist_ok=True)
-        argv = [PY, "-m", "amber.hub.cli", "--data", str(self.data), "serve"]
+        argv = [PY, "-m", "amber.hub.cli", "--data", str(self.data)]
+        if self.config is not None:
+            toml = self.data.parent / f"{self.data.name}.toml"
+            toml.write_text(self.config)
+            argv += ["--config", str(toml)]
+        argv.append("serve")
         argv += ["--nats-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]
         self.proc = spawn(argv, self.log)
         try:
