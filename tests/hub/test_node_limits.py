@@ -149,3 +149,32 @@ def test_the_ingest_stream_is_bounded_per_node_with_discard_new(tmp_path: Path) 
         assert cfg.discard_new_per_subject is True  # type: ignore[attr-defined]
     finally:
         hub.cleanup()
+
+
+def test_a_node_cannot_pre_refuse_another_nodes_record(
+    tmp_path: Path, hub: HubProcess, vault_key: Path
+) -> None:
+    thief = new_agent(hub, tmp_path, "thief", "fleet", vault_key)
+    honest = new_agent(hub, tmp_path, "honest", "fleet", vault_key)
+    honest.add("memory", "files", make_memory(tmp_path / "memory"))
+    target = bytes.fromhex(honest.checkpoint()["id"])  # learnt, say, from a shared log
+    assert thief.enrolment is not None
+
+    async def plant() -> None:  # garbage under the honest node's checkpoint id
+        nc = await connect(json.loads(thief.enrolment.read_text()))  # type: ignore[union-attr]
+        try:
+            put = wire.RecordPut(id=target, kind=3, data=b"\x00garbage" * 8)
+            subject = wire.subject("fleet", "thief", "ingest")
+            await nc.jetstream().publish(subject, wire.encode(put), timeout=10)
+        finally:
+            await nc.close()
+
+    asyncio.run(plant())
+    key = "fleet/thief"
+    deadline = time.monotonic() + 30
+    while not hub.status()["ingest"]["rejected"].get(key):
+        assert time.monotonic() < deadline, "the hub never looked at the planted record"
+        time.sleep(0.1)
+    res = honest.proc("sync", "--once", timeout=60)
+    assert res.code == 0, res
+    assert [c["id"] for c in hub.checkpoints("honest", "fleet")] == [target.hex()]
