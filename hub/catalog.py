@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
+import bcrypt
 
 from amber.logs import register_secret
 from amber.protocol.errors import JournalError, NotFoundError
@@ -26,6 +27,7 @@ from amber.protocol.records import Checkpoint
 from amber.sqlitetx import begin_immediate, rollback_if_open
 
 CHUNK, RECORD, PACK = "c", "r", "p"
+BCRYPT_ROUNDS = 10  # about 0.1 s per check: paid by nats-server at each node connect
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes(
@@ -69,7 +71,7 @@ class NodeRow:
     vault: str
     node: str
     user: str
-    password: str
+    password: str  # its bcrypt hash ($2a$...): nats-server checks passwords against it
     created_us: int
     labels: dict[str, str]
     last_seen_us: int | None
@@ -198,11 +200,12 @@ class Catalog:
         self, vault: str, node: str, user: str, password: str, labels: dict[str, str]
     ) -> None:
         register_secret(password)
+        hashed = await asyncio.to_thread(password_hash, password)
         try:
             await self.execute(
                 "INSERT INTO nodes(vault, node, user, password, created_us, labels) "
                 "VALUES(?,?,?,?,?,?)",
-                (vault, node, user, password, now_us(), json.dumps(labels)),
+                (vault, node, user, hashed, now_us(), json.dumps(labels)),
             )
         except sqlite3.IntegrityError:
             raise JournalError(
@@ -212,13 +215,13 @@ class Catalog:
 
     async def set_password(self, vault: str, node: str, password: str) -> None:
         register_secret(password)
+        hashed = await asyncio.to_thread(password_hash, password)
         await self.execute(
-            "UPDATE nodes SET password=? WHERE vault=? AND node=?", (password, vault, node)
+            "UPDATE nodes SET password=? WHERE vault=? AND node=?", (hashed, vault, node)
         )
 
     async def nodes(self) -> list[NodeRow]:
         rows = await self.query("SELECT * FROM nodes ORDER BY vault, node")
-        register_secret(*(r[3] for r in rows))  # node NATS passwords never reach a log
         return [
             NodeRow(
                 r[0],
@@ -442,8 +445,29 @@ async def _migrate(db: aiosqlite.Connection) -> None:
     for name, decl in (("pack", "BLOB"), ("off", "INTEGER")):
         if name not in columns:
             await db.execute(f"ALTER TABLE objects ADD COLUMN {name} {decl}")
+    await _hash_passwords(db)
     async with db.execute("PRAGMA table_info(refusals)") as cur:
         columns = {row[1] for row in await cur.fetchall()}
     if "node" not in columns:
         await db.execute("DROP TABLE refusals")
         await db.executescript(SCHEMA)
+
+
+def password_hash(password: str) -> str:
+    """A node's NATS password as a bcrypt hash in the form nats-server reads (``$2a$``)."""
+    salt = bcrypt.gensalt(rounds=BCRYPT_ROUNDS, prefix=b"2a")
+    return bcrypt.hashpw(password.encode(), salt).decode()
+
+
+async def _hash_passwords(db: aiosqlite.Connection) -> None:
+    """Catalogs made before node passwords were hashed keep them in clear: hash them
+    (the nodes' enrolments keep working, since nats-server checks against the hash)."""
+    async with db.execute("SELECT vault, node, password FROM nodes") as cur:
+        clear = [r for r in await cur.fetchall() if not str(r[2]).startswith("$2")]
+    if not clear:
+        return
+    register_secret(*(r[2] for r in clear))
+    rows = [(await asyncio.to_thread(password_hash, r[2]), r[0], r[1]) for r in clear]
+    await db.execute("BEGIN IMMEDIATE")
+    await db.executemany("UPDATE nodes SET password=? WHERE vault=? AND node=?", rows)
+    await db.execute("COMMIT")
