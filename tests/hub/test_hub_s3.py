@@ -155,3 +155,71 @@ def test_sync_to_s3_hub_locks_objects_and_restores(s3_hub, s3_server, tmp_path: 
     assert (out / "model" / "weights.bin").read_bytes() == payload
     listed = json.loads(_hub_cli(data, "checkpoints", "--json"))
     assert [c["seq"] for c in listed] == [0]
+
+
+def test_only_referenced_packs_are_locked(s3_hub, s3_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A stolen node uploads junk it never references: the hub stores it unlocked, so
+    a sweep can remove it; the packs a manifest it accepted names are locked."""
+    import asyncio
+    import sqlite3
+
+    import nats
+
+    from amber.protocol import wire
+    from amber.protocol.chunk import encode_chunk
+    from amber.protocol.keys import VaultKeys
+
+    data, bucket = s3_hub
+    enrol = tmp_path / "n1.enrol"
+    _hub_cli(data, "node", "add", "n1", "--vault", "v1", "--out", str(enrol))
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "weights.bin").write_bytes(os.urandom(1024 * 1024))
+    state = tmp_path / "state"
+    cfg = ["--config", str(state / "agent.toml")]
+    init = ["init", "--dir", str(state), "--node", "n1", "--vault", "v1", "--enroll", str(enrol)]
+    assert agent(init) == 0
+    assert agent([*cfg, "source", "add", "model", "--kind", "model", "--path", str(src)]) == 0
+    assert agent([*cfg, "checkpoint"]) == 0
+    assert agent([*cfg, "sync", "--once"]) == 0
+
+    junk_id, blob = encode_chunk(VaultKeys.generate(), os.urandom(64 * 1024))
+    enr = json.loads(enrol.read_text())
+
+    async def upload_junk() -> None:
+        nc = await nats.connect(
+            enr["nats_servers"],
+            user=enr["user"],
+            password=enr["password"],
+            inbox_prefix=enr["inbox_prefix"],
+        )
+        try:
+            put = wire.encode(wire.ChunkPut(id=junk_id, blob=blob))
+            await nc.jetstream().publish("amber.v1.n1.ingest", put, timeout=10)
+        finally:
+            await nc.close()
+
+    asyncio.run(upload_junk())
+
+    def packs() -> dict[bytes, bytes]:
+        con = sqlite3.connect(f"file:{data / 'catalog.db'}?mode=ro", uri=True)
+        try:
+            rows = con.execute("SELECT id, pack FROM objects WHERE kind='c'").fetchall()
+        finally:
+            con.close()
+        return {r[0]: r[1] for r in rows}
+
+    deadline = time.monotonic() + 30
+    while junk_id not in packs():
+        assert time.monotonic() < deadline, "the junk chunk was never stored"
+        time.sleep(0.1)
+    where = packs()
+    junk_pack = where.pop(junk_id)
+    client = s3_server.client()
+
+    def lock(pack: bytes) -> object:
+        key = f"amber/v1/packs/{pack.hex()[:2]}/{pack.hex()}"
+        return client.head_object(Bucket=bucket, Key=key).get("ObjectLockMode")
+
+    assert lock(junk_pack) is None  # never referenced: never locked, removable
+    assert where and all(lock(p) == "COMPLIANCE" for p in set(where.values()))
