@@ -43,11 +43,11 @@ class NodeApi:
         self.nc, self.store, self.catalog = nc, store, catalog
         self.subs: list[Any] = []
         self.coordinator: Any = None  # set by the hub once restores are set up
+        # the leases' tables exist once UploadLeases.setup() was awaited (the hub does)
         self.leases = leases if leases is not None else UploadLeases(catalog)
         self.quotas = quotas
 
     async def start(self) -> None:
-        await self.leases.setup()
         self.subs.append(await self.nc.subscribe("amber.*.*.rpc", queue="hub", cb=self._rpc))
         self.subs.append(await self.nc.subscribe("amber.*.*.status", cb=self._status))
 

@@ -86,6 +86,7 @@ class Hub:
             parts.push_async_callback(self.ingest_stream.stop)
             await self.ingest_stream.start()
             leases = UploadLeases(self.catalog, lim.upload_lease, lim.leases_per_node)
+            await leases.setup()
             self.nodeapi = NodeApi(self.nc, self.store, self.catalog, leases, quotas)
             parts.push_async_callback(self.nodeapi.stop)
             await self.nodeapi.start()
