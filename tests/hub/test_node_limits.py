@@ -19,6 +19,8 @@ from nats.js.api import DiscardPolicy
 from security_helpers import connect
 
 from amber.protocol import wire
+from amber.protocol.chunk import encode_chunk
+from amber.protocol.keys import VaultKeys
 
 MiB = 1024 * 1024
 
@@ -110,6 +112,11 @@ def test_a_node_over_its_quota_is_refused_and_the_others_are_not(
         assert res.code == 43, res  # QuotaExceededError, docs/ERRORS.md
         assert "bytes_per_day" in res.err and "hint:" in res.err, res.err
         assert [c["seq"] for c in hub.checkpoints("greedy", "fleet")] == [0]
+        # skipping the query does not help: ingest refuses its chunks, and says so by receipt
+        assert greedy.enrolment is not None
+        junk = _sneak_chunk(hub, greedy.enrolment)
+        assert junk not in hub.catalog_object_ids("fleet")
+        assert "QuotaExceededError" in _receipt_error(greedy.enrolment, junk)
         # the other node of the same vault syncs as if nothing happened
         other.add("memory", "files", make_memory(tmp_path / "other-memory"))
         other.checkpoint()
@@ -122,6 +129,49 @@ def test_a_node_over_its_quota_is_refused_and_the_others_are_not(
         assert "node fleet/greedy is over its bytes_per_day quota" in hub.log.read_text()
     finally:
         hub.cleanup()
+
+
+def _sneak_chunk(hub: HubProcess, enrolment: Path) -> bytes:
+    """Publish a well-formed chunk straight to the node's ingest subject; wait until the
+    hub has handled it (refused: the node's rejected count rises; or stored). Its id."""
+    cid, blob = encode_chunk(VaultKeys.generate(), b"sneaked past the chunk query" * 1000)
+    enr = json.loads(enrolment.read_text())
+
+    async def publish() -> None:
+        nc = await connect(enr)
+        try:
+            subject = wire.subject(enr["vault"], enr["node"], "ingest")
+            put = wire.encode(wire.ChunkPut(id=cid, blob=blob))
+            await nc.jetstream().publish(subject, put, timeout=10)
+        finally:
+            await nc.close()
+
+    def rejected() -> int:
+        return int(hub.status()["ingest"]["rejected"].get(f"{enr['vault']}/{enr['node']}", 0))
+
+    before = rejected()
+    asyncio.run(publish())
+    deadline = time.monotonic() + 30
+    while rejected() == before and cid not in hub.catalog_object_ids(enr["vault"]):
+        assert time.monotonic() < deadline, "the hub never handled the sneaked chunk"
+        time.sleep(0.1)
+    return cid
+
+
+def _receipt_error(enrolment: Path, cid: bytes) -> str:
+    enr = json.loads(enrolment.read_text())
+
+    async def ask() -> str:
+        nc = await connect(enr)
+        try:
+            subject = wire.subject(enr["vault"], enr["node"], "rpc")
+            reply = await nc.request(subject, wire.encode(wire.ReceiptQuery(ids=(cid,))), 10)
+            msg = wire.decode(reply.data)
+            return msg.code if isinstance(msg, wire.ErrorReply) else repr(msg)
+        finally:
+            await nc.close()
+
+    return asyncio.run(ask())
 
 
 def test_the_ingest_stream_is_bounded_per_node_with_discard_new(tmp_path: Path) -> None:
