@@ -41,6 +41,7 @@ log = logging.getLogger("amber.agent.sync")
 QUERY_BATCH = 4096
 IN_FLIGHT = 32
 RECEIPT_TIMEOUT = 120.0
+REASK_SECONDS = 5.0  # chunks still missing this long are asked about (and sent) again
 
 
 @dataclass
@@ -108,7 +109,7 @@ class Syncer:
             wire.RecordPut(id=cp_id, kind=KIND_CHECKPOINT, data=cp_data), cp_id.hex(), deadline
         )
         records = [*manifests, cp_id]
-        await self._await_receipts(ids + records, deadline)
+        await self._await_receipts(ids + records, deadline, set(ids).difference(missing))
         await self.journal.mark_durable(ids, records, seq)
         log.info(
             "checkpoint seq %d is durable at the hub (%d chunks sent, %d already there)",
@@ -192,11 +193,23 @@ class Syncer:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
 
-    async def _await_receipts(self, ids: list[bytes], deadline: float) -> None:
+    async def _await_receipts(
+        self, ids: list[bytes], deadline: float, skipped: set[bytes] | None = None
+    ) -> None:
+        """Poll receipts until every id is durable. ``skipped`` chunks (another node
+        held their upload lease) still missing are asked about again every REASK_SECONDS:
+        if that lease lapsed (its holder never sent them), the hub hands them to this
+        node, which sends them (once)."""
         pending = list(ids)
         limit = min(deadline, time.monotonic() + RECEIPT_TIMEOUT)
         delay = 0.05
+        reask = time.monotonic() + REASK_SECONDS
         while pending:
+            if skipped and time.monotonic() > reask:
+                reask = time.monotonic() + REASK_SECONDS
+                handed = await self._missing([i for i in pending if i in skipped])
+                skipped.difference_update(handed)
+                await self._send_chunks(handed, deadline)
             still: list[bytes] = []
             for i in range(0, len(pending), QUERY_BATCH):
                 reply = await self.link.request(

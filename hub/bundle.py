@@ -49,6 +49,7 @@ from amber.protocol.records import (
     KIND_MANIFEST,
     KIND_PART,
     Checkpoint,
+    record_id,
 )
 
 STAGING = "bundle-staging"
@@ -295,7 +296,8 @@ async def _put_record(hd: HubData, st: Staged, rid: bytes, kind: int) -> None:
     except StoreError:
         raise
     except AmberError as exc:
-        await hd.catalog.refuse(h.vault, rid, str(exc))  # as NATS ingest remembers it
+        if record_id(data) == rid:  # as NATS ingest remembers it: per node, verified ids
+            await hd.catalog.refuse(h.vault, h.node, rid, str(exc))
         raise
     if outcome == "retry":  # only a missing prerequisite makes ingest wait
         raise ChainError(f"record {rid.hex()[:16]} lacks what it builds on at the hub")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
+import bcrypt
 
 from amber.logs import register_secret
 from amber.protocol.errors import JournalError, NotFoundError, SignatureError
@@ -26,6 +27,7 @@ from amber.protocol.records import Checkpoint
 from amber.sqlitetx import begin_immediate, rollback_if_open
 
 CHUNK, RECORD, PACK = "c", "r", "p"
+BCRYPT_ROUNDS = 10  # about 0.1 s per check: paid by nats-server at each node connect
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes(
@@ -43,8 +45,8 @@ CREATE TABLE IF NOT EXISTS checkpoints(
     PRIMARY KEY(vault, node, seq));
 CREATE UNIQUE INDEX IF NOT EXISTS checkpoints_id ON checkpoints(vault, id);
 CREATE TABLE IF NOT EXISTS refusals(
-    vault TEXT NOT NULL, id BLOB NOT NULL, reason TEXT NOT NULL, at_us INTEGER NOT NULL,
-    PRIMARY KEY(vault, id)) WITHOUT ROWID;
+    vault TEXT NOT NULL, node TEXT NOT NULL, id BLOB NOT NULL, reason TEXT NOT NULL,
+    at_us INTEGER NOT NULL, PRIMARY KEY(vault, node, id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS manifests(
     vault TEXT NOT NULL, id BLOB NOT NULL, node TEXT NOT NULL, source TEXT NOT NULL,
     kind TEXT NOT NULL, tier TEXT NOT NULL, time_us INTEGER NOT NULL, size INTEGER NOT NULL,
@@ -74,7 +76,7 @@ class NodeRow:
     vault: str
     node: str
     user: str
-    password: str
+    password: str  # its bcrypt hash ($2a$...): nats-server checks passwords against it
     created_us: int
     labels: dict[str, str]
     last_seen_us: int | None
@@ -203,11 +205,12 @@ class Catalog:
         self, vault: str, node: str, user: str, password: str, labels: dict[str, str]
     ) -> None:
         register_secret(password)
+        hashed = await asyncio.to_thread(password_hash, password)
         try:
             await self.execute(
                 "INSERT INTO nodes(vault, node, user, password, created_us, labels) "
                 "VALUES(?,?,?,?,?,?)",
-                (vault, node, user, password, now_us(), json.dumps(labels)),
+                (vault, node, user, hashed, now_us(), json.dumps(labels)),
             )
         except sqlite3.IntegrityError:
             raise JournalError(
@@ -217,13 +220,13 @@ class Catalog:
 
     async def set_password(self, vault: str, node: str, password: str) -> None:
         register_secret(password)
+        hashed = await asyncio.to_thread(password_hash, password)
         await self.execute(
-            "UPDATE nodes SET password=? WHERE vault=? AND node=?", (password, vault, node)
+            "UPDATE nodes SET password=? WHERE vault=? AND node=?", (hashed, vault, node)
         )
 
     async def nodes(self) -> list[NodeRow]:
         rows = await self.query("SELECT * FROM nodes ORDER BY vault, node")
-        register_secret(*(r[3] for r in rows))  # node NATS passwords never reach a log
         return [
             NodeRow(
                 r[0],
@@ -344,13 +347,17 @@ class Catalog:
             [(vault, cid, CHUNK, size, t, pack, off) for cid, off, size in rows],
         )
 
-    async def _by_ids(self, select: str, vault: str, ids: Sequence[bytes]) -> list[Any]:
-        """Rows of ``SELECT id, ... FROM table WHERE vault=? AND id IN (...)``, in batches."""
+    async def _by_ids(
+        self, select: str, vault: str, ids: Sequence[bytes], where: str = "", args: Any = ()
+    ) -> list[Any]:
+        """Rows of ``SELECT id, ... FROM table WHERE [where] vault=? AND id IN (...)``,
+        in batches."""
         rows: list[Any] = []
         for i in range(0, len(ids), 500):
             part = list(ids[i : i + 500])
             marks = ",".join("?" * len(part))
-            rows += await self.query(f"{select} WHERE vault=? AND id IN ({marks})", [vault, *part])
+            sql = f"{select} WHERE {where}vault=? AND id IN ({marks})"
+            rows += await self.query(sql, [*args, vault, *part])
         return rows
 
     async def present(self, vault: str, ids: Sequence[bytes]) -> dict[bytes, str]:
@@ -363,14 +370,32 @@ class Catalog:
         rows = await self._by_ids("SELECT id, kind, size, pack, off FROM objects", vault, ids)
         return {r[0]: Location(r[1], r[2], r[3], r[4]) for r in rows}
 
-    async def refuse(self, vault: str, oid: bytes, reason: str) -> None:
-        """Remember that ingest refused a record, so the node's receipt query says so."""
+    async def refuse(self, vault: str, node: str, oid: bytes, reason: str) -> None:
+        """Remember that ingest refused a record ``node`` sent, so that node's receipt
+        query says so. Per node: one node's refused bytes never refuse another's id."""
         await self.execute(
-            "INSERT OR REPLACE INTO refusals VALUES(?,?,?,?)", (vault, oid, reason[:500], now_us())
+            "INSERT OR REPLACE INTO refusals VALUES(?,?,?,?,?)",
+            (vault, node, oid, reason[:500], now_us()),
         )
 
-    async def refusals(self, vault: str, ids: Sequence[bytes]) -> dict[bytes, str]:
-        rows = await self._by_ids("SELECT id, reason FROM refusals", vault, ids)
+    async def refuse_many(self, vault: str, node: str, ids: Sequence[bytes], reason: str) -> None:
+        t = now_us()
+        await self.execute_many(
+            "INSERT OR REPLACE INTO refusals VALUES(?,?,?,?,?)",
+            [(vault, node, oid, reason[:500], t) for oid in ids],
+        )
+
+    async def forget_refusals(self, vault: str, node: str, ids: Sequence[bytes]) -> None:
+        """The node may send these again (e.g. chunks refused while it was over a quota)."""
+        await self.execute_many(
+            "DELETE FROM refusals WHERE vault=? AND node=? AND id=?",
+            [(vault, node, oid) for oid in ids],
+        )
+
+    async def refusals(self, vault: str, node: str, ids: Sequence[bytes]) -> dict[bytes, str]:
+        rows = await self._by_ids(
+            "SELECT id, reason FROM refusals", vault, ids, "node=? AND ", [node]
+        )
         return {r[0]: r[1] for r in rows}
 
     async def object_count(self) -> tuple[int, int]:
@@ -476,7 +501,10 @@ class Catalog:
 
 
 async def _migrate(db: aiosqlite.Connection) -> None:
-    """Catalogs made before pack objects lack the objects' ``pack`` and ``off`` columns."""
+    """Catalogs made before pack objects lack the objects' ``pack`` and ``off`` columns;
+    those made before refusals were kept per node have a ``refusals`` table without
+    ``node`` (its rows, refusals anyone could have planted under another node's id, are
+    dropped: a node whose record was really refused is refused again at its next send)."""
     async with db.execute("PRAGMA table_info(objects)") as cur:
         columns = {row[1] for row in await cur.fetchall()}
     for name, decl in (("pack", "BLOB"), ("off", "INTEGER")):
@@ -486,6 +514,12 @@ async def _migrate(db: aiosqlite.Connection) -> None:
         version = (await cur.fetchone() or (0,))[0]
     if version < 1:
         await _pin_existing_nodes(db)
+    await _hash_passwords(db)
+    async with db.execute("PRAGMA table_info(refusals)") as cur:
+        columns = {row[1] for row in await cur.fetchall()}
+    if "node" not in columns:
+        await db.execute("DROP TABLE refusals")
+        await db.executescript(SCHEMA)
 
 
 async def _pin_existing_nodes(db: aiosqlite.Connection) -> None:
@@ -513,3 +547,23 @@ async def _pin_existing_nodes(db: aiosqlite.Connection) -> None:
     except BaseException:
         await rollback_if_open(db)
         raise
+
+
+def password_hash(password: str) -> str:
+    """A node's NATS password as a bcrypt hash in the form nats-server reads (``$2a$``)."""
+    salt = bcrypt.gensalt(rounds=BCRYPT_ROUNDS, prefix=b"2a")
+    return bcrypt.hashpw(password.encode(), salt).decode()
+
+
+async def _hash_passwords(db: aiosqlite.Connection) -> None:
+    """Catalogs made before node passwords were hashed keep them in clear: hash them
+    (the nodes' enrolments keep working, since nats-server checks against the hash)."""
+    async with db.execute("SELECT vault, node, password FROM nodes") as cur:
+        clear = [r for r in await cur.fetchall() if not str(r[2]).startswith("$2")]
+    if not clear:
+        return
+    register_secret(*(r[2] for r in clear))
+    rows = [(await asyncio.to_thread(password_hash, r[2]), r[0], r[1]) for r in clear]
+    await db.execute("BEGIN IMMEDIATE")
+    await db.executemany("UPDATE nodes SET password=? WHERE vault=? AND node=?", rows)
+    await db.execute("COMMIT")

@@ -8,12 +8,14 @@ packaging/hub.toml.sample.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from amber.hub.limits import Limits
 from amber.hub.store.layout import DEFAULT_RETENTION_DAYS
 from amber.logs import register_secret
 from amber.protocol.errors import ConfigError
@@ -39,6 +41,9 @@ class HubConfig:
     ingest_workers: int = 2
     metrics_listen: str | None = None  # [metrics] listen = "host:port"; None: no metrics
     retention: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_RETENTION_DAYS))
+    limits: Limits = field(default_factory=Limits)
+    ingest_stream_bytes: int = 16 * 1024**3  # [limits] ingest_stream_bytes
+    ingest_node_messages: int = 65_536  # [limits] ingest_node_messages
 
     @property
     def catalog_path(self) -> Path:
@@ -87,6 +92,7 @@ def load_hub_config(path: Path | None, data_dir: str | None) -> HubConfig:
     )
     for tier, days in retention.items():
         cfg.retention[str(tier)] = int(days)
+    _load_limits(cfg, raw.get("limits", {}))
     return cfg
 
 
@@ -94,6 +100,50 @@ def _flag(value: object, what: str) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{what} must be true or false, not {value!r}")
     return value
+
+
+def _load_limits(cfg: HubConfig, raw: dict[str, Any]) -> None:
+    """``[limits]``: what one node may take (hub/limits.py) and the ingest stream's bounds."""
+    known = {
+        "upload_lease",
+        "leases_per_node",
+        "bytes_per_day",
+        "bytes_held",
+        "ingest_stream_bytes",
+        "ingest_node_messages",
+    }
+    for key in set(raw) - known:
+        raise ConfigError(f"[limits] has no option {key!r} (known: {', '.join(sorted(known))})")
+    d = Limits()
+    cfg.limits = Limits(
+        upload_lease=float(_count(raw.get("upload_lease", d.upload_lease), "upload_lease")),
+        leases_per_node=_count(raw.get("leases_per_node", d.leases_per_node), "leases_per_node"),
+        bytes_per_day=parse_size(raw.get("bytes_per_day", d.bytes_per_day), "bytes_per_day"),
+        bytes_held=parse_size(raw.get("bytes_held", d.bytes_held), "bytes_held"),
+    )
+    cfg.ingest_stream_bytes = parse_size(
+        raw.get("ingest_stream_bytes", cfg.ingest_stream_bytes), "ingest_stream_bytes"
+    )
+    cfg.ingest_node_messages = _count(
+        raw.get("ingest_node_messages", cfg.ingest_node_messages), "ingest_node_messages"
+    )
+
+
+def _count(value: Any, what: str) -> int:
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return int(value)
+    raise ConfigError(f"[limits] {what}: {value!r} is not a positive number")
+
+
+def parse_size(value: Any, what: str) -> int:
+    """A byte count: an integer, or text like 512MiB, 8GiB, 2TiB."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    m = re.match(r"^(\d+)\s*([KMGT]i?B?)?$", str(value).strip(), re.I)
+    if not m:
+        raise ConfigError(f"[limits] {what}: {value!r} is not a size like 512MiB or 8GiB")
+    unit = (m.group(2) or "").upper().rstrip("B").rstrip("I")
+    return int(m.group(1)) * 1024 ** "_KMGT".index(unit or "_")
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,12 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Literal
 
 from blake3 import blake3
 
-from amber.hub.catalog import PACK, RECORD, Catalog
+from amber.hub.catalog import CHUNK, PACK, RECORD, Catalog
 from amber.hub.store.base import ObjectStore
 from amber.hub.store.layout import DEFAULT_RETENTION_DAYS, object_key, retain_until, tier_days
 from amber.protocol import packfile, wire
@@ -47,6 +48,7 @@ from amber.protocol.records import (
 log = logging.getLogger("amber.hub.ingest")
 Outcome = Literal["stored", "duplicate", "retry"]
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+LOCKED_MEMO = 100_000  # pack keys remembered as locked (then forgotten, and re-checked)
 PACK_BYTES = 16 * 1024 * 1024
 """New chunks of one ingest batch are stored in pack objects of about this size."""
 
@@ -59,9 +61,11 @@ class IngestStats:
     duplicates: int = 0
     retries: int = 0
     rejected: Counter[str] | None = None
+    quota_refused: Counter[str] | None = None  # "vault/node/quota" -> refusals
 
     def __post_init__(self) -> None:
         self.rejected = Counter()
+        self.quota_refused = Counter()
 
 
 class Ingestor:
@@ -71,6 +75,7 @@ class Ingestor:
         self.store, self.catalog = store, catalog
         self.retention = retention if retention is not None else dict(DEFAULT_RETENTION_DAYS)
         self.stats = IngestStats()
+        self.locked: dict[str, datetime] = {}  # store key -> retention this process set
 
     async def put_chunks(
         self, vault: str, msgs: Sequence[wire.ChunkPut]
@@ -125,10 +130,32 @@ class Ingestor:
         return out
 
     async def _store_pack(self, vault: str, msgs: Sequence[wire.ChunkPut]) -> None:
+        """Stored without Object Lock: a pack is locked only once a record the hub
+        accepted names one of its chunks (:meth:`_lock_chunks`), so chunks a node
+        uploads and never references can be swept (OPERATIONS.md, "Unreferenced packs")."""
         data, pid, index = await asyncio.to_thread(_pack, msgs)
-        until = retain_until(tier_days(self.retention, []))
-        await self.store.put(object_key(vault, pid, PACK), data, retain_until=until)
+        await self.store.put(object_key(vault, pid, PACK), data)
         await self.catalog.add_packed(vault, pid, index)
+
+    async def _lock_chunks(self, vault: str, chunks: Sequence[bytes], days: int) -> None:
+        """Extend Object Lock on the pack objects (or own objects) holding ``chunks`` to
+        ``days`` from now; a pack this process locked recently enough is skipped."""
+        until = retain_until(days)
+        if until is None:
+            return
+        where = await self.catalog.locate(vault, chunks)
+        keys = {
+            object_key(vault, loc.pack, PACK) if loc.pack else object_key(vault, cid, CHUNK)
+            for cid, loc in where.items()
+        }
+        slack = timedelta(days=max(1, days // 10))
+        if len(self.locked) > LOCKED_MEMO:
+            self.locked.clear()
+        for key in sorted(keys):
+            if self.locked.get(key, until - 2 * slack) >= until - slack:
+                continue
+            await self.store.retain(key, until)
+            self.locked[key] = until
 
     async def put_record(self, vault: str, node: str, msg: wire.RecordPut) -> Outcome:
         if record_id(msg.data) != msg.id:
@@ -160,7 +187,10 @@ class Ingestor:
         if len(have) < len(needs):
             self.stats.retries += 1
             return "retry"
-        until = retain_until(tier_days(self.retention, [pub["tier"]]))
+        days = tier_days(self.retention, [pub["tier"]])
+        if "parts" not in pub:  # a version 2 head's chunks were locked with its parts
+            await self._lock_chunks(vault, pub["chunks"], days)
+        until = retain_until(days)
         await self.store.put(object_key(vault, msg.id, RECORD), msg.data, retain_until=until)
         await self.catalog.add_manifest(vault, msg.id, pub)
         await self.catalog.add_objects(vault, [(msg.id, RECORD, len(msg.data))])
@@ -176,7 +206,9 @@ class Ingestor:
         if len(have) < len(pub["chunks"]):
             self.stats.retries += 1
             return "retry"
-        until = retain_until(tier_days(self.retention, []))  # its head's tier is not known yet
+        days = tier_days(self.retention, [])  # its head's tier is not known yet
+        await self._lock_chunks(vault, pub["chunks"], days)
+        until = retain_until(days)
         await self.store.put(object_key(vault, msg.id, RECORD), msg.data, retain_until=until)
         await self.catalog.add_objects(vault, [(msg.id, RECORD, len(msg.data))])
         self.stats.records += 1

@@ -16,13 +16,22 @@ from typing import Any
 
 import nats
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
 from nats.js.errors import FetchTimeoutError
 
 from amber.hub.catalog import Catalog
 from amber.hub.ingest import PACK_BYTES, Ingestor
+from amber.hub.limits import QUOTA_REASON, Quotas
 from amber.protocol import wire
 from amber.protocol.errors import AmberError, FormatError, NotFoundError, StoreError
+from amber.protocol.records import record_id
 
 log = logging.getLogger("amber.hub.ingest_stream")
 STREAM = "AMBER_INGEST"
@@ -46,7 +55,10 @@ def _deliveries(m: Msg) -> int:
         return 0
 
 
-async def ensure_stream(js: Any) -> None:
+async def ensure_stream(js: Any, max_bytes: int = 16 * 1024**3, per_node: int = 65_536) -> None:
+    """The stream is bounded: ``max_bytes`` in all and ``per_node`` messages per node's
+    subject, with discard-new, so a flood from one node is refused at publish (the
+    node's PubAck is an error) once its own subject is full, and never fills the disk."""
     cfg = StreamConfig(
         name=STREAM,
         subjects=[wire.any_node("ingest")],
@@ -54,6 +66,10 @@ async def ensure_stream(js: Any) -> None:
         storage=StorageType.FILE,
         max_msg_size=8 * 1024 * 1024,
         duplicate_window=600.0,
+        max_bytes=max_bytes,
+        max_msgs_per_subject=per_node,
+        discard=DiscardPolicy.NEW,
+        discard_new_per_subject=True,
     )
     try:
         await js.add_stream(cfg)
@@ -64,8 +80,17 @@ async def ensure_stream(js: Any) -> None:
 class IngestStream:
     """The ingest stream's consumer and its batch workers in one hub process."""
 
-    def __init__(self, nc: Any, catalog: Catalog, ingestor: Ingestor, workers: int = 2) -> None:
+    def __init__(
+        self,
+        nc: Any,
+        catalog: Catalog,
+        ingestor: Ingestor,
+        workers: int = 2,
+        quotas: Quotas | None = None,
+        bounds: tuple[int, int] = (16 * 1024**3, 65_536),
+    ) -> None:
         self.nc, self.catalog, self.ingestor = nc, catalog, ingestor
+        self.quotas, self.bounds = quotas, bounds
         self.js = nc.jetstream(timeout=10)
         self.workers = workers
         self.tasks: list[asyncio.Task[None]] = []
@@ -73,7 +98,7 @@ class IngestStream:
         self.subs: list[Any] = []
 
     async def start(self) -> None:
-        await ensure_stream(self.js)
+        await ensure_stream(self.js, *self.bounds)
         psub = await self.js.pull_subscribe(
             wire.any_node("ingest"),
             durable=DURABLE,
@@ -177,6 +202,7 @@ class IngestStream:
         for m, d in chunks:
             by_vault.setdefault(d[0], []).append((m, d))
         for vault, items in by_vault.items():
+            items = await self._within_quota(vault, items)
             # the vault's new chunks go into pack objects; acks only once indexed
             try:
                 results = await self.ingestor.put_chunks(vault, [d[2] for _, d in items])
@@ -185,6 +211,7 @@ class IngestStream:
                 for m, _ in items:
                     await m.nak(delay=2)
                 continue
+            await self._charge(vault, items, results)
             for (m, (_, node, _msg)), res in zip(items, results, strict=True):
                 if isinstance(res, StoreError):
                     await self._retry_later(m, "chunk", vault, node, res)
@@ -195,6 +222,39 @@ class IngestStream:
                     await m.ack()
         for m, (vault, node, msg) in records:
             await self._ingest_record(m, vault, node, msg)
+
+    async def _within_quota(
+        self, vault: str, items: list[tuple[Msg, tuple[str, str, Any]]]
+    ) -> list[tuple[Msg, tuple[str, str, Any]]]:
+        """The chunks of nodes under their quotas; those of a node over one are refused
+        (terminated, counted): a node that skips the chunk query still cannot go on."""
+        if self.quotas is None:
+            return items
+        over: dict[str, str] = {}
+        for node in {d[1] for _, d in items}:
+            try:
+                await self.quotas.check(vault, node)
+            except AmberError as exc:
+                self.ingestor.reject(vault, node, exc)
+                over[node] = QUOTA_REASON + str(exc)
+        for node, reason in over.items():  # the node learns it by receipt (exit 43)
+            ids = [d[2].id for _, d in items if d[1] == node]
+            await self.catalog.refuse_many(vault, node, ids, reason)
+        for m, d in items:
+            if d[1] in over:
+                await m.term()
+        return [(m, d) for m, d in items if d[1] not in over]
+
+    async def _charge(
+        self, vault: str, items: list[tuple[Msg, tuple[str, str, Any]]], results: list[Any]
+    ) -> None:
+        if self.quotas is None:
+            return
+        usage: dict[str, int] = {}
+        for (_, (_, node, msg)), res in zip(items, results, strict=True):
+            if res == "stored":
+                usage[node] = usage.get(node, 0) + len(msg.blob)
+        await self.quotas.add(vault, usage)
 
     async def _retry_later(
         self, m: Msg, what: str, vault: str, node: str, exc: BaseException
@@ -231,7 +291,8 @@ class IngestStream:
         except Exception as exc:
             if isinstance(exc, AmberError) and not isinstance(exc, StoreError):
                 self.ingestor.reject(vault, node, exc)  # the node's fault: refused for good
-                await self.catalog.refuse(vault, msg.id, str(exc))  # it learns by receipt
+                if record_id(msg.data) == msg.id:  # the id is of these bytes: the node
+                    await self.catalog.refuse(vault, node, msg.id, str(exc))  # learns by receipt
                 await m.term()
                 return
             await self._retry_later(m, "record", vault, node, exc)

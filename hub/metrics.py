@@ -11,6 +11,8 @@ hub whose loop is wedged stops answering scrapes, which is itself the alert.
     amber_hub_duplicates_total             messages for objects already stored
     amber_hub_ingest_retries_total         records that arrived before what they name
     amber_hub_rejected_messages_total{vault,node}   invalid messages, by sender
+    amber_hub_quota_refusals_total{vault,node,quota}   refused: the node is over a quota
+                                           (quota = bytes_per_day or bytes_held)
     amber_hub_node_last_seen_timestamp_seconds{vault,node}
     amber_hub_node_last_checkpoint_timestamp_seconds{vault,node}
     amber_hub_store_errors_total           object store operations that failed
@@ -97,6 +99,15 @@ class _HubCollector(Collector):
             vault, _, node = key.partition("/")
             rejected.add_metric([vault, node], n)
         yield rejected
+        quota = CounterMetricFamily(
+            "amber_hub_quota_refusals",
+            "Requests and uploads refused because the node is over a quota, by quota",
+            labels=["vault", "node", "quota"],
+        )
+        for key, n in _snapshot(st.quota_refused if st else None).items():
+            vault, node, name = key.split("/", 2)
+            quota.add_metric([vault, node, name], n)
+        yield quota
         seen = GaugeMetricFamily(
             "amber_hub_node_last_seen_timestamp_seconds",
             "Unix time the hub last heard from the node (heartbeat or checkpoint)",

@@ -11,21 +11,19 @@ credentials limit to its own. The ingest stream is :mod:`amber.hub.ingest_stream
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from nats.aio.msg import Msg
 
 from amber.hub.catalog import Catalog
+from amber.hub.limits import QUOTA_REASON, Quotas, UploadLeases
 from amber.hub.store.base import ObjectStore
 from amber.hub.store.layout import object_key
 from amber.hub.store.ranged import read_objects
 from amber.protocol import wire
-from amber.protocol.errors import AmberError, FormatError, NotFoundError
+from amber.protocol.errors import AmberError, FormatError, NotFoundError, QuotaExceededError
 
 log = logging.getLogger("amber.hub.nodeapi")
-LEASE_SECONDS = 60.0  # how long a node told to upload a chunk keeps others from sending it
-LEASE_MAX = 1_000_000  # leases kept before expired ones are swept
 MAX_REPLY = 6 * 1024 * 1024
 MAX_LIST = 256
 
@@ -33,11 +31,20 @@ MAX_LIST = 256
 class NodeApi:
     """Answers nodes' requests and records their heartbeats, in one hub process."""
 
-    def __init__(self, nc: Any, store: ObjectStore, catalog: Catalog) -> None:
+    def __init__(
+        self,
+        nc: Any,
+        store: ObjectStore,
+        catalog: Catalog,
+        leases: UploadLeases | None = None,
+        quotas: Quotas | None = None,
+    ) -> None:
         self.nc, self.store, self.catalog = nc, store, catalog
         self.subs: list[Any] = []
         self.coordinator: Any = None  # set by the hub once restores are set up
-        self.leases: dict[tuple[str, bytes], tuple[str, float]] = {}
+        # the leases' tables exist once UploadLeases.setup() was awaited (the hub does)
+        self.leases = leases if leases is not None else UploadLeases(catalog)
+        self.quotas = quotas
 
     async def start(self) -> None:
         self.subs.append(await self.nc.subscribe(wire.any_node("rpc"), queue="hub", cb=self._rpc))
@@ -70,10 +77,20 @@ class NodeApi:
     async def _answer(self, vault: str, node: str, req: wire.Message) -> wire.Message:
         if isinstance(req, wire.ChunkQuery):
             have = await self.catalog.present(vault, req.ids)
-            return wire.ChunkQueryReply(missing=self._lease(vault, node, req.ids, have))
+            lacking = [i for i in dict.fromkeys(req.ids) if i not in have]
+            if lacking and self.quotas is not None:
+                await self.quotas.check(vault, node)
+                if await self.catalog.refusals(vault, node, lacking):  # under quota again
+                    await self.catalog.forget_refusals(vault, node, lacking)
+            upload = await self.leases.grant(vault, node, lacking)  # leases: hub/limits.py
+            return wire.ChunkQueryReply(missing=tuple(upload))
         if isinstance(req, wire.ReceiptQuery):
             have = await self.catalog.present(vault, req.ids)
-            refused = await self.catalog.refusals(vault, [i for i in req.ids if i not in have])
+            lacking = [i for i in req.ids if i not in have]
+            refused = await self.catalog.refusals(vault, node, lacking)
+            for reason in refused.values():  # chunks refused at ingest: over a quota
+                if reason.startswith(QUOTA_REASON):
+                    raise QuotaExceededError(reason.removeprefix(QUOTA_REASON))
             return wire.Receipt(
                 durable=tuple(i for i in req.ids if i in have),
                 missing=tuple(i for i in req.ids if i not in have and i not in refused),
@@ -87,28 +104,6 @@ class NodeApi:
         if isinstance(req, wire.ListCheckpoints):
             return await self._list(vault, node, req)
         raise NotFoundError(f"{req.TYPE} is not a request the hub answers")
-
-    def _lease(
-        self, vault: str, node: str, ids: tuple[bytes, ...], have: dict[bytes, str]
-    ) -> tuple[bytes, ...]:
-        """The ids this node should upload: those the hub lacks, less those another node
-        was just told to upload (an upload lease), so a fleet syncing the same model at
-        once sends it about once. A node told to skip a leased chunk waits for it in its
-        receipt poll; if the lease holder never delivers, the lease lapses and the next
-        pass uploads it."""
-        now = time.monotonic()
-        if len(self.leases) > LEASE_MAX:
-            self.leases = {k: v for k, v in self.leases.items() if v[1] > now}
-        missing = []
-        for cid in ids:
-            if cid in have:
-                continue
-            holder = self.leases.get((vault, cid))
-            if holder is not None and holder[0] != node and holder[1] > now:
-                continue
-            self.leases[(vault, cid)] = (node, now + LEASE_SECONDS)
-            missing.append(cid)
-        return tuple(missing)
 
     async def _fetch(self, vault: str, req: wire.FetchRequest) -> wire.FetchReply:
         """Objects by id, up to MAX_REPLY bytes (the node asks again for what did not

@@ -22,6 +22,7 @@ from amber.hub.config import HubConfig, load_hub_key, load_secrets, split_hostpo
 from amber.hub.coordinator import Coordinator, ensure_cmd_stream, ensure_node_consumer
 from amber.hub.ingest import Ingestor, IngestStats
 from amber.hub.ingest_stream import IngestStream
+from amber.hub.limits import Quotas, UploadLeases
 from amber.hub.metrics import HubMetrics
 from amber.hub.natsbox import HUB_USER, EmbeddedNats
 from amber.hub.nodeapi import NodeApi
@@ -75,12 +76,22 @@ class Hub:
             parts.push_async_callback(self.store.close)
             self.ingestor = Ingestor(self.store, self.catalog, cfg.retention)
             await self._start_nats(parts)
+            lim = cfg.limits
+            quotas = Quotas(self.catalog, lim, self.ingestor.stats.quota_refused)
+            await quotas.setup()
             self.ingest_stream = IngestStream(
-                self.nc, self.catalog, self.ingestor, cfg.ingest_workers
+                self.nc,
+                self.catalog,
+                self.ingestor,
+                cfg.ingest_workers,
+                quotas,
+                (cfg.ingest_stream_bytes, cfg.ingest_node_messages),
             )
             parts.push_async_callback(self.ingest_stream.stop)
             await self.ingest_stream.start()
-            self.nodeapi = NodeApi(self.nc, self.store, self.catalog)
+            leases = UploadLeases(self.catalog, lim.upload_lease, lim.leases_per_node)
+            await leases.setup()
+            self.nodeapi = NodeApi(self.nc, self.store, self.catalog, leases, quotas)
             parts.push_async_callback(self.nodeapi.stop)
             await self.nodeapi.start()
             await self._start_restores(parts)

@@ -143,6 +143,16 @@ class DiskFullError(AmberError):
     default_hint = "free space on the filesystem named in the message, then retry"
 
 
+class QuotaExceededError(AmberError):
+    """The hub refused a node's uploads: the node is over a quota the hub set for it."""
+
+    exit_code = 43
+    default_hint = (
+        "ask the hub operator to raise the node's quota ([limits] in hub.toml) or wait for "
+        "the next UTC day; the checkpoints stay in the journal and sync when allowed"
+    )
+
+
 class NotFoundError(AmberError):
     """A named checkpoint, source, node or object does not exist."""
 
@@ -239,6 +249,7 @@ ALL_ERRORS: tuple[type[AmberError], ...] = (
     JournalError,
     JournalFullError,
     DiskFullError,
+    QuotaExceededError,
     NotFoundError,
     HubUnavailableError,
     ProtocolError,

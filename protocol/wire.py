@@ -15,7 +15,12 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, get_type_hints
 
 from amber.protocol import codec as c
-from amber.protocol.errors import FormatError, ProtocolError, UnknownVersionError
+from amber.protocol.errors import (
+    FormatError,
+    ProtocolError,
+    QuotaExceededError,
+    UnknownVersionError,
+)
 
 WIRE_VERSION = 1
 MAX_MESSAGE_SIZE = 8 * 1024 * 1024 - 64 * 1024  # fits nats max_payload 8MB with headers
@@ -405,6 +410,8 @@ def decode(data: bytes | memoryview, expect: type[Message] | None = None) -> Mes
     if expect is not None and cls is not expect:
         if cls is ErrorReply:
             err = c.fields(obj, kind, _spec(ErrorReply))
+            if err["code"] == QuotaExceededError.__name__:  # the node's own error, exit 43
+                raise QuotaExceededError(f"the hub refused: {err['message']}")
             raise ProtocolError(f"peer refused: {err['code']}: {err['message']}")
         raise FormatError(f"expected a {expect.TYPE} message, got {kind}")
     values = c.fields(obj, kind, _spec(cls))

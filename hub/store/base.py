@@ -81,6 +81,15 @@ class ObjectStore(Protocol):
         """
         ...
 
+    async def retain(self, key: str, retain_until: datetime) -> None:
+        """Ask that the stored object cannot be deleted before ``retain_until``.
+
+        Retention only grows: a date before the object's current one (or in the past)
+        changes nothing. Raises :class:`NotFoundError` if no object exists. A backend
+        that cannot hold retention ignores it, as :meth:`put` does.
+        """
+        ...
+
     async def get(self, key: str, *, offset: int = 0, length: int | None = None) -> bytes:
         """Return ``length`` bytes of the object from ``offset`` (all of the rest if None).
 

@@ -42,6 +42,9 @@ class CountingStore:
     async def put(self, key: str, data: bytes, *, retain_until: datetime | None = None) -> bool:
         return await self._count(self.inner.put(key, data, retain_until=retain_until))
 
+    async def retain(self, key: str, retain_until: datetime) -> None:
+        await self._count(self.inner.retain(key, retain_until))
+
     async def get(self, key: str, *, offset: int = 0, length: int | None = None) -> bytes:
         return await self._count(self.inner.get(key, offset=offset, length=length))
 

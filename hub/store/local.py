@@ -79,6 +79,12 @@ class LocalStore:
         deadline = retention_deadline(retain_until)
         return await self._run(self._put_sync, key, bytes(data), deadline)
 
+    async def retain(self, key: str, retain_until: datetime) -> None:
+        """See :meth:`amber.hub.store.base.ObjectStore.retain`."""
+        validate_key(key)
+        deadline = retention_deadline(retain_until)
+        await self._run(self._retain_sync, key, deadline)
+
     async def get(self, key: str, *, offset: int = 0, length: int | None = None) -> bytes:
         """See :meth:`amber.hub.store.base.ObjectStore.get`."""
         validate_key(key)
@@ -238,6 +244,12 @@ class LocalStore:
                 hint="restore retention/<key> from a backup or an ISO 8601 UTC date; "
                 "until then the object is treated as locked",
             ) from None
+
+    def _retain_sync(self, key: str, deadline: datetime | None) -> None:
+        if not _exists_as_file(self._objects / key):
+            raise NotFoundError(f"no object {key!r} in {self.name}")
+        if deadline is not None:
+            self._extend_retention(key, deadline)
 
     def _extend_retention(self, key: str, deadline: datetime) -> None:
         """Record ``deadline`` unless a later one is recorded: retention only grows."""

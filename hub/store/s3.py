@@ -125,6 +125,27 @@ class S3Store:
                 raise self._error(exc, "put", key) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def retain(self, key: str, retain_until: datetime) -> None:
+        """See :meth:`amber.hub.store.base.ObjectStore.retain` (PutObjectRetention in
+        COMPLIANCE mode, after a HEAD: S3 refuses to shorten a COMPLIANCE retention)."""
+        validate_key(key)
+        deadline = retention_deadline(retain_until)
+        info = await self.head(key)
+        if info is None:
+            raise self._not_found(key)
+        if deadline is None or not await self._retention_supported(key):
+            return
+        if info.retain_until is not None and info.retain_until >= deadline:
+            return
+        try:
+            await self._call(
+                "put_object_retention",
+                Key=self._full(key),
+                Retention={"Mode": "COMPLIANCE", "RetainUntilDate": deadline},
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, "retain", key) from exc
+
     async def get(self, key: str, *, offset: int = 0, length: int | None = None) -> bytes:
         """See :meth:`amber.hub.store.base.ObjectStore.get` (``Range: bytes=a-b``)."""
         validate_key(key)

@@ -163,6 +163,23 @@ async def test_retained_object_cannot_be_deleted(store: ObjectStore, backend: st
     assert await keys_of(store, "locked/") == ["locked/a"]
 
 
+async def test_retain_extends_and_never_shortens(store: ObjectStore, backend: str) -> None:
+    needs_retention(backend)
+    assert await store.put("later/a", b"unlocked at first") is True
+    info = await store.head("later/a")
+    assert info is not None and info.retain_until is None
+    until = datetime.now(UTC) + timedelta(hours=2)
+    await store.retain("later/a", until)
+    await store.retain("later/a", until - timedelta(hours=1))  # shorter: changes nothing
+    info = await store.head("later/a")
+    assert info is not None and info.retain_until is not None
+    assert until <= info.retain_until < until + timedelta(seconds=1)
+    with pytest.raises(ObjectLockedError):
+        await store.delete("later/a")
+    with pytest.raises(NotFoundError):
+        await store.retain("later/absent", until)
+
+
 async def test_retention_ends(store: ObjectStore, backend: str) -> None:
     needs_retention(backend)
     until = datetime.now(UTC) + timedelta(seconds=2)

@@ -217,7 +217,7 @@ def test_samples_list_every_option_the_code_reads() -> None:
     )
     for path in (ROOT / "agent").glob("*.py"):  # [hub] options read where they are used
         agent_names |= set(re.findall(r'\.hub\.get\(\s*"([a-z_]+)"', path.read_text()))
-    hub_names = _option_names(ROOT / "hub" / "config.py", {"load_hub_config"})
+    hub_names = _option_names(ROOT / "hub" / "config.py", {"load_hub_config", "_load_limits"})
     assert {"node", "state_dir", "busy_timeout", "sync_interval", "pre_restore"} <= agent_names
     assert {"data_dir", "listen", "advertise", "ingest_workers"} <= hub_names
     agent_sample, hub_sample = AGENT_SAMPLE.read_text(), HUB_SAMPLE.read_text()

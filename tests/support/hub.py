@@ -59,11 +59,14 @@ class HubProcess(ChildServer):
         serve_options: Sequence[object] = (),
         env: dict[str, str] | None = None,
         stdout: Path | None = None,
+        config: str | None = None,
     ) -> None:
         """``options`` go before ``serve`` (e.g. ``-v``, ``--log-format json``),
         ``serve_options`` after it (e.g. ``--store URL``); ``env`` is added to ours.
-        Output goes to :attr:`log`, stdout to ``stdout`` instead if given."""
+        Output goes to :attr:`log`, stdout to ``stdout`` instead if given. ``config``:
+        hub.toml text, written beside DATA and passed as ``--config``."""
         self.data = data
+        self.config = config
         self.log = data.parent / f"{data.name}-serve.log"
         self.stdout = stdout
         self.options = [str(o) for o in options]
@@ -125,7 +128,12 @@ class HubProcess(ChildServer):
         if self.running:
             raise AssertionError("hub already running")
         self.data.parent.mkdir(parents=True, exist_ok=True)
-        argv = [PY, "-m", "amber.hub.cli", *self.options, "--data", str(self.data), "serve"]
+        argv = [PY, "-m", "amber.hub.cli", *self.options, "--data", str(self.data)]
+        if self.config is not None:
+            toml = self.data.parent / f"{self.data.name}.toml"
+            toml.write_text(self.config)
+            argv += ["--config", str(toml)]
+        argv.append("serve")
         argv += ["--nats-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]
         self.proc = spawn([*argv, *self.serve_options], self.log, self.env, self.stdout)
         self._ready_or_killed()
