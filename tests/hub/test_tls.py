@@ -1,7 +1,7 @@
 """Encrypted links: the attacker sits on the network between a node (or the admin CLI)
 and the hub, or answers in the hub's place. No password or token crosses in clear, a
 node trusts only the CA its enrolment carries, and a plaintext impostor learns nothing.
-Threat rows: docs/threats/tls.md."""
+Threat rows: docs/SECURITY.md, "Encrypted links"."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """In-process checks of the TLS policy: plaintext URLs are refused on both sides unless
 configured explicitly, and the hub's server certificate renews itself at start (same CA).
-Threat rows: docs/threats/tls.md."""
+Threat rows: docs/SECURITY.md, "Encrypted links"."""
 
 from __future__ import annotations
 
