@@ -13,6 +13,7 @@ Errors are JSON ``{"error": code, "message": ..., "hint": ...}`` with an HTTP st
 from __future__ import annotations
 
 import hmac
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -29,6 +30,9 @@ from amber.protocol.wire import check_name
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Issue = Callable[..., Awaitable[dict[str, Any]]]
+
+
+log = logging.getLogger("amber.hub.admin")
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,29 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             },
             status=_status_for(exc),
         )
+    except web.HTTPException:
+        raise
+    except Exception:  # a bug: logged with its traceback here, never sent to the client
+        log.exception("admin request %s %s failed", request.method, request.path)
+        return web.json_response(
+            {
+                "error": "internal",
+                "message": f"the hub failed on {request.method} {request.path}",
+                "hint": "see the hub's log for the traceback and report it",
+            },
+            status=500,
+        )
+
+
+async def json_object(request: web.Request, what: str) -> dict[str, Any]:
+    """The request's body, which must be a JSON object."""
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise UsageError(f"{what} is a JSON object")
+    return body
 
 
 def make_app(api: AdminApi) -> web.Application:
@@ -131,12 +158,15 @@ async def nodes(request: web.Request) -> web.Response:
 
 async def add_node(request: web.Request) -> web.Response:
     api = _api(request)
+    body = await json_object(request, "an enrolment request")
     try:
-        body: dict[str, Any] = await request.json()
         vault, node = check_name(str(body["vault"]), "vault"), check_name(str(body["node"]), "node")
-    except (KeyError, ValueError) as exc:
+    except KeyError as exc:
         raise UsageError(f"enrolment request needs vault and node: {exc}") from None
-    labels = {str(k): str(v) for k, v in dict(body.get("labels", {})).items()}
+    labels = body.get("labels", {})
+    if not isinstance(labels, dict):
+        raise UsageError("an enrolment request's labels are a JSON object of strings")
+    labels = {str(k): str(v) for k, v in labels.items()}
     enrolment = await api.enrol(vault, node, labels)
     return web.json_response(enrolment)
 
@@ -210,11 +240,7 @@ async def restores(request: web.Request) -> web.Response:
 
 
 async def restore_plan(request: web.Request) -> web.Response:
-    try:
-        body: dict[str, Any] = await request.json()
-    except ValueError:
-        raise UsageError("a restore plan request is a JSON object") from None
-    spec = PlanSpec.from_json(body)
+    spec = PlanSpec.from_json(await json_object(request, "a restore plan request"))
     check_name(spec.vault, "vault")
     return web.json_response((await _api(request).plans.create(spec)).to_json())
 

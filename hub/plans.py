@@ -66,6 +66,31 @@ NODE_STATES = tuple(NodeState)
 assert NODE_STATES[1:] == wire.REPORT_STATES
 
 
+_FIELD_TYPES: dict[str, tuple[type, type | None]] = {  # name: (type, item type)
+    "vault": (str, None),
+    "nodes": (list, str),
+    "selector": (dict, str),
+    "point": (str, None),
+    "sources": (list, str),
+    "canary": (int, None),
+    "waves": (list, int),
+    "checks": (list, str),
+    "to_node": (str, None),
+    "rollback_on_failure": (bool, None),
+}
+
+
+def _check_field(name: str, value: Any) -> None:
+    """A plan request's field has its documented JSON type (a crafted body is a usage
+    error, never a traceback deep in the planner)."""
+    kind, item = _FIELD_TYPES[name]
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+    if not ok or (item is not None and not all(isinstance(v, item) for v in items)):
+        want = kind.__name__ + (f" of {item.__name__}" if item else "")
+        raise UsageError(f"restore plan field {name!r} must be a {want}, not {value!r:.80}")
+
+
 @dataclass
 class PlanSpec:
     vault: str
@@ -91,6 +116,8 @@ class PlanSpec:
             )
         if unknown:
             raise UsageError(f"unknown restore plan field(s): {', '.join(sorted(unknown))}")
+        for name, value in obj.items():
+            _check_field(name, value)
         spec = cls(**obj)
         spec.checks = plan_checks(spec.checks)
         return spec
