@@ -416,4 +416,6 @@ def decode(data: bytes | memoryview, expect: type[Message] | None = None) -> Mes
         raise FormatError(f"expected a {expect.TYPE} message, got {kind}")
     values = c.fields(obj, kind, _spec(cls))
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    if cls is FetchReply and len(values["ids"]) != len(values["blobs"]):
+        raise FormatError("fetch.reply: ids and blobs differ in number")
     return cls(**values)

@@ -310,3 +310,11 @@ def test_subject_patterns_live_in_one_place() -> None:
     assert wire.cmd_consumer("w", "x-y") != wire.cmd_consumer("w-x", "y")
     with pytest.raises(FormatError):
         wire.node_prefix("v1", "a.b")  # a '.' would reach into another node's subjects
+
+
+def test_a_fetch_reply_with_more_ids_than_blobs_is_a_format_error() -> None:
+    """A malformed reply from a hostile hub is a typed error at decode, not a ValueError
+    deep in the node's fetch loop."""
+    bad = wire.encode(wire.FetchReply(ids=(b"i" * 32, b"j" * 32), blobs=(b"x",), missing=()))
+    with pytest.raises(FormatError, match="differ in number"):
+        wire.decode(bad, wire.FetchReply)
