@@ -45,9 +45,12 @@ msgpack_values = st.recursive(
 
 def message_strategy(cls: type[wire.Message]) -> st.SearchStrategy:
     hints = get_type_hints(cls)
-    return st.builds(
+    built = st.builds(
         cls, **{f.name: FIELD_STRATEGIES[hints[f.name]] for f in dataclasses.fields(cls)}
     )
+    if cls is wire.FetchReply:  # a blob per id, or it is not a valid reply
+        return built.filter(lambda m: len(m.ids) == len(m.blobs))
+    return built
 
 
 def all_types() -> list[type[wire.Message]]:
