@@ -74,7 +74,7 @@ def decode_enrolment(data: bytes, source: str) -> Enrolment:
     or malformed field → ``ConfigError``; a bad vault or node name → ``FormatError``."""
     try:
         obj = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested beyond Python's stack
         raise ConfigError(f"{source} is not an enrolment file (not JSON)") from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise ConfigError(f"{source} is not an Amber enrolment file")

@@ -239,3 +239,8 @@ def test_enrolment_v2_with_a_malformed_ca_is_refused() -> None:
         obj["ca"] = bad
         with pytest.raises(ConfigError):
             enrolment.decode_enrolment(json.dumps(obj).encode(), "bad.json")
+
+
+def test_an_enrolment_nested_deeper_than_the_stack_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="not JSON"):
+        enrolment.decode_enrolment(b"[" * 200_000 + b"]" * 200_000, "deep.json")
