@@ -218,7 +218,10 @@ def is_float(value: Any, path: str) -> float:
         raise fail(path, "a number", value)
     if isinstance(value, float) and not math.isfinite(value):
         raise FormatError(f"{path}: {value} is not a finite number")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond a float's range
+        raise FormatError(f"{path}: {value} is out of a number's range") from None
 
 
 def is_bytes(value: Any, path: str) -> bytes:

@@ -103,7 +103,8 @@ def test_a_source_named_to_escape_the_target_is_refused(tmp_path: Path, name: st
 def test_entry_paths_that_leave_the_root_are_refused(tmp_path: Path, path: str) -> None:
     store = Crafted()
     cp = store.checkpoint([store.file(path, b"owned")])
-    with pytest.raises(AmberError, match="escapes its source root"):
+    # a NUL is refused by every string field's check, the rest by the path check
+    with pytest.raises(AmberError, match=r"escapes its source root|NUL"):
         restore(store, cp, tmp_path / "out")
     assert everything_under(tmp_path) in ([], ["out"])
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import msgpack
 import pytest
 from hypothesis import given, settings
@@ -127,8 +129,12 @@ def _fits(name: str, value) -> bool:
         )
     if name == "bool":
         return isinstance(value, bool)
-    if name == "float":
-        return isinstance(value, int | float) and not isinstance(value, bool)
+    if name == "float":  # a finite number (decoders refuse inf and NaN)
+        return (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and (not isinstance(value, float) or math.isfinite(value))
+        )
     if name == "bytes":
         return isinstance(value, bytes)
     return isinstance(value, bytes) and len(value) == 32

@@ -24,6 +24,7 @@ from amber.hub.coordinator import ensure_node_consumer
 from amber.hub.natsbox import HUB_USER
 from amber.protocol import wire
 from tests.support.fleet import VAULT, Fleet, assert_restored, assert_untouched, node_states
+from tests.support.hubtls import hub_nats_tls
 
 
 def publish_as_hub(fleet: Fleet, node: str, payloads: list[bytes]) -> None:
@@ -31,13 +32,21 @@ def publish_as_hub(fleet: Fleet, node: str, payloads: list[bytes]) -> None:
     secrets = load_secrets(fleet.hub.data)
 
     async def go() -> None:
-        nc = await nats.connect(fleet.hub.nats_url, user=HUB_USER, password=secrets.nats_password)
+        nc = await nats.connect(
+            fleet.hub.nats_url,
+            user=HUB_USER,
+            password=secrets.nats_password,
+            connect_timeout=5,
+            allow_reconnect=False,
+            **hub_nats_tls(fleet.hub.data),
+        )
         try:
             js = nc.jetstream()
             await ensure_node_consumer(js, VAULT, node)
             for data in payloads:
                 msg_id = uuid.uuid4().hex
-                await js.publish(f"amber.{VAULT}.{node}.cmd", data, headers={"Nats-Msg-Id": msg_id})
+                subject = wire.subject(VAULT, node, "cmd")
+                await js.publish(subject, data, headers={"Nats-Msg-Id": msg_id})
         finally:
             await nc.close()
 

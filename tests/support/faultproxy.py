@@ -316,7 +316,9 @@ class ThreadedProxy:
 
     @property
     def url(self) -> str:
-        return self.proxy.url("nats")
+        """The proxy as a hub's NATS address (the hub serves TLS only; the certificate names
+        127.0.0.1, so a node verifies it through the proxy as it would directly)."""
+        return self.proxy.url("tls")
 
     @property
     def port(self) -> int:
