@@ -20,6 +20,7 @@ from amber.agent.sources.registry import (
     open_listed,
     read_pieces,
     source_root,
+    utf8_name,
     walk,
 )
 from amber.protocol.records import Entry
@@ -48,7 +49,8 @@ async def scan_files(ctx: ScanContext) -> ScanResult:
             entries.append(Entry(path=rel, type="d", mode=mode, mtime_ns=st.st_mtime_ns))
         elif stat.S_ISLNK(st.st_mode):
             target = str(full.readlink())
-            entries.append(Entry(path=rel, type="l", mode=mode, target=target))
+            if utf8_name(target):
+                entries.append(Entry(path=rel, type="l", mode=mode, target=target))
         elif stat.S_ISREG(st.st_mode):
             key = _stat_key(st)
             prev = ctx.prev_entry(rel)

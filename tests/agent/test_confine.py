@@ -234,3 +234,21 @@ def test_a_failed_fsync_fails_the_checkpoint_and_commits_nothing(
     assert res.code != 0 and "Input/output error" in res.err and "Traceback" not in res.err
     assert node.snapshot()[0] == before[0] == []  # no checkpoint committed
     assert node.checkpoint()["seq"] == 0  # the next one, on a healthy disk, is the first
+
+
+def test_a_name_that_is_not_utf8_is_skipped_not_a_traceback(node: Node, data: Path) -> None:
+    """A file system allows any bytes in a name; records carry UTF-8. One such file (or
+    a symlink pointing at one) is skipped with a warning naming it, and the rest of the
+    source is backed up: it neither stops the checkpoint nor ends in a traceback."""
+    tree = data / "odd"
+    write(tree / "good.txt", "kept")
+    with open(os.path.join(bytes(tree), b"bad\xff.txt"), "wb") as fh:
+        fh.write(b"skipped")
+    os.symlink(os.path.join(bytes(tree), b"bad\xff.txt"), os.path.join(bytes(tree), b"link"))
+    node.add("odd", "files", tree)
+    res = node.run("checkpoint")
+    assert res.code == 0 and "Traceback" not in res.err, res
+    assert "not valid UTF-8" in res.err, res
+    dest = data.parent / "restored"
+    node.ok("restore", "latest", "--to", dest)
+    assert sorted(p.name for p in (dest / "odd").iterdir()) == ["good.txt"]
