@@ -16,6 +16,8 @@ from amber.hub.config import HubConfig
 from amber.hub.server import Hub
 from amber.protocol.errors import ConfigError
 
+pytestmark = pytest.mark.servers  # starts hub or nats-server processes itself
+
 
 def open_files_under(root: Path) -> list[str]:
     """Files under ``root`` this process holds open."""

@@ -19,6 +19,8 @@ from amber.hub.tls import ensure_hub_tls
 from amber.protocol.errors import HubUnavailableError
 from tests.support.servers import free_port
 
+pytestmark = pytest.mark.servers  # starts hub or nats-server processes itself
+
 
 def node_row(password: str) -> NodeRow:
     return NodeRow("v1", "n1", "node.v1.n1", password, 0, {}, None, None, None)

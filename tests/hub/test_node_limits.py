@@ -14,6 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 from nats.js.api import DiscardPolicy
 
 from amber.protocol import wire
@@ -23,6 +24,8 @@ from tests.support.data import make_memory, make_model
 from tests.support.hub import HubProcess, new_agent
 from tests.support.hubtls import hub_nats_tls
 from tests.support.security import connect
+
+pytestmark = pytest.mark.servers  # starts hub or nats-server processes itself
 
 MiB = 1024 * 1024
 

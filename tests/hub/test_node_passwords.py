@@ -15,6 +15,8 @@ from amber.hub.catalog import Catalog
 from tests.support.hub import HubProcess
 from tests.support.security import connect
 
+pytestmark = pytest.mark.servers  # starts hub or nats-server processes itself
+
 
 def test_the_catalog_and_the_server_config_hold_no_node_password(
     hub: HubProcess, tmp_path: Path

@@ -21,6 +21,8 @@ from tests.support.faultproxy import ThreadedProxy
 from tests.support.hub import HubProcess, new_agent
 from tests.support.node import Agent
 
+pytestmark = pytest.mark.servers  # starts hub or nats-server processes itself
+
 
 def via_proxy(enrolment: Path, port: int, out: Path) -> Path:
     """The node's enrolment, its server swapped for a proxy on 127.0.0.1:PORT."""
