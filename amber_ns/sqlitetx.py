@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import aiosqlite
 
@@ -34,4 +36,16 @@ async def begin_immediate(db: aiosqlite.Connection) -> None:
         await db.execute("BEGIN IMMEDIATE")
     except BaseException:
         await asyncio.shield(rollback_if_open(db))
+        raise
+
+
+@asynccontextmanager
+async def immediate(db: aiosqlite.Connection) -> AsyncIterator[None]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any error or cancellation."""
+    await begin_immediate(db)
+    try:
+        yield
+        await db.execute("COMMIT")
+    except BaseException:
+        await rollback_if_open(db)
         raise

@@ -24,7 +24,7 @@ import bcrypt
 from amber.logs import register_secret
 from amber.protocol.errors import JournalError, NotFoundError, SignatureError
 from amber.protocol.records import Checkpoint
-from amber.sqlitetx import begin_immediate, rollback_if_open
+from amber.sqlitetx import immediate
 
 CHUNK, RECORD, PACK = "c", "r", "p"
 BCRYPT_ROUNDS = 10  # about 0.1 s per check: paid by nats-server at each node connect
@@ -183,14 +183,8 @@ class Catalog:
         """``BEGIN IMMEDIATE`` ... ``COMMIT`` on the writer connection, serialised with
         every other write; rolled back on any error or cancellation (amber.sqlitetx), so
         a cancelled task never leaves a transaction open for the next writer."""
-        async with self.lock:
-            await begin_immediate(self.db)
-            try:
-                yield Transaction(self.db)
-                await self.db.execute("COMMIT")
-            except BaseException:
-                await rollback_if_open(self.db)
-                raise
+        async with self.lock, immediate(self.db):
+            yield Transaction(self.db)
 
     async def ensure_schema(self, script: str) -> None:
         """Create the tables and indexes of ``script`` (``CREATE ... IF NOT EXISTS``):
@@ -525,8 +519,7 @@ async def _migrate(db: aiosqlite.Connection) -> None:
 async def _pin_existing_nodes(db: aiosqlite.Connection) -> None:
     """Catalogs made before pinning: each node's key is pinned from its latest accepted
     checkpoint (else the key the catalog last saw it sign with, e.g. a bundle's)."""
-    await db.execute("BEGIN IMMEDIATE")
-    try:
+    async with immediate(db):
         await db.execute(
             "INSERT OR IGNORE INTO signer_pins(vault, node, signer, pinned_us) "
             "SELECT c.vault, c.node, c.signer, ? FROM checkpoints c WHERE c.seq = "
@@ -543,10 +536,6 @@ async def _pin_existing_nodes(db: aiosqlite.Connection) -> None:
             "WHERE p.vault=nodes.vault AND p.node=nodes.node)"
         )
         await db.execute(f"PRAGMA user_version={CATALOG_VERSION}")
-        await db.execute("COMMIT")
-    except BaseException:
-        await rollback_if_open(db)
-        raise
 
 
 def password_hash(password: str) -> str:
@@ -564,6 +553,5 @@ async def _hash_passwords(db: aiosqlite.Connection) -> None:
         return
     register_secret(*(r[2] for r in clear))
     rows = [(await asyncio.to_thread(password_hash, r[2]), r[0], r[1]) for r in clear]
-    await db.execute("BEGIN IMMEDIATE")
-    await db.executemany("UPDATE nodes SET password=? WHERE vault=? AND node=?", rows)
-    await db.execute("COMMIT")
+    async with immediate(db):  # rolled back on any error, like every other catalog write
+        await db.executemany("UPDATE nodes SET password=? WHERE vault=? AND node=?", rows)
