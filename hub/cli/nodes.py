@@ -14,23 +14,29 @@ from amber.secretfile import write_secret
 VAULT_HELP = "the node's vault (default: the hub's only vault)"
 
 
-def run_node_add(args: argparse.Namespace) -> int:
+def _enrolment(args: argparse.Namespace, path: str | None, *, overwrite: bool) -> str:
+    """Ask the hub for an enrolment (``POST /api/v1/nodes`` when ``path`` is None, else
+    ``POST /api/v1/nodes/VAULT/NAME/<path>``), write it 0600 to ``--out``; the vault."""
     client = AdminClient.from_args(args)
     vault = vault_from_hub(args.vault, client)
-    body = {"vault": vault, "node": args.name, "labels": cli.merge(args.label)}
-    enrolment = client.call("POST", "/api/v1/nodes", body)
+    if path is None:
+        body = {"vault": vault, "node": args.name, "labels": cli.merge(args.label)}
+        enrolment = client.call("POST", "/api/v1/nodes", body)
+    else:
+        enrolment = client.call("POST", f"/api/v1/nodes/{quote(vault)}/{quote(args.name)}/{path}")
     logs.register_secret(enrolment.get("password"))
-    write_secret(args.out, json.dumps(enrolment, indent=2).encode())
+    write_secret(args.out, json.dumps(enrolment, indent=2).encode(), overwrite=overwrite)
+    return vault
+
+
+def run_node_add(args: argparse.Namespace) -> int:
+    vault = _enrolment(args, None, overwrite=False)
     cli.out(f"enrolled {vault}/{args.name}; enrolment written to {args.out} (keep it secret)")
     return 0
 
 
 def run_node_rotate(args: argparse.Namespace) -> int:
-    client = AdminClient.from_args(args)
-    vault = vault_from_hub(args.vault, client)
-    enrolment = client.call("POST", f"/api/v1/nodes/{quote(vault)}/{quote(args.name)}/rotate")
-    logs.register_secret(enrolment.get("password"))
-    write_secret(args.out, json.dumps(enrolment, indent=2).encode(), overwrite=True)
+    vault = _enrolment(args, "rotate", overwrite=True)
     cli.out(
         f"new credentials for {vault}/{args.name} in {args.out}; the old ones no longer "
         "work: run 'amber-agent enroll FILE' on the node"
@@ -39,11 +45,7 @@ def run_node_rotate(args: argparse.Namespace) -> int:
 
 
 def run_node_replace(args: argparse.Namespace) -> int:
-    client = AdminClient.from_args(args)
-    vault = vault_from_hub(args.vault, client)
-    enrolment = client.call("POST", f"/api/v1/nodes/{quote(vault)}/{quote(args.name)}/replace")
-    logs.register_secret(enrolment.get("password"))
-    write_secret(args.out, json.dumps(enrolment, indent=2).encode(), overwrite=True)
+    vault = _enrolment(args, "replace", overwrite=True)
     cli.out(
         f"{vault}/{args.name} may now get a new device: its enrolment is in {args.out}. "
         "The old credentials no longer work and the old signing key is refused; the key "
