@@ -24,13 +24,19 @@ $(STAMP): pyproject.toml $(MODULES)
 demo: $(STAMP)
 	$(BIN)/python packaging/demo.py
 
+# Two workers (pytest-xdist), a test file each at a time so module fixtures (a fleet, a
+# site) start once: most tests wait on real server processes, so two workers fit 2 cores.
+# `make test WORKERS=0` runs in one process (for a debugger or a bisect).
+WORKERS ?= 2
+XDIST   := $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --dist loadfile)
+
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q $(XDIST) tests
 
 # The inner loop: unit and in-process tests, no server or agent processes and no slow
 # builds (under 90 s). tests/conftest.py marks `servers`; see tests/support/fixtures.py.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not servers and not slow" tests
+	$(BIN)/python -m pytest -q $(XDIST) -m "not servers and not slow" tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -108,12 +108,14 @@ def test_a_command_line_from_the_hub_never_runs(fresh: Fleet, tmp_path: Path) ->
     n1, marker = fresh["n1"], tmp_path / "pwned"
     plan = fresh.plan("--nodes", "n1", health=False)  # a draft the hub tracks
     fields = order_fields("n1", plan["id"], prep["n1"].cp)
-    catalog_write(fresh, "UPDATE plans SET state = 'running' WHERE id = ?", (plan["id"],))
+    # the node is marked as ordered before the plan runs: a running plan with a node still
+    # planned would have the coordinator send that node a genuine order of its own
     catalog_write(
         fresh,
         "UPDATE plan_nodes SET order_id = ?, state = 'queued' WHERE plan = ?",
         (fields["order_id"], plan["id"]),
     )
+    catalog_write(fresh, "UPDATE plans SET state = 'running' WHERE id = ?", (plan["id"],))
     crafted = wire.RestoreOrderV1(**fields, health_cmd=f"touch {marker}")
     publish_as_hub(fresh, "n1", [signed_order(fresh, crafted)])
     final = fresh.wait_settled(plan["id"])
